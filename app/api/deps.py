@@ -1,0 +1,56 @@
+"""Request dependencies: a database session and the calling principal."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from app.api.errors import ApiError
+from app.db import new_session
+from app.keys import Principal, authenticate
+
+
+def get_db() -> Iterator[Session]:
+    """One session per request; the route commits what it means to keep."""
+    session = new_session()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_db)]
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "missing API key: send Authorization: Bearer <key>",
+                       headers={"WWW-Authenticate": "Bearer"})
+    return token.strip()
+
+
+def get_principal(request: Request, session: SessionDep) -> Principal:
+    """The live key's principal, or 401."""
+    principal = authenticate(session, _bearer(request))
+    session.rollback()  # end the read transaction; routes open their own
+    if principal is None:
+        raise ApiError(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def require_admin(principal: PrincipalDep) -> Principal:
+    """Only admin keys pass."""
+    if not principal.is_admin:
+        raise ApiError(403, "this needs an admin key")
+    return principal
+
+
+AdminDep = Annotated[Principal, Depends(require_admin)]

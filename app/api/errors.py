@@ -1,0 +1,108 @@
+"""Every error leaves the api as {"error": {"code", "message", "details"}}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+CODES = {
+    400: "malformed",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """An error with its HTTP status, for route code to raise."""
+
+    def __init__(
+        self, status: int, message: str, details: Any = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.details, self.headers = status, message, details, headers
+
+
+def error_response(
+    status: int, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The JSON error body every failure uses."""
+    body = {"error": {"code": CODES.get(status, "error"), "message": message, "details": details}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def field_errors(errors: Any, prefix: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    """Pydantic errors as [{"field": "params.text", "message": ...}], JSON-safe."""
+    out = []
+    for e in errors:
+        loc = [*prefix, *e.get("loc", ())]
+        if loc and loc[0] == "body":
+            loc = loc[1:]
+        out.append({"field": ".".join(str(p) for p in loc), "message": e.get("msg", ""),
+                    "type": e.get("type", "")})
+    return out
+
+
+def _summary(details: list[dict[str, Any]]) -> str:
+    names = ", ".join(d["field"] or "body" for d in details[:5])
+    return f"invalid field(s): {names}"
+
+
+async def _request_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return error_response(400, "request body is not valid JSON", field_errors(errors))
+    details = field_errors(errors)
+    return error_response(422, _summary(details), details)
+
+
+async def _params_invalid(_: Request, exc: ValidationError) -> JSONResponse:
+    details = field_errors(exc.errors(), ("params",))
+    return error_response(422, _summary(details), details)
+
+
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    return error_response(exc.status, exc.message, exc.details, exc.headers)
+
+
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return error_response(exc.status_code, str(exc.detail), None, exc.headers)
+
+
+async def _db_down(_: Request, exc: Exception) -> JSONResponse:
+    log.warning("database unavailable: %s", exc)
+    return error_response(503, "database unavailable; nothing was accepted, try again",
+                          headers={"Retry-After": "5"})
+
+
+async def _dbapi_error(request: Request, exc: DBAPIError) -> JSONResponse:
+    if exc.connection_invalidated:
+        return await _db_down(request, exc)
+    log.exception("database error")
+    return error_response(500, "internal error")
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on the app."""
+    app.add_exception_handler(RequestValidationError, _request_invalid)  # type: ignore[arg-type]
+    app.add_exception_handler(ValidationError, _params_invalid)  # type: ignore[arg-type]
+    app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(OperationalError, _db_down)
+    app.add_exception_handler(DBAPIError, _dbapi_error)  # type: ignore[arg-type]

@@ -1,0 +1,64 @@
+"""The FastAPI app: routes, error shape, body limits, long-poll listener."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from app.api import errors
+from app.api.limits import BodyLimit
+from app.api.routes import jobs, keys, system
+from app.api.waiters import Waiters
+from app.config import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def refuse_unsafe(settings: Settings) -> None:
+    """In production, refuse to start without real servers configured."""
+    if settings.env != "production":
+        return
+    missing = [n for n in ("database_url", "redis_url") if not getattr(settings, n)]
+    if missing:
+        raise SystemExit(f"production needs BABELQ_{missing[0].upper()} set")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Listen for finished jobs while the app serves."""
+    settings = get_settings()
+    if settings.redis_url:
+        app.state.waiters.start(settings.redis_url)
+    yield
+    await app.state.waiters.stop()
+
+
+def create_app() -> FastAPI:
+    """Build the api."""
+    settings = get_settings()
+    refuse_unsafe(settings)
+    app = FastAPI(
+        title="Babel Queue",
+        version="1.0",
+        summary="Durable encode, enumerate and evaluate jobs on Celery, Redis and PostgreSQL.",
+        lifespan=lifespan,
+    )
+    app.state.waiters = Waiters()
+    errors.install(app)
+    app.include_router(system.router)
+    app.include_router(jobs.router)
+    app.include_router(keys.router)
+    app.add_middleware(BodyLimit, default=settings.max_body_bytes,
+                       overrides={"/v1/batches": settings.max_batch_body_bytes})
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    # `uvicorn app.api.main:app` works, without building an app at import for everyone else.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

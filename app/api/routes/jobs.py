@@ -1,0 +1,200 @@
+"""Single jobs: submit, read (with long-poll), list, cancel, retry, audit, decision."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app import audit, jobs
+from app.api.deps import PrincipalDep, SessionDep
+from app.api.errors import ApiError
+from app.db import new_session
+from app.keys import Principal
+from app.models import TERMINAL, Decision, Job, Result
+from app.schemas import (
+    AuditEventRead,
+    AuditRead,
+    DecisionRead,
+    ErrorBody,
+    JobCreate,
+    JobRead,
+    JobsRead,
+    Kind,
+    Status,
+)
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 429, 503)
+}
+
+#: Seconds between database re-reads while long-polling, in case a notification is lost.
+POLL_FALLBACK = 1.0
+
+
+def get_job(session: Session, principal: Principal, job_id: int) -> Job:
+    """The job if the caller may see it; 404 otherwise (also for other tenants' jobs)."""
+    job = session.get(Job, job_id)
+    if job is None or (job.tenant_id != principal.tenant_id and not principal.is_admin):
+        raise ApiError(404, f"job {job_id} not found")
+    return job
+
+
+def job_read(session: Session, job: Job) -> JobRead:
+    """The job with its result when it has one."""
+    if job.status != "succeeded":
+        return JobRead.of(job)
+    res = session.get(Result, job.id)
+    return JobRead.of(job, res.result if res else None, res.result_sha256 if res else None)
+
+
+@router.post("", status_code=201, response_model=JobRead, responses=ERRORS)
+def create_job(
+    job_in: JobCreate,
+    session: SessionDep,
+    principal: PrincipalDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JobRead:
+    """Submit one job; 200 with the existing job if the idempotency key was seen."""
+    from app.limits import check_submission
+
+    check_submission(session, principal, 1)
+    job, created = jobs.submit(
+        session,
+        tenant_id=principal.tenant_id,
+        kind=job_in.kind,
+        params=job_in.params,
+        actor=principal.actor,
+        priority=job_in.priority,
+        max_attempts=job_in.max_attempts,
+        idempotency_key=job_in.idempotency_key or idempotency_key,
+        ref=job_in.ref,
+    )
+    session.commit()
+    if not created:
+        response.status_code = 200
+    return job_read(session, job)
+
+
+def _read(principal: Principal, job_id: int) -> tuple[JobRead, bool]:
+    with new_session() as session:
+        job = get_job(session, principal, job_id)
+        return job_read(session, job), job.status in TERMINAL
+
+
+@router.get("/{job_id}", response_model=JobRead, responses=ERRORS)
+async def read_job(
+    job_id: int,
+    request: Request,
+    principal: PrincipalDep,
+    wait: Annotated[float, Query(ge=0, le=60, description="long-poll seconds")] = 0,
+) -> JobRead:
+    """The job; with wait=S, block up to S seconds until it reaches a terminal state."""
+    deadline = time.monotonic() + wait
+    waiters = request.app.state.waiters
+    while True:
+        with waiters.watch(job_id) as changed:
+            job, done = await run_in_threadpool(_read, principal, job_id)
+            left = deadline - time.monotonic()
+            if done or left <= 0:
+                return job
+            try:
+                await asyncio.wait_for(changed.wait(), timeout=min(left, POLL_FALLBACK))
+            except TimeoutError:
+                pass
+
+
+@router.get("", response_model=JobsRead, responses=ERRORS)
+def read_jobs(
+    session: SessionDep,
+    principal: PrincipalDep,
+    status: Status | None = None,
+    kind: Kind | None = None,
+    batch_id: int | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    cursor: Annotated[str | None, Query(pattern=r"^\d{1,19}$")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> JobsRead:
+    """Jobs newest first, filtered; pass next_cursor back as cursor for the next page."""
+    stmt = select(Job).order_by(Job.id.desc()).limit(limit + 1)
+    if not principal.is_admin:
+        stmt = stmt.where(Job.tenant_id == principal.tenant_id)
+    filters = [(status, Job.status == status), (kind, Job.kind == kind),
+               (batch_id, Job.batch_id == batch_id)]
+    for value, clause in filters:
+        if value is not None:
+            stmt = stmt.where(clause)
+    if created_after is not None:
+        stmt = stmt.where(Job.created_at >= created_after)
+    if created_before is not None:
+        stmt = stmt.where(Job.created_at < created_before)
+    if cursor is not None:
+        stmt = stmt.where(Job.id < int(cursor))
+    rows = list(session.scalars(stmt))
+    page = rows[:limit]
+    data = [job_read(session, j) for j in page]
+    more = len(rows) > limit
+    return JobsRead(data=data, count=len(data), next_cursor=str(page[-1].id) if more else None)
+
+
+@router.post("/{job_id}/cancel", response_model=JobRead, responses=ERRORS)
+def cancel_job(job_id: int, session: SessionDep, principal: PrincipalDep) -> JobRead:
+    """Cancel a queued or running job; a running job's late result is discarded."""
+    job = get_job(session, principal, job_id)
+    if not jobs.cancel(session, job.id, actor=principal.actor):
+        raise ApiError(409, f"job {job_id} is {job.status}; only queued or running jobs cancel")
+    session.commit()
+    session.refresh(job)
+    return job_read(session, job)
+
+
+@router.post("/{job_id}/retry", response_model=JobRead, responses=ERRORS)
+def retry_job(job_id: int, session: SessionDep, principal: PrincipalDep) -> JobRead:
+    """Queue a dead or cancelled job again, with a fresh allowance of attempts."""
+    job = get_job(session, principal, job_id)
+    if not jobs.retry(session, job.id, actor=principal.actor):
+        raise ApiError(409, f"job {job_id} is {job.status}; only dead or cancelled jobs retry")
+    session.commit()
+    session.refresh(job)
+    return job_read(session, job)
+
+
+@router.get("/{job_id}/audit", response_model=AuditRead, responses=ERRORS)
+def read_audit(job_id: int, session: SessionDep, principal: PrincipalDep) -> AuditRead:
+    """The job's audit trail and whether its hash chain verifies."""
+    job = get_job(session, principal, job_id)
+    events = audit.job_events(session, job.id)
+    report = audit.verify_job(session, job.id)
+    return AuditRead(
+        job_id=job.id, verified=report.ok, broken_seq=report.broken_seq, reason=report.reason,
+        events=[
+            AuditEventRead(seq=e.seq, type=e.event_type, actor=e.actor, at=e.created_at,
+                           details=e.details, prev_hash=e.prev_hash, hash=e.hash)
+            for e in events
+        ],
+    )
+
+
+@router.get("/{job_id}/decision", response_model=DecisionRead, responses=ERRORS)
+def read_decision(job_id: int, session: SessionDep, principal: PrincipalDep) -> DecisionRead:
+    """The governor decision of a finished evaluate job."""
+    job = get_job(session, principal, job_id)
+    row = session.get(Decision, job.id)
+    if row is None:
+        why = "is not an evaluate job" if job.kind != "evaluate" else f"is {job.status}"
+        raise ApiError(404, f"job {job_id} has no decision: it {why}")
+    return DecisionRead(
+        job_id=row.job_id, decision=row.decision, stop_reason=row.stop_reason,
+        cycles_evaluated=row.cycles_evaluated, similarity=row.similarity, risk=row.risk,
+        composite_quality=row.composite_quality, remaining_budget=row.remaining_budget,
+    )

@@ -1,0 +1,178 @@
+"""Hash-chained audit events: building links and verifying chains."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from app.core.canonical import canonical_json
+from app.models import AuditEvent
+
+#: prev_hash of the first event of every chain.
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One audit event ready to insert."""
+
+    job_id: int
+    seq: int
+    event_type: str
+    actor: str
+    created_at: datetime
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    def row(self) -> dict[str, Any]:
+        """The column values of this event."""
+        return {
+            "job_id": self.job_id,
+            "seq": self.seq,
+            "event_type": self.event_type,
+            "actor": self.actor,
+            "created_at": self.created_at,
+            "details": self.details,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+
+def event_body(
+    job_id: int, seq: int, event_type: str, actor: str, at: datetime, details: dict[str, Any]
+) -> dict[str, Any]:
+    """What the hash covers: everything about the event except its own hashes."""
+    return {
+        "job_id": job_id,
+        "seq": seq,
+        "type": event_type,
+        "actor": actor,
+        "at": at.astimezone(UTC).isoformat(),
+        "details": details,
+    }
+
+
+def chain_hash(prev_hash: str, body: dict[str, Any]) -> str:
+    """sha256(prev_hash ‖ canonical JSON of the event)."""
+    return hashlib.sha256(prev_hash.encode() + canonical_json(body)).hexdigest()
+
+
+def link(
+    job_id: int,
+    prev_seq: int,
+    prev_hash: str,
+    event_type: str,
+    actor: str,
+    details: dict[str, Any],
+    at: datetime | None = None,
+) -> Link:
+    """The next link of a job's chain, after the event numbered prev_seq."""
+    at = at or datetime.now(UTC)
+    prev = prev_hash or GENESIS
+    seq = prev_seq + 1
+    body = event_body(job_id, seq, event_type, actor, at, details)
+    return Link(job_id, seq, event_type, actor, at, details, prev, chain_hash(prev, body))
+
+
+def insert_links(session: Session, links: Sequence[Link]) -> None:
+    """Append events with one multi-row INSERT."""
+    if links:
+        session.execute(AuditEvent.__table__.insert(), [lk.row() for lk in links])
+
+
+def advance_heads(session: Session, links: Sequence[Link]) -> None:
+    """Record each job's newest link on its row so the next append needs no read."""
+    if not links:
+        return
+    newest: dict[int, Link] = {}
+    for lk in links:
+        newest[lk.job_id] = lk
+    session.execute(
+        text(
+            "UPDATE jobs SET audit_seq = v.seq, audit_head = v.head "
+            "FROM unnest(CAST(:ids AS bigint[]), CAST(:seqs AS int[]), CAST(:heads AS text[])) "
+            "AS v(id, seq, head) WHERE jobs.id = v.id"
+        ),
+        {
+            "ids": list(newest),
+            "seqs": [lk.seq for lk in newest.values()],
+            "heads": [lk.hash for lk in newest.values()],
+        },
+    )
+
+
+def append(session: Session, links: Sequence[Link]) -> None:
+    """Insert events and advance the heads, inside the caller's transaction."""
+    insert_links(session, links)
+    advance_heads(session, links)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    """Whether a job's chain verifies, and where it first breaks."""
+
+    job_id: int
+    events: int
+    ok: bool
+    broken_seq: int | None = None
+    reason: str | None = None
+
+
+def verify_events(job_id: int, events: Iterable[AuditEvent]) -> ChainReport:
+    """Recompute every link of one job's chain, in seq order."""
+    prev, count = GENESIS, 0
+    for count, ev in enumerate(events, start=1):
+        if ev.seq != count:
+            return ChainReport(job_id, count, False, ev.seq, f"expected seq {count}")
+        if ev.prev_hash != prev:
+            return ChainReport(job_id, count, False, ev.seq, "prev_hash does not match")
+        body = event_body(job_id, ev.seq, ev.event_type, ev.actor, ev.created_at, ev.details)
+        if chain_hash(prev, body) != ev.hash:
+            return ChainReport(job_id, count, False, ev.seq, "hash does not match contents")
+        prev = ev.hash
+    return ChainReport(job_id, count, True)
+
+
+def job_events(session: Session, job_id: int) -> list[AuditEvent]:
+    """A job's audit trail in order."""
+    stmt = select(AuditEvent).where(AuditEvent.job_id == job_id).order_by(AuditEvent.seq)
+    return list(session.scalars(stmt))
+
+
+def verify_job(session: Session, job_id: int) -> ChainReport:
+    """Verify one job's chain, and that the job row's head matches its newest link."""
+    events = job_events(session, job_id)
+    report = verify_events(job_id, events)
+    head = session.execute(
+        text("SELECT audit_seq, audit_head FROM jobs WHERE id = :id"), {"id": job_id}
+    ).first()
+    if report.ok and head is not None and events and (head[0], head[1]) != (
+        events[-1].seq,
+        events[-1].hash,
+    ):
+        return ChainReport(job_id, len(events), False, events[-1].seq, "chain was truncated")
+    return report
+
+
+def verify_all(session: Session, batch_size: int = 5000) -> Iterable[ChainReport]:
+    """Verify every chain, streaming events in (job_id, seq) order."""
+    stmt = (
+        select(AuditEvent)
+        .order_by(AuditEvent.job_id, AuditEvent.seq)
+        .execution_options(yield_per=batch_size)
+    )
+    current: list[AuditEvent] = []
+    for ev in session.scalars(stmt):
+        if current and ev.job_id != current[0].job_id:
+            yield verify_events(current[0].job_id, current)
+            current = []
+        current.append(ev)
+    if current:
+        yield verify_events(current[0].job_id, current)

@@ -1,0 +1,96 @@
+"""Engines, sessions and migrations."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import get_settings
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def normalize_url(url: str) -> str:
+    """The psycopg 3 form of a PostgreSQL URL, whatever scheme the user gave."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    raise ValueError(f"not a PostgreSQL URL: {url.split('://')[0]}://...")
+
+
+@lru_cache(maxsize=8)
+def engine_for(url: str) -> Engine:
+    """One pooled engine per URL per process; pre-ping survives database restarts."""
+    return create_engine(
+        normalize_url(url),
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        pool_recycle=1800,
+        connect_args={"connect_timeout": 5},
+    )
+
+
+def get_engine() -> Engine:
+    """The engine of the configured database."""
+    url = get_settings().database_url
+    if not url:
+        raise RuntimeError("BABELQ_DATABASE_URL is not set (or run `babelq up`)")
+    return engine_for(url)
+
+
+@lru_cache(maxsize=8)
+def _sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def new_session(engine: Engine | None = None) -> Session:
+    """A fresh session on the given (or configured) engine."""
+    return _sessionmaker(engine or get_engine())()
+
+
+@contextmanager
+def session_scope(engine: Engine | None = None) -> Iterator[Session]:
+    """One transaction: commit on success, roll back on any exception."""
+    session = new_session(engine)
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def _alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", normalize_url(url).replace("%", "%%"))
+    return cfg
+
+
+def migrate(database_url: str) -> None:
+    """Bring the database to the newest schema (alembic upgrade head)."""
+    command.upgrade(_alembic_config(database_url), "head")
+
+
+def head_revision() -> str | None:
+    """The newest migration this code knows."""
+    script = ScriptDirectory.from_config(_alembic_config("postgresql://x"))
+    return script.get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()

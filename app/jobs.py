@@ -1,0 +1,479 @@
+"""The only code that changes job state: submit, claim, finish, cancel, retry, relay moves.
+
+Every transition appends to the job's audit chain and moves its batch's counters
+in the same transaction. Publishing to the broker happens after commit only.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import traceback
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import event, select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from app import audit, core
+from app.audit import Link
+from app.config import get_settings
+from app.core.canonical import sha256_hex
+from app.models import PRIORITIES, Job
+
+log = logging.getLogger(__name__)
+
+_OUTBOX = "babelq_outbox"
+
+
+class JobStateError(Exception):
+    """The transition asked for is not allowed from the job's current state."""
+
+
+# --- publishing after commit -------------------------------------------------
+
+
+def schedule_publish(session: Session, kind: str, priority: int, ids: Sequence[int]) -> None:
+    """Publish these job ids once (and only if) the session's transaction commits."""
+    session.info.setdefault(_OUTBOX, []).append((kind, priority, list(ids)))
+
+
+@event.listens_for(Session, "after_commit")
+def _publish_outbox(session: Session) -> None:
+    pending = session.info.pop(_OUTBOX, [])
+    if pending:
+        from workers.celery_app import publish_safely
+
+        for kind, priority, ids in pending:
+            publish_safely(kind, priority, ids)
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_outbox(session: Session) -> None:
+    session.info.pop(_OUTBOX, None)
+
+
+# --- batch counters ------------------------------------------------------------
+
+#: A job moved from one status to another in a batch: (batch_id, from, to) -> count.
+Moves = Counter[tuple[int, str, str]]
+
+
+def move_counters(session: Session, moves: Moves) -> None:
+    """Apply status moves to batch counters; stamp started/finished times."""
+    delta: dict[int, Counter[str]] = {}
+    for (batch_id, src, dst), n in moves.items():
+        d = delta.setdefault(batch_id, Counter())
+        d[src] -= n
+        d[dst] += n
+    for batch_id, d in delta.items():
+        session.execute(
+            text(
+                "UPDATE batches SET queued = queued + :queued, running = running + :running, "
+                "succeeded = succeeded + :succeeded, dead = dead + :dead, "
+                "cancelled = cancelled + :cancelled, "
+                "started_at = CASE WHEN :running > 0 THEN coalesce(started_at, now()) "
+                "ELSE started_at END, "
+                "finished_at = CASE WHEN queued + :queued + running + :running = 0 "
+                "THEN coalesce(finished_at, now()) ELSE NULL END "
+                "WHERE id = :id"
+            ),
+            {"id": batch_id, **{s: d[s] for s in ("queued", "running", "succeeded", "dead",
+                                                   "cancelled")}},
+        )
+
+
+def _moves(rows: Iterable[Any], src_attr: str, dst_attr: str) -> Moves:
+    moves: Moves = Counter()
+    for r in rows:
+        if r.batch_id is not None:
+            moves[(r.batch_id, getattr(r, src_attr), getattr(r, dst_attr))] += 1
+    return moves
+
+
+# --- submit --------------------------------------------------------------------
+
+
+def submit(
+    session: Session,
+    *,
+    tenant_id: int,
+    kind: str,
+    params: dict[str, Any],
+    actor: str,
+    priority: str = "normal",
+    max_attempts: int | None = None,
+    idempotency_key: str | None = None,
+    ref: str | None = None,
+) -> tuple[Job, bool]:
+    """Insert one job (the enqueue) in the caller's transaction; publish after commit.
+
+    Returns (job, created); created is False when the idempotency key was seen.
+    Raises pydantic.ValidationError / ValueError for invalid params: nothing is written.
+    """
+    clean = core.validate(kind, params)
+    attempts = max_attempts or get_settings().default_max_attempts
+    values = {
+        "tenant_id": tenant_id,
+        "kind": kind,
+        "params": clean,
+        "priority": PRIORITIES[priority],
+        "max_attempts": attempts,
+        "idempotency_key": idempotency_key,
+        "ref": ref,
+        "published_at": datetime.now(UTC),
+    }
+    stmt = insert(Job).values(**values).returning(Job.id)
+    if idempotency_key is not None:
+        stmt = stmt.on_conflict_do_nothing(
+            index_elements=["tenant_id", "idempotency_key"],
+            index_where=text("idempotency_key IS NOT NULL"),
+        )
+    job_id = session.execute(stmt).scalar()
+    if job_id is None:
+        existing = session.scalars(
+            select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key)
+        ).one()
+        return existing, False
+    details = {"kind": kind, "priority": priority, "max_attempts": attempts}
+    audit.append(session, [audit.link(job_id, 0, "", "submitted", actor, details)])
+    schedule_publish(session, kind, PRIORITIES[priority], [job_id])
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None
+    return job, True
+
+
+# --- claim / finish --------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Claimed:
+    """A job this worker now holds, with what it needs to compute and to write back."""
+
+    id: int
+    kind: str
+    params: dict[str, Any]
+    attempt: int
+    attempts_left: int
+    batch_id: int | None
+    head: Link
+
+
+_CLAIM = text(
+    "UPDATE jobs SET status = 'running', attempt = attempt + 1, worker = :worker, "
+    "lease_until = now() + make_interval(secs => :lease), "
+    "started_at = coalesce(started_at, now()), updated_at = now() "
+    "WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'queued' "
+    "AND (run_after IS NULL OR run_after <= now()) "
+    "RETURNING id, kind, params, attempt, attempt_base, max_attempts, batch_id, "
+    "audit_seq, audit_head"
+)
+
+
+def claim(session: Session, ids: Sequence[int], *, worker: str) -> list[Claimed]:
+    """queued → running for those of ids still queued and due; fenced by attempt number."""
+    lease = get_settings().lease_seconds
+    rows = session.execute(_CLAIM, {"ids": list(ids), "worker": worker, "lease": lease}).all()
+    claimed = []
+    for r in rows:
+        head = audit.link(r.id, r.audit_seq, r.audit_head, "started", worker,
+                          {"attempt": r.attempt})
+        left = r.max_attempts - (r.attempt - r.attempt_base)
+        claimed.append(Claimed(r.id, r.kind, r.params, r.attempt, left, r.batch_id, head))
+    audit.append(session, [c.head for c in claimed])
+    moves: Moves = Counter()
+    for c in claimed:
+        if c.batch_id is not None:
+            moves[(c.batch_id, "queued", "running")] += 1
+    move_counters(session, moves)
+    return claimed
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What computing a claimed job gave: a result, or an error."""
+
+    job: Claimed
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    links: list[Link] = field(default_factory=list)
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    """Type, message and traceback of a failure, as stored on the job."""
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc)[:2000],
+        "traceback": "".join(traceback.format_exception(exc))[-20_000:],
+    }
+
+
+def backoff(attempt: int) -> float:
+    """Exponential backoff with full jitter, capped (seconds)."""
+    s = get_settings()
+    ceiling = min(s.retry_backoff_max, s.retry_backoff_base * 2 ** max(0, attempt - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+_SUCCEED = text(
+    "UPDATE jobs SET status = 'succeeded', finished_at = now(), lease_until = NULL, "
+    "error = NULL, updated_at = now(), audit_seq = v.seq, audit_head = v.head "
+    "FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:seqs AS int[]), "
+    "CAST(:heads AS text[])) AS v(id, attempt, seq, head) "
+    "WHERE jobs.id = v.id AND jobs.status = 'running' AND jobs.attempt = v.attempt "
+    "RETURNING jobs.id, jobs.batch_id"
+)
+
+_FAIL = text(
+    "UPDATE jobs SET status = v.status, error = v.error, lease_until = NULL, "
+    "run_after = v.run_after, published_at = NULL, updated_at = now(), "
+    "finished_at = CASE WHEN v.status = 'dead' THEN now() ELSE NULL END, "
+    "audit_seq = v.seq, audit_head = v.head "
+    "FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:statuses AS text[]), "
+    "CAST(:errors AS jsonb[]), CAST(:run_afters AS timestamptz[]), CAST(:seqs AS int[]), "
+    "CAST(:heads AS text[])) AS v(id, attempt, status, error, run_after, seq, head) "
+    "WHERE jobs.id = v.id AND jobs.status = 'running' AND jobs.attempt = v.attempt "
+    "RETURNING jobs.id, jobs.batch_id, v.status"
+)
+
+
+def _succeed(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
+    for o in outcomes:
+        assert o.result is not None
+        o.links = [audit.link(o.job.id, o.job.head.seq, o.job.head.hash, "succeeded", worker,
+                              {"attempt": o.job.attempt, "result_sha256": sha256_hex(o.result)})]
+    rows = session.execute(_SUCCEED, {
+        "ids": [o.job.id for o in outcomes],
+        "attempts": [o.job.attempt for o in outcomes],
+        "seqs": [o.links[-1].seq for o in outcomes],
+        "heads": [o.links[-1].hash for o in outcomes],
+    }).all()
+    won = {r.id for r in rows}
+    kept = [o for o in outcomes if o.job.id in won]
+    _write_results(session, kept)
+    audit.insert_links(session, [lk for o in kept for lk in o.links])
+    return Counter((r.batch_id, "running", "succeeded") for r in rows if r.batch_id is not None)
+
+
+def _write_results(session: Session, kept: list[Outcome]) -> None:
+    if not kept:
+        return
+    session.execute(
+        text("INSERT INTO results (job_id, result, result_sha256) "
+             "SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:results AS jsonb[]), "
+             "CAST(:shas AS text[])) ON CONFLICT (job_id) DO NOTHING"),
+        {
+            "ids": [o.job.id for o in kept],
+            "results": [_json(o.result) for o in kept],
+            "shas": [sha256_hex(o.result) for o in kept],
+        },
+    )
+    decisions = [o for o in kept if o.job.kind == "evaluate"]
+    if decisions:
+        _write_decisions(session, decisions)
+
+
+def _write_decisions(session: Session, outcomes: list[Outcome]) -> None:
+    rows = []
+    for o in outcomes:
+        r = o.result or {}
+        final = r["final"]
+        rows.append({
+            "job_id": o.job.id, "decision": r["decision"], "stop_reason": r["stop_reason"],
+            "cycles_evaluated": r["cycles_evaluated"], "similarity": final["similarity"],
+            "risk": final["risk"], "composite_quality": final["composite_quality"],
+            "remaining_budget": final["remaining_budget"],
+        })
+    from app.models import Decision
+
+    session.execute(insert(Decision).on_conflict_do_nothing(), rows)
+
+
+def _json(value: Any) -> str:
+    from app.core.canonical import canonical_json
+
+    return canonical_json(value).decode()
+
+
+def _fail(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
+    now = datetime.now(UTC)
+    statuses, run_afters = [], []
+    for o in outcomes:
+        dead = o.job.attempts_left <= 0
+        delay = 0.0 if dead else backoff(o.job.attempt)
+        statuses.append("dead" if dead else "queued")
+        run_afters.append(None if dead else now + timedelta(seconds=delay))
+        details = {"attempt": o.job.attempt, "error": {k: v for k, v in (o.error or {}).items()
+                                                       if k != "traceback"}}
+        if not dead:
+            details["retry_in"] = round(delay, 3)
+        o.links = [audit.link(o.job.id, o.job.head.seq, o.job.head.hash,
+                              "dead" if dead else "retry_scheduled", worker, details, now)]
+    rows = session.execute(_FAIL, {
+        "ids": [o.job.id for o in outcomes],
+        "attempts": [o.job.attempt for o in outcomes],
+        "statuses": statuses,
+        "errors": [_json(o.error) for o in outcomes],
+        "run_afters": run_afters,
+        "seqs": [o.links[-1].seq for o in outcomes],
+        "heads": [o.links[-1].hash for o in outcomes],
+    }).all()
+    won = {r.id for r in rows}
+    audit.insert_links(session, [lk for o in outcomes if o.job.id in won for lk in o.links])
+    return Counter((r.batch_id, "running", r.status) for r in rows if r.batch_id is not None)
+
+
+def finish(session: Session, outcomes: Sequence[Outcome], *, worker: str) -> None:
+    """Write results, decisions, errors, audit events and statuses of a chunk at once.
+
+    Only the holder of a job's current attempt writes (fencing): a late or duplicate
+    outcome of a job that was cancelled, re-leased or already finished is discarded.
+    """
+    good = [o for o in outcomes if o.error is None]
+    bad = [o for o in outcomes if o.error is not None]
+    moves: Moves = Counter()
+    if good:
+        moves += _succeed(session, good, worker)
+    if bad:
+        moves += _fail(session, bad, worker)
+    move_counters(session, moves)
+
+
+# --- cancel / retry ------------------------------------------------------------
+
+_CANCEL = text(
+    "UPDATE jobs SET status = 'cancelled', finished_at = now(), lease_until = NULL, "
+    "updated_at = now() FROM (SELECT id, status FROM jobs WHERE {where} FOR UPDATE) AS old "
+    "WHERE jobs.id = old.id "
+    "RETURNING jobs.id, jobs.batch_id, jobs.kind, old.status AS old_status, "
+    "'cancelled' AS new_status, jobs.audit_seq, jobs.audit_head"
+)
+
+
+def _transition_events(
+    session: Session, rows: Sequence[Any], event_type: str, actor: str, **details: Any
+) -> None:
+    links = [
+        audit.link(r.id, r.audit_seq, r.audit_head, event_type, actor,
+                   {"from": r.old_status, **details})
+        for r in rows
+    ]
+    audit.append(session, links)
+    move_counters(session, _moves(rows, "old_status", "new_status"))
+
+
+def cancel(session: Session, job_id: int, *, actor: str) -> bool:
+    """queued|running → cancelled; a running job's late result will be discarded.
+
+    Returns False when the job was already terminal (nothing changed).
+    """
+    where = "id = :id AND status IN ('queued', 'running')"
+    rows = session.execute(text(_CANCEL.text.format(where=where)), {"id": job_id}).all()
+    _transition_events(session, rows, "cancelled", actor)
+    return bool(rows)
+
+
+def cancel_batch(session: Session, batch_id: int, *, actor: str) -> int:
+    """Cancel every job of a batch that has not started; returns how many."""
+    where = "batch_id = :id AND status = 'queued'"
+    rows = session.execute(text(_CANCEL.text.format(where=where)), {"id": batch_id}).all()
+    _transition_events(session, rows, "cancelled", actor)
+    return len(rows)
+
+
+def retry(session: Session, job_id: int, *, actor: str) -> bool:
+    """dead|cancelled → queued by hand, with a fresh allowance of attempts."""
+    rows = session.execute(
+        text(
+            "UPDATE jobs SET status = 'queued', attempt_base = attempt, run_after = NULL, "
+            "published_at = now(), finished_at = NULL, lease_until = NULL, updated_at = now() "
+            "FROM (SELECT id, status FROM jobs WHERE id = :id AND status IN ('dead', 'cancelled') "
+            "FOR UPDATE) AS old WHERE jobs.id = old.id "
+            "RETURNING jobs.id, jobs.batch_id, jobs.kind, jobs.priority, old.status AS old_status, "
+            "'queued' AS new_status, jobs.audit_seq, jobs.audit_head"
+        ),
+        {"id": job_id},
+    ).all()
+    _transition_events(session, rows, "retried", actor)
+    for r in rows:
+        schedule_publish(session, r.kind, r.priority, [r.id])
+    return bool(rows)
+
+
+# --- relay moves ---------------------------------------------------------------
+
+_EXPIRE = text(
+    "UPDATE jobs SET status = CASE WHEN attempt - attempt_base >= max_attempts "
+    "THEN 'dead' ELSE 'queued' END, "
+    "lease_until = NULL, published_at = NULL, run_after = NULL, updated_at = now(), "
+    "finished_at = CASE WHEN attempt - attempt_base >= max_attempts THEN now() END, "
+    "error = jsonb_build_object('type', 'LeaseExpired', 'message', "
+    "'worker ' || coalesce(old.worker, '?') || ' did not finish attempt ' || attempt "
+    "|| ' before its lease expired', 'traceback', '') "
+    "FROM (SELECT id, worker FROM jobs WHERE status = 'running' AND lease_until < now() "
+    "ORDER BY lease_until LIMIT :limit FOR UPDATE SKIP LOCKED) AS old "
+    "WHERE jobs.id = old.id "
+    "RETURNING jobs.id, jobs.batch_id, 'running' AS old_status, jobs.status AS new_status, "
+    "jobs.attempt, old.worker, jobs.audit_seq, jobs.audit_head"
+)
+
+
+def expire_leases(session: Session, *, actor: str, limit: int = 5000) -> int:
+    """running → queued (or dead when out of attempts) for jobs whose lease ran out."""
+    rows = session.execute(_EXPIRE, {"limit": limit}).all()
+    links = [
+        audit.link(r.id, r.audit_seq, r.audit_head, "lease_expired", actor,
+                   {"attempt": r.attempt, "worker": r.worker, "to": r.new_status})
+        for r in rows
+    ]
+    audit.append(session, links)
+    move_counters(session, _moves(rows, "old_status", "new_status"))
+    return len(rows)
+
+
+_DUE = text(
+    "UPDATE jobs SET published_at = now() FROM ("
+    "SELECT id FROM jobs WHERE status = 'queued' AND (run_after IS NULL OR run_after <= now()) "
+    "AND (published_at IS NULL OR (published_at < now() - make_interval(secs => :stale) "
+    "AND kind = ANY(CAST(:idle AS text[])))) "
+    "ORDER BY priority, id LIMIT :limit FOR UPDATE SKIP LOCKED) AS due "
+    "WHERE jobs.id = due.id RETURNING jobs.id, jobs.kind, jobs.priority"
+)
+
+
+def take_due(
+    session: Session, *, idle_kinds: Sequence[str], limit: int = 10_000
+) -> dict[tuple[str, int], list[int]]:
+    """Queued jobs to (re)publish, grouped by (kind, priority).
+
+    Never-published ones (new retries, returned leases) are always due. Ones published
+    more than `requeue_after` ago are due only for kinds whose broker queue is empty:
+    with a backlog in Redis their message is most likely still waiting there.
+    """
+    stale = get_settings().requeue_after
+    rows = session.execute(
+        _DUE, {"stale": stale, "idle": list(idle_kinds), "limit": limit}
+    ).all()
+    groups: dict[tuple[str, int], list[int]] = {}
+    for r in sorted(rows, key=lambda r: r.id):
+        groups.setdefault((r.kind, r.priority), []).append(r.id)
+    return groups
+
+
+def prune(session: Session, *, older_than_days: int, limit: int = 10_000) -> int:
+    """Delete finished jobs (and their audit trails) past the retention period."""
+    session.execute(text("SET LOCAL babelq.prune = 'on'"))
+    ids = session.execute(
+        text("DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE status IN "
+             "('succeeded', 'dead', 'cancelled') AND finished_at < now() - "
+             "make_interval(days => :days) LIMIT :limit) RETURNING id"),
+        {"days": older_than_days, "limit": limit},
+    ).scalars().all()
+    if ids:
+        session.execute(text("DELETE FROM audit_events WHERE job_id = ANY(CAST(:ids AS bigint[]))"),
+                        {"ids": list(ids)})
+    return len(ids)

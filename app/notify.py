@@ -1,0 +1,33 @@
+"""Finished-job notifications over Redis pub/sub, so long-polls wake at once."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from functools import lru_cache
+
+import redis
+
+from app.config import get_settings
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "babelq:finished"
+
+
+@lru_cache(maxsize=4)
+def redis_client(url: str) -> redis.Redis:
+    """One client (with its pool) per URL per process."""
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+
+def finished(ids: Sequence[int]) -> None:
+    """Tell waiters these jobs changed state; best effort, waiters also poll."""
+    url = get_settings().redis_url
+    if not url or not ids:
+        return
+    try:
+        redis_client(url).publish(CHANNEL, json.dumps(list(ids)))
+    except redis.RedisError as exc:
+        log.debug("finished-notification not sent: %s", exc)

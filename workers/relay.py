@@ -1,0 +1,83 @@
+"""The relay: returns expired leases, (re)publishes queued jobs, prunes by retention.
+
+Several relays may run at once: every pass takes rows with FOR UPDATE SKIP LOCKED,
+so two relays never move or publish the same job in the same pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+from sqlalchemy.exc import OperationalError
+
+from app import jobs
+from app.config import get_settings
+from app.db import session_scope
+from app.notify import redis_client
+from workers.celery_app import KINDS, publish, queue_keys
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PassReport:
+    """What one relay pass did."""
+
+    expired: int = 0
+    published: int = 0
+    pruned: int = 0
+
+
+def idle_kinds() -> list[str]:
+    """Kinds whose broker queues are empty, so any stale queued job's message is lost."""
+    url = get_settings().redis_url
+    assert url, "BABELQ_REDIS_URL is not set"
+    client = redis_client(url)
+    pipe = client.pipeline(transaction=False)
+    for kind in KINDS:
+        for key in queue_keys(kind):
+            pipe.llen(key)
+    lengths = pipe.execute()
+    per = len(queue_keys(KINDS[0]))
+    return [k for i, k in enumerate(KINDS) if sum(lengths[i * per:(i + 1) * per]) == 0]
+
+
+def relay_pass(actor: str) -> PassReport:
+    """One pass: expire leases, publish what is due, prune what is past retention."""
+    report = PassReport()
+    with session_scope() as session:
+        report.expired = jobs.expire_leases(session, actor=actor)
+    idle = idle_kinds()
+    while True:
+        with session_scope() as session:
+            groups = jobs.take_due(session, idle_kinds=idle)
+        for (kind, priority), ids in groups.items():
+            publish(kind, priority, ids)
+            report.published += len(ids)
+        if sum(len(v) for v in groups.values()) < 10_000:
+            break
+    days = get_settings().retention_days
+    if days > 0:
+        with session_scope() as session:
+            report.pruned = jobs.prune(session, older_than_days=days)
+    return report
+
+
+def run(stop: threading.Event | None = None, interval: float | None = None) -> None:
+    """Relay passes forever (or until stop is set), surviving outages of either server."""
+    stop = stop or threading.Event()
+    pause = interval if interval is not None else get_settings().relay_interval
+    actor = f"relay@{socket.gethostname()}"
+    while not stop.is_set():
+        try:
+            report = relay_pass(actor)
+            if report.expired or report.published or report.pruned:
+                log.info("relay: %s", report)
+        except (OperationalError, redis.RedisError, OSError) as exc:
+            log.warning("relay pass failed, will retry: %s", exc)
+        stop.wait(pause)

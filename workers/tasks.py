@@ -1,0 +1,79 @@
+"""Thin Celery tasks: take job ids, call app.jobs and app.core."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Sequence
+
+from celery import shared_task
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+
+from app import core, jobs, notify
+from app.db import session_scope
+from workers.celery_app import TASK_NAME
+
+log = logging.getLogger(__name__)
+
+#: Seconds a worker keeps trying to persist finished work through a database outage.
+FINISH_PATIENCE = 60.0
+
+
+def compute(job: jobs.Claimed) -> jobs.Outcome:
+    """Run one claimed job; an exception becomes the job's error, never the chunk's."""
+    try:
+        return jobs.Outcome(job, result=core.run(job.kind, job.params))
+    except Exception as exc:
+        return jobs.Outcome(job, error=jobs.error_info(exc))
+
+
+def execute_chunk(ids: Sequence[int], *, worker: str, engine: Engine | None = None) -> int:
+    """Claim, compute and persist a chunk of jobs; returns how many this worker ran."""
+    with session_scope(engine) as session:
+        claimed = jobs.claim(session, ids, worker=worker)
+    if not claimed:
+        return 0
+    outcomes = [compute(job) for job in claimed]
+    _persist(outcomes, worker=worker, engine=engine)
+    notify.finished([o.job.id for o in outcomes])
+    return len(claimed)
+
+
+def _persist(outcomes: list[jobs.Outcome], *, worker: str, engine: Engine | None) -> None:
+    """Write outcomes, riding out a short database outage instead of redoing the work.
+
+    If the database stays away longer than the lease, the relay hands the jobs out
+    again and fencing discards these outcomes, so giving up here loses nothing.
+    """
+    delay = 0.2
+    deadline = time.monotonic() + FINISH_PATIENCE
+    while True:
+        try:
+            with session_scope(engine) as session:
+                jobs.finish(session, outcomes, worker=worker)
+            return
+        except OperationalError:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("database unavailable while finishing %d job(s); retrying", len(outcomes))
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+@shared_task(
+    name=TASK_NAME,
+    bind=True,
+    ignore_result=True,
+    acks_late=True,
+    # A database outage is worth a few quick retries; anything else is the relay's job.
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    retry_backoff_max=30,
+    max_retries=8,
+)
+def run_chunk(self, ids: list[int]) -> int:  # type: ignore[no-untyped-def]
+    """Celery entry point of a chunk message."""
+    worker = self.request.hostname or socket.gethostname()
+    return execute_chunk(ids, worker=worker)
