@@ -30,8 +30,15 @@ log = logging.getLogger(__name__)
 _OUTBOX = "babelq_outbox"
 
 
-class JobStateError(Exception):
-    """The transition asked for is not allowed from the job's current state."""
+class UnknownKind(ValueError):
+    """No computation of that name exists."""
+
+
+def validate(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Normalised params; UnknownKind or pydantic.ValidationError when they are not valid."""
+    if kind not in core.KINDS:
+        raise UnknownKind(f"unknown kind {kind!r}; expected one of {', '.join(core.KINDS)}")
+    return core.validate(kind, params)
 
 
 # --- publishing after commit -------------------------------------------------
@@ -115,7 +122,7 @@ def submit(
     Returns (job, created); created is False when the idempotency key was seen.
     Raises pydantic.ValidationError / ValueError for invalid params: nothing is written.
     """
-    clean = core.validate(kind, params)
+    clean = validate(kind, params)
     attempts = max_attempts or get_settings().default_max_attempts
     values = {
         "tenant_id": tenant_id,
@@ -243,9 +250,7 @@ _FAIL = text(
 
 def _succeed(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
     for o in outcomes:
-        assert o.result is not None
-        o.links = [audit.link(o.job.id, o.job.head.seq, o.job.head.hash, "succeeded", worker,
-                              {"attempt": o.job.attempt, "result_sha256": sha256_hex(o.result)})]
+        o.links = _success_links(o, worker)
     rows = session.execute(_SUCCEED, {
         "ids": [o.job.id for o in outcomes],
         "attempts": [o.job.attempt for o in outcomes],
@@ -257,6 +262,24 @@ def _succeed(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
     _write_results(session, kept)
     audit.insert_links(session, [lk for o in kept for lk in o.links])
     return Counter((r.batch_id, "running", "succeeded") for r in rows if r.batch_id is not None)
+
+
+def _success_links(o: Outcome, worker: str) -> list[Link]:
+    """One event per governor cycle of an evaluate job, then the succeeded event."""
+    assert o.result is not None
+    links: list[Link] = []
+    seq, head = o.job.head.seq, o.job.head.hash
+    at = datetime.now(UTC)
+    events: list[tuple[str, dict[str, Any]]] = []
+    if o.job.kind == "evaluate":
+        events = [("governor_cycle", cycle) for cycle in o.result["cycles"]]
+    events.append(("succeeded", {"attempt": o.job.attempt,
+                                 "result_sha256": sha256_hex(o.result)}))
+    for event_type, details in events:
+        lk = audit.link(o.job.id, seq, head, event_type, worker, details, at)
+        links.append(lk)
+        seq, head = lk.seq, lk.hash
+    return links
 
 
 def _write_results(session: Session, kept: list[Outcome]) -> None:
@@ -477,3 +500,122 @@ def prune(session: Session, *, older_than_days: int, limit: int = 10_000) -> int
         session.execute(text("DELETE FROM audit_events WHERE job_id = ANY(CAST(:ids AS bigint[]))"),
                         {"ids": list(ids)})
     return len(ids)
+
+
+# --- bulk submit -----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class NewJob:
+    """One validated line of a batch."""
+
+    line: int
+    kind: str
+    params: dict[str, Any]
+    priority: int
+    max_attempts: int
+    idempotency_key: str | None = None
+    ref: str | None = None
+
+
+_JOB_COLUMNS = ("id", "tenant_id", "batch_id", "line", "kind", "params", "priority",
+                "max_attempts", "idempotency_key", "ref", "published_at", "audit_seq",
+                "audit_head")
+_AUDIT_COLUMNS = ("job_id", "seq", "event_type", "actor", "created_at", "details",
+                  "prev_hash", "hash")
+
+
+def reserve_ids(session: Session, n: int) -> list[int]:
+    """n fresh job ids from the jobs sequence, so rows can be COPYed with their ids."""
+    return list(session.execute(
+        text("SELECT nextval(pg_get_serial_sequence('jobs', 'id')) "
+             "FROM generate_series(1, :n)"), {"n": n}
+    ).scalars())
+
+
+def submit_rows(
+    session: Session, rows: Sequence[NewJob], *, tenant_id: int, batch_id: int, actor: str
+) -> tuple[list[tuple[NewJob, int]], list[tuple[NewJob, int]]]:
+    """Insert many jobs of one batch with COPY, each with its "submitted" audit event.
+
+    Rows with an idempotency key go through INSERT .. ON CONFLICT instead, since COPY
+    cannot skip conflicts. Returns (inserted, duplicates) as (row, job id) pairs; for a
+    duplicate the id is the existing job's. Nothing is published here: the caller
+    publishes after commit.
+    """
+    import orjson
+
+    ids = reserve_ids(session, len(rows))
+    now = datetime.now(UTC)
+    pairs = list(zip(rows, ids, strict=True))
+    plain = [(r, i) for r, i in pairs if r.idempotency_key is None]
+    keyed = [(r, i) for r, i in pairs if r.idempotency_key is not None]
+    links = {i: audit.link(i, 0, "", "submitted", actor,
+                           {"kind": r.kind, "batch_id": batch_id, "line": r.line}, now)
+             for r, i in pairs}
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cur, cur.copy(
+        f"COPY jobs ({', '.join(_JOB_COLUMNS)}) FROM STDIN"
+    ) as copy:
+        for r, i in plain:
+            copy.write_row((i, tenant_id, batch_id, r.line, r.kind,
+                            orjson.dumps(r.params).decode(), r.priority, r.max_attempts,
+                            None, r.ref, now, 1, links[i].hash))
+    inserted = plain + _insert_keyed(session, keyed, tenant_id, batch_id, now, links)
+    duplicates = _existing(session, tenant_id, [r for r, i in keyed
+                                                if i not in {j for _, j in inserted}])
+    _copy_links(raw, [links[i] for _, i in inserted])
+    return inserted, duplicates
+
+
+def _insert_keyed(
+    session: Session, keyed: list[tuple[NewJob, int]], tenant_id: int, batch_id: int,
+    now: datetime, links: dict[int, Link],
+) -> list[tuple[NewJob, int]]:
+    if not keyed:
+        return []
+    import orjson
+
+    got = set(session.execute(
+        text("INSERT INTO jobs (id, tenant_id, batch_id, line, kind, params, priority, "
+             "max_attempts, idempotency_key, ref, published_at, audit_seq, audit_head) "
+             "SELECT v.id, :tenant, :batch, v.line, v.kind, v.params, v.priority, v.attempts, "
+             "v.ikey, v.ref, :now, 1, v.head FROM unnest(CAST(:ids AS bigint[]), "
+             "CAST(:lines AS int[]), CAST(:kinds AS text[]), CAST(:params AS jsonb[]), "
+             "CAST(:pris AS smallint[]), CAST(:attempts AS int[]), CAST(:ikeys AS text[]), "
+             "CAST(:refs AS text[]), CAST(:heads AS text[])) "
+             "AS v(id, line, kind, params, priority, attempts, ikey, ref, head) "
+             "ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL "
+             "DO NOTHING RETURNING id"),
+        {"tenant": tenant_id, "batch": batch_id, "now": now,
+         "ids": [i for _, i in keyed], "lines": [r.line for r, _ in keyed],
+         "kinds": [r.kind for r, _ in keyed],
+         "params": [orjson.dumps(r.params).decode() for r, _ in keyed],
+         "pris": [r.priority for r, _ in keyed], "attempts": [r.max_attempts for r, _ in keyed],
+         "ikeys": [r.idempotency_key for r, _ in keyed], "refs": [r.ref for r, _ in keyed],
+         "heads": [links[i].hash for _, i in keyed]},
+    ).scalars())
+    return [(r, i) for r, i in keyed if i in got]
+
+
+def _existing(session: Session, tenant_id: int, rows: list[NewJob]) -> list[tuple[NewJob, int]]:
+    if not rows:
+        return []
+    found = dict(session.execute(
+        text("SELECT idempotency_key, id FROM jobs WHERE tenant_id = :t "
+             "AND idempotency_key = ANY(CAST(:keys AS text[]))"),
+        {"t": tenant_id, "keys": [r.idempotency_key for r in rows]},
+    ).tuples().all())
+    return [(r, found[r.idempotency_key]) for r in rows if r.idempotency_key in found]
+
+
+def _copy_links(raw: Any, links: list[Link]) -> None:
+    import orjson
+
+    with raw.cursor() as cur, cur.copy(
+        f"COPY audit_events ({', '.join(_AUDIT_COLUMNS)}) FROM STDIN"
+    ) as copy:
+        for lk in links:
+            copy.write_row((lk.job_id, lk.seq, lk.event_type, lk.actor, lk.created_at,
+                            orjson.dumps(lk.details).decode(), lk.prev_hash, lk.hash))

@@ -62,7 +62,8 @@ class StoreCollector(Collector):
             log.warning("metrics: redis unavailable: %s", exc)
 
     def _jobs(self) -> Iterator[Any]:
-        jobs = GaugeMetricFamily("babelq_jobs", "Jobs by kind and status", labels=["kind", "status"])
+        jobs = GaugeMetricFamily("babelq_jobs", "Jobs by kind and status",
+                                 labels=["kind", "status"])
         hist = HistogramMetricFamily("babelq_job_latency_seconds",
                                      "Submit to succeeded, by kind", labels=["kind"])
         with get_engine().connect() as conn:

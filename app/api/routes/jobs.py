@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import datetime
 from typing import Annotated, Any
@@ -68,17 +69,20 @@ def create_job(
     from app.limits import check_submission
 
     check_submission(session, principal, 1)
-    job, created = jobs.submit(
-        session,
-        tenant_id=principal.tenant_id,
-        kind=job_in.kind,
-        params=job_in.params,
-        actor=principal.actor,
-        priority=job_in.priority,
-        max_attempts=job_in.max_attempts,
-        idempotency_key=job_in.idempotency_key or idempotency_key,
-        ref=job_in.ref,
-    )
+    try:
+        job, created = jobs.submit(
+            session,
+            tenant_id=principal.tenant_id,
+            kind=job_in.kind,
+            params=job_in.params,
+            actor=principal.actor,
+            priority=job_in.priority,
+            max_attempts=job_in.max_attempts,
+            idempotency_key=job_in.idempotency_key or idempotency_key,
+            ref=job_in.ref,
+        )
+    except jobs.UnknownKind as exc:
+        raise ApiError(422, str(exc), [{"field": "kind", "message": str(exc)}]) from None
     session.commit()
     if not created:
         response.status_code = 200
@@ -107,10 +111,8 @@ async def read_job(
             left = deadline - time.monotonic()
             if done or left <= 0:
                 return job
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), timeout=min(left, POLL_FALLBACK))
-            except TimeoutError:
-                pass
 
 
 @router.get("", response_model=JobsRead, responses=ERRORS)

@@ -1,0 +1,186 @@
+"""Bulk ingestion: NDJSON lines in, validated, stored in chunks, published after commit.
+
+An upload is one transaction: either every accepted line is stored (and then
+published) or, on any failure, nothing is. Memory stays flat in the batch size:
+lines are handled a block at a time and only job ids are kept until commit.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from app import jobs
+from app.api.errors import field_errors
+from app.config import get_settings
+from app.keys import Principal
+from app.models import PRIORITIES
+from app.schemas import JobCreate
+
+#: How many rejected lines are reported in full; the rest are only counted.
+REJECTED_SAMPLE = 1000
+
+
+class IngestError(Exception):
+    """The upload as a whole is refused (nothing was stored)."""
+
+    def __init__(self, status: int, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.details = status, message, details
+
+
+def parse_line(raw: bytes, line: int, default_priority: str, default_attempts: int
+               ) -> jobs.NewJob:
+    """One NDJSON line as a validated job; ValueError with the reason otherwise."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ValueError("a line must be a JSON object")
+    obj.setdefault("priority", default_priority)
+    try:
+        job = JobCreate.model_validate(obj)
+        params = jobs.validate(job.kind, job.params)
+    except ValidationError as exc:
+        prefix = ("params",) if exc.title != "JobCreate" else ()
+        raise ValueError(_reason(field_errors(exc.errors(), prefix))) from None
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"kind: {exc}") from None
+    return jobs.NewJob(line, job.kind, params, PRIORITIES[job.priority],
+                       job.max_attempts or default_attempts, job.idempotency_key, job.ref)
+
+
+def _reason(errors: list[dict[str, Any]]) -> str:
+    return "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+
+
+@dataclass
+class Ingestor:
+    """Feeds blocks of lines into one batch inside one transaction."""
+
+    session: Session
+    principal: Principal
+    priority: str = "normal"
+    batch_id: int = 0
+    lines: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    rejected_lines: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
+    pending: dict[tuple[str, int], array[int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        settings = get_settings()
+        self.max_lines = settings.max_batch_lines
+        self.max_line_bytes = settings.max_line_bytes
+        self.attempts = settings.default_max_attempts
+        self.batch_id = self.session.execute(
+            text("INSERT INTO batches (tenant_id) VALUES (:t) RETURNING id"),
+            {"t": self.principal.tenant_id},
+        ).scalar_one()
+
+    def reject(self, line: int, reason: str) -> None:
+        """Count a bad line; keep the first ones with their reasons."""
+        self.rejected += 1
+        if len(self.rejected_lines) < REJECTED_SAMPLE:
+            self.rejected_lines.append({"line": line, "reason": reason})
+
+    def feed(self, block: Iterable[tuple[int, bytes | None]]) -> None:
+        """Validate and store a block of (line number, raw line); None means too long."""
+        good: list[jobs.NewJob] = []
+        for number, raw in block:
+            self.lines = max(self.lines, number)
+            if self.lines > self.max_lines:
+                raise IngestError(413, f"batch exceeds {self.max_lines} lines")
+            if raw is None:
+                self.reject(number, f"line exceeds {self.max_line_bytes} bytes")
+                continue
+            try:
+                good.append(parse_line(raw, number, self.priority, self.attempts))
+            except ValueError as exc:
+                self.reject(number, str(exc))
+        if good:
+            self._store(good)
+
+    def _store(self, good: list[jobs.NewJob]) -> None:
+        inserted, dups = jobs.submit_rows(self.session, good, tenant_id=self.principal.tenant_id,
+                                          batch_id=self.batch_id, actor=self.principal.actor)
+        for row, job_id in dups:
+            self.reject(row.line, f"idempotency_key {row.idempotency_key!r} already used by job "
+                                  f"{job_id}")
+        for row, job_id in inserted:
+            self.pending.setdefault((row.kind, row.priority), array("q")).append(job_id)
+        self.accepted += len(inserted)
+
+    def commit(self) -> dict[str, Any]:
+        """Store the batch's totals, commit, then publish; 422 if nothing was accepted."""
+        if self.accepted == 0:
+            self.session.rollback()
+            raise IngestError(422, "no valid lines: nothing was stored",
+                              {"rejected": self.rejected, "rejected_lines": self.rejected_lines})
+        self.session.execute(
+            text("UPDATE batches SET total = :n, queued = :n, rejected = :r, "
+                 "errors = CAST(:e AS jsonb) WHERE id = :id"),
+            {"n": self.accepted, "r": self.rejected, "id": self.batch_id,
+             "e": orjson.dumps(self.rejected_lines).decode()},
+        )
+        for (kind, priority), ids in self.pending.items():
+            jobs.schedule_publish(self.session, kind, priority, ids)
+        self.session.commit()
+        return self.summary()
+
+    def summary(self) -> dict[str, Any]:
+        """What the producer is told."""
+        return {
+            "id": self.batch_id,
+            "lines": self.lines,
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "rejected_lines": self.rejected_lines,
+            "rejected_truncated": self.rejected > len(self.rejected_lines),
+        }
+
+
+class LineSplitter:
+    """Turns a byte stream into numbered lines, never holding more than one long line."""
+
+    def __init__(self, max_line_bytes: int) -> None:
+        self.max = max_line_bytes
+        self.buf = b""
+        self.number = 0
+        self.overlong = False
+
+    def push(self, chunk: bytes) -> list[tuple[int, bytes | None]]:
+        """Complete lines in this chunk (blank lines are numbered but skipped)."""
+        out: list[tuple[int, bytes | None]] = []
+        parts = (self.buf + chunk).split(b"\n")
+        self.buf = parts.pop()
+        for part in parts:
+            self._emit(part, out)
+        if len(self.buf) > self.max:
+            self.overlong, self.buf = True, b""
+        return out
+
+    def close(self) -> list[tuple[int, bytes | None]]:
+        """The last line, if the stream did not end with a newline."""
+        out: list[tuple[int, bytes | None]] = []
+        if self.buf or self.overlong:
+            self._emit(self.buf, out)
+        self.buf = b""
+        return out
+
+    def _emit(self, part: bytes, out: list[tuple[int, bytes | None]]) -> None:
+        self.number += 1
+        if self.overlong or len(part) > self.max:
+            out.append((self.number, None))
+        elif part.strip():
+            out.append((self.number, part))
+        self.overlong = False

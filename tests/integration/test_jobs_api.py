@@ -1,0 +1,166 @@
+"""One job of each kind over HTTP, through a real worker, into PostgreSQL and back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from app.db import session_scope
+from app.models import AuditEvent, Decision, Job, Result
+from tests.integration.conftest import auth
+
+pytestmark = pytest.mark.integration
+
+EVALUATE_RISK = {
+    "cycles": [{
+        "left": {"text": "AI should provide information with ethical caveats.", "confidence": 0.72},
+        "right": {"text": "AI should refuse ethically ambiguous requests to avoid complicity.",
+                  "confidence": 0.81},
+    }],
+}
+
+
+def submit_and_wait(api: TestClient, key: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST a job, then long-poll until it is terminal."""
+    created = api.post("/v1/jobs", json=body, headers=auth(key))
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+    for _ in range(30):
+        job = api.get(f"/v1/jobs/{job_id}", params={"wait": 10}, headers=auth(key)).json()
+        if job["status"] in ("succeeded", "dead", "cancelled"):
+            return job
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+@pytest.fixture(autouse=True)
+def _stack(worker: Any, relay: Any) -> None:
+    """Every test here needs the worker and relay running."""
+
+
+def test_encode_babel_known_answer(api: TestClient, key_a: str) -> None:
+    job = submit_and_wait(api, key_a, {"kind": "encode", "params": {"text": "hello world"}})
+    assert job["status"] == "succeeded"
+    result = job["result"]
+    assert result["address"].startswith("107310278aacfa5c75fa01d37b96036c")
+    assert len(result["address"]) == 3887
+    assert result["length"] == 11
+    assert job["attempt"] == 1
+
+
+def test_encode_hd_known_answer(api: TestClient, key_a: str) -> None:
+    job = submit_and_wait(
+        api, key_a, {"kind": "encode", "params": {"text": "Hello   World\n", "codec": "hd"}}
+    )
+    assert job["result"]["trigrams"] == 11
+    assert job["result"]["ones"] == 4989
+    assert job["result"]["sigma_hash"] == "5b7ab4ced074ba96"
+
+
+def test_enumerate_known_answer(api: TestClient, key_a: str) -> None:
+    job = submit_and_wait(api, key_a, {
+        "kind": "enumerate", "params": {"query": "hello world", "max_results": 5, "depth": 1},
+    })
+    cands = job["result"]["candidates"]
+    assert [c["ngram"] for c in cands] == ["hello", "world", "llo w", "lo wo", "o wor"]
+    assert cands[0]["address"] == (
+        "49f2b5d7b9c6d17346f22546dec90cc44b0de21d1021a8f554314eb150e0bfe2"
+    )
+    assert [c["score"] for c in cands[:3]] == [
+        0.5545454545454546, 0.5545454545454546, 0.45454545454545453,
+    ]
+
+
+def test_evaluate_persists_decision_and_cycle_audit(api: TestClient, key_a: str) -> None:
+    job = submit_and_wait(api, key_a, {"kind": "evaluate", "params": EVALUATE_RISK})
+    assert job["result"]["decision"] == "STOP"
+    assert job["result"]["stop_reason"] == "RISK_THRESHOLD_EXCEEDED"
+    decision = api.get(f"/v1/jobs/{job['id']}/decision", headers=auth(key_a)).json()
+    assert decision["stop_reason"] == "RISK_THRESHOLD_EXCEEDED"
+    assert decision["risk"] == 0.6262857142857143
+    assert decision["remaining_budget"] == 0.85
+    trail = api.get(f"/v1/jobs/{job['id']}/audit", headers=auth(key_a)).json()
+    assert trail["verified"] is True
+    types = [e["type"] for e in trail["events"]]
+    assert types == ["submitted", "started", "governor_cycle", "succeeded"]
+    with session_scope() as s:
+        assert s.get(Decision, job["id"]) is not None
+        cycles = s.scalar(select(func.count()).select_from(AuditEvent).where(
+            AuditEvent.job_id == job["id"], AuditEvent.event_type == "governor_cycle"))
+        assert cycles == 1
+
+
+def test_plateau_two_cycles_two_cycle_events(api: TestClient, key_a: str) -> None:
+    pair = {"left": {"text": "proceed with the plan after review today", "confidence": 0.95},
+            "right": {"text": "proceed with the plan after careful review", "confidence": 0.9}}
+    job = submit_and_wait(api, key_a, {"kind": "evaluate", "params": {"cycles": [pair, pair]}})
+    assert job["result"]["stop_reason"] == "PLATEAU_DETECTED"
+    trail = api.get(f"/v1/jobs/{job['id']}/audit", headers=auth(key_a)).json()
+    assert [e["type"] for e in trail["events"]].count("governor_cycle") == 2
+
+
+def test_result_row_written_once_with_sha(api: TestClient, key_a: str) -> None:
+    job = submit_and_wait(api, key_a, {"kind": "encode", "params": {"text": "abc"}})
+    with session_scope() as s:
+        rows = s.scalars(select(Result).where(Result.job_id == job["id"])).all()
+        assert len(rows) == 1
+        assert rows[0].result_sha256 == job["result_sha256"]
+        assert len(rows[0].result_sha256) == 64
+
+
+def test_idempotency_key_gives_one_job(api: TestClient, key_a: str) -> None:
+    body = {"kind": "encode", "params": {"text": "once"}, "idempotency_key": "order-42"}
+    first = api.post("/v1/jobs", json=body, headers=auth(key_a))
+    second = api.post("/v1/jobs", json=body, headers=auth(key_a))
+    assert (first.status_code, second.status_code) == (201, 200)
+    assert first.json()["id"] == second.json()["id"]
+    with session_scope() as s:
+        n = s.scalar(select(func.count()).select_from(Job).where(Job.idempotency_key == "order-42"))
+        assert n == 1
+
+
+def test_same_key_other_tenant_is_another_job(api: TestClient, key_a: str, key_b: str) -> None:
+    body = {"kind": "encode", "params": {"text": "x"}, "idempotency_key": "shared-key"}
+    a = api.post("/v1/jobs", json=body, headers=auth(key_a)).json()
+    b = api.post("/v1/jobs", json=body, headers=auth(key_b)).json()
+    assert a["id"] != b["id"]
+
+
+def test_other_tenant_sees_404(api: TestClient, key_a: str, key_b: str) -> None:
+    job = api.post("/v1/jobs", json={"kind": "encode", "params": {"text": "private"}},
+                   headers=auth(key_a)).json()
+    for path in ("", "/audit", "/decision"):
+        assert api.get(f"/v1/jobs/{job['id']}{path}", headers=auth(key_b)).status_code == 404
+    assert api.post(f"/v1/jobs/{job['id']}/cancel", headers=auth(key_b)).status_code == 404
+    listed = api.get("/v1/jobs", headers=auth(key_b)).json()["data"]
+    assert job["id"] not in [j["id"] for j in listed]
+
+
+def test_list_filters_and_cursor(api: TestClient, key_a: str) -> None:
+    ids = [api.post("/v1/jobs", json={"kind": "encode", "params": {"text": f"p{i}"},
+                                      "ref": "paging"}, headers=auth(key_a)).json()["id"]
+           for i in range(5)]
+    seen: list[int] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"kind": "encode", "limit": 2}
+        if cursor:
+            params["cursor"] = cursor
+        page = api.get("/v1/jobs", params=params, headers=auth(key_a)).json()
+        seen += [j["id"] for j in page["data"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert set(ids) <= set(seen)
+    assert seen == sorted(seen, reverse=True)
+    assert len(seen) == len(set(seen))
+
+
+def test_missing_or_bad_key_is_401(api: TestClient) -> None:
+    assert api.get("/v1/jobs").status_code == 401
+    r = api.get("/v1/jobs", headers=auth("bq_not-a-key"))
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "unauthorized"
+    assert api.get("/health").status_code == 200
