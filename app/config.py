@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     retry_backoff_max: float = 600.0
     #: Jobs per broker message for batches.
     chunk_size: int = Field(500, ge=1, le=10_000)
+    #: Accept the test-only kinds test_fail and test_sleep (fault tests; refused in production).
+    test_hooks: bool = False
     #: Days finished jobs are kept before the relay prunes them; 0 keeps them forever.
     retention_days: int = 0
 

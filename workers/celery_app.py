@@ -59,6 +59,11 @@ def queue_keys(kind: str) -> list[str]:
     return [kind if step == 0 else f"{kind}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS]
 
 
+def queue_for(kind: str) -> str:
+    """The queue of a kind; test-only kinds ride on the encode queue."""
+    return kind if kind in KINDS else "encode"
+
+
 def publish(kind: str, priority: int, ids: Sequence[int], chunk_size: int | None = None) -> int:
     """Send job ids to the kind's queue in messages of at most chunk_size ids."""
     size = chunk_size or get_settings().chunk_size
@@ -67,7 +72,7 @@ def publish(kind: str, priority: int, ids: Sequence[int], chunk_size: int | None
         for start in range(0, len(ids), size):
             chunk = list(ids[start:start + size])
             celery_app.send_task(
-                TASK_NAME, args=[chunk], queue=kind, priority=priority, producer=producer
+                TASK_NAME, args=[chunk], queue=queue_for(kind), priority=priority, producer=producer
             )
             sent += 1
     return sent

@@ -23,8 +23,9 @@ D = 10_000
 PACKED_BYTES = D // 8
 #: 64-bit words holding one vector's bits (the last word is zero-padded).
 _WORDS = (D + 63) // 64
-#: Unique trigrams processed at once; bounds the working set to a few MB.
-_CHUNK_ROWS = 4096
+#: Distinct trigrams counted at once (a power of two). Small blocks keep numpy's
+#: temporaries out of fresh mmap'd memory, whose page faults cost more than the work.
+_CHUNK_ROWS = 512
 #: Largest trigram-code space counted with bincount instead of a sort.
 _BINCOUNT_LIMIT = 1 << 21
 #: Highest code point for which characters are indexed through a lookup table.
@@ -88,16 +89,16 @@ def _trigram_counts(index: Ints, m: int) -> tuple[Ints, Ints]:
     return distinct, counts.astype(np.int64)
 
 
-def _add_planes(planes: list[Words], rows: int) -> list[Words]:
+def _add_halves(planes: list[Words]) -> list[Words]:
     """Bit-sliced ripple add of the first half of the rows to the second half.
 
-    Each plane holds one bit of a per-column counter; adding halves pairwise
-    halves the rows and grows the counter by one bit. Works in place on the
-    halves to avoid re-allocating megabytes per level.
+    Plane j holds bit j of a per-position counter in every row. Adding the
+    halves pairwise halves the rows and adds one plane. Works in place on the
+    halves: re-allocating megabytes per level is what makes numpy slow here.
     """
-    half = rows // 2
+    half = planes[0].shape[0] // 2
     a = [p[:half] for p in planes]
-    b = [p[half:rows] for p in planes]
+    b = [p[half:] for p in planes]
     out = [a[0] ^ b[0]]
     np.bitwise_and(a[0], b[0], out=a[0])
     carry = a[0]
@@ -113,48 +114,83 @@ def _add_planes(planes: list[Words], rows: int) -> list[Words]:
     return out
 
 
-def _column_ones(rows: Words) -> Ints:
-    """Per bit position, how many of `rows` (packed bit vectors) have a 1 there."""
-    planes = [rows]
-    leftovers: list[Words] = []
-    weights: list[int] = []
+def _sum_rows(planes: list[Words]) -> list[Words]:
+    """Add up all rows (a power of two of them): one row per plane remains."""
     while planes[0].shape[0] > 1:
-        count = planes[0].shape[0]
-        if count % 2:
-            leftovers.extend(p[-1] for p in planes)
-            weights.extend(1 << j for j in range(len(planes)))
-        planes = _add_planes(planes, count - count % 2)
-    leftovers.extend(p[0] for p in planes)
-    weights.extend(1 << j for j in range(len(planes)))
-    unpacked = np.unpackbits(np.stack(leftovers).view(np.uint8), axis=1, count=D)
-    return np.asarray(weights, dtype=np.int64) @ unpacked
+        planes = _add_halves(planes)
+    return planes
 
 
-def _weighted_ones(rows: Words, counts: Ints) -> Ints:
-    """Per bit position, sum of `counts` over rows with a 1 there."""
-    total = np.zeros(D, dtype=np.int64)
-    for bit in range(int(counts.max()).bit_length()):
-        # Split the weights into powers of two: each subset is a plain count.
-        subset = rows[(counts >> bit) & 1 == 1]
+def _padded(rows: int) -> Words:
+    """Zeroed rows, rounded up to a power of two so every halving is exact."""
+    return np.zeros((1 << (rows - 1).bit_length(), _WORDS), dtype=np.uint64)
+
+
+class _Trigrams:
+    """Per-call item tables of a text's characters, to build trigram bit rows."""
+
+    def __init__(self, chars: list[str]) -> None:
+        """Stack the cached item words of `chars`, one table per rotation."""
+        tables = np.stack([_item_words(c) for c in chars])
+        self.m = len(chars)
+        self.rho = [np.ascontiguousarray(tables[:, k]) for k in range(3)]
+
+    def count(self, codes: Ints) -> list[Words]:
+        """Bit-sliced count, per position, of the codes' trigram vectors that are +1."""
+        m, rho = self.m, self.rho
+        rows = _padded(len(codes))
+        live = rows[: len(codes)]
+        # +1 in the bipolar product is an odd number of set bits: XOR == 1.
+        np.take(rho[2], codes // (m * m), axis=0, out=live, mode="clip")  # "raise" buffers
+        np.bitwise_xor(live, rho[1][codes // m % m], out=live)
+        np.bitwise_xor(live, rho[0][codes % m], out=live)
+        return _sum_rows([rows])
+
+
+def _numbers(trigrams: _Trigrams, codes: Ints, counts: Ints) -> list[list[Words]]:
+    """Bit-sliced per-position counts, weighted by `counts`, as several partial sums."""
+    order = np.argsort(counts, kind="stable")
+    codes, counts = codes[order], counts[order]
+    single = int(np.searchsorted(counts, 2))
+    numbers = [
+        trigrams.count(codes[start : min(start + _CHUNK_ROWS, single)])
+        for start in range(0, single, _CHUNK_ROWS)
+    ]
+    repeated, weights = codes[single:], counts[single:]
+    for bit in range(1, int(counts[-1]).bit_length()):
+        # Weight 2**bit is a shift: prepend `bit` all-zero planes.
+        subset = repeated[(weights >> bit) & 1 == 1]
+        zero = np.zeros((1, _WORDS), dtype=np.uint64)
         if len(subset):
-            total += _column_ones(subset) << bit
-    return total
+            numbers.append([zero] * bit + trigrams.count(subset))
+    odd = repeated[weights & 1 == 1]
+    if len(odd):
+        numbers.append(trigrams.count(odd))
+    return numbers
 
 
-def _ones_per_position(u: str) -> tuple[Ints, int]:
-    """Per position, how many trigram vectors of `u` are +1; and the trigram count."""
+def _total(numbers: list[list[Words]]) -> Ints:
+    """Add bit-sliced one-row numbers and unpack the sum to integers per position."""
+    width = max(len(n) for n in numbers)
+    planes = []
+    for j in range(width):
+        plane = _padded(len(numbers))
+        for i, n in enumerate(numbers):
+            if j < len(n):
+                plane[i] = n[j][0]
+        planes.append(plane)
+    bits = np.unpackbits(np.concatenate(_sum_rows(planes)).view(np.uint8), axis=1, count=D)
+    # Plane j is bit j of the count: packing the planes column-wise gives the count.
+    packed = np.packbits(bits, axis=0, bitorder="little")
+    return sum((packed[k].astype(np.int64) << (8 * k) for k in range(len(packed))),
+               np.zeros(D, dtype=np.int64))
+
+
+def _ones_per_position(u: str) -> Ints:
+    """Per position, how many of the trigram vectors of `u` are +1."""
     chars, index = _char_indices(u)
-    m = len(chars)
-    tables = np.stack([_item_words(c) for c in chars])
-    rho2, rho1, rho0 = (np.ascontiguousarray(tables[:, k]) for k in (2, 1, 0))
-    codes, counts = _trigram_counts(index, m)
-    ones = np.zeros(D, dtype=np.int64)
-    for start in range(0, len(codes), _CHUNK_ROWS):
-        chunk = codes[start : start + _CHUNK_ROWS]
-        # +1 in the bipolar product is an odd number of set bits (XOR == 1).
-        rows = rho2[chunk // (m * m)] ^ rho1[chunk // m % m] ^ rho0[chunk % m]
-        ones += _weighted_ones(rows, counts[start : start + _CHUNK_ROWS])
-    return ones, len(u) - 2
+    codes, counts = _trigram_counts(index, len(chars))
+    return _total(_numbers(_Trigrams(chars), codes, counts))
 
 
 def encode_packed(text: str) -> tuple[bytes, int]:
@@ -162,7 +198,8 @@ def encode_packed(text: str) -> tuple[bytes, int]:
     s = normalise(text)
     if not s:
         raise ValueError("text is empty after normalisation")
-    ones, trigrams = _ones_per_position(" " + s + " ")
+    trigrams = len(s)  # len(" " + s + " ") - 2
+    ones = _ones_per_position(" " + s + " ")
     total = 2 * ones - trigrams  # the integer sum S of the bipolar trigram vectors
     bits = np.where(total > 0, 1, np.where(total < 0, 0, _TIEBREAK)).astype(np.uint8)
     return np.packbits(bits).tobytes(), trigrams

@@ -1,0 +1,162 @@
+"""Bulk batches: streamed NDJSON, rejected lines, counters, results in line order, cancel."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select, text
+
+from app.db import session_scope
+from app.models import Batch, Job
+from tests.integration.conftest import auth
+
+pytestmark = pytest.mark.integration
+
+NDJSON = {"Content-Type": "application/x-ndjson"}
+
+
+def ndjson(items: list[Any]) -> bytes:
+    return b"".join((json.dumps(i) if not isinstance(i, str) else i).encode() + b"\n"
+                    for i in items)
+
+
+def wait_done(api: TestClient, key: str, batch_id: int, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = api.get(f"/v1/batches/{batch_id}", headers=auth(key)).json()
+        if batch["done"]:
+            return batch
+        time.sleep(0.2)
+    raise AssertionError(f"batch {batch_id} not done: {batch}")
+
+
+def real_counts(batch_id: int) -> dict[str, int]:
+    with session_scope() as s:
+        rows = s.execute(select(Job.status, func.count()).where(Job.batch_id == batch_id)
+                         .group_by(Job.status)).all()
+    return {status: n for status, n in rows}
+
+
+@pytest.fixture(autouse=True)
+def _stack(worker: Any, relay: Any) -> None:
+    """Every test here needs the worker and relay running."""
+
+
+def test_mixed_upload_reports_bad_lines_and_runs_good_ones(api: TestClient, key_a: str) -> None:
+    body = ndjson([
+        {"kind": "encode", "params": {"text": "hello world"}},
+        "{not json",
+        {"kind": "encode", "params": {"text": ""}},
+        "",
+        {"kind": "enumerate", "params": {"query": "hello world", "max_results": 5}},
+        {"kind": "nope", "params": {}},
+        {"kind": "encode", "params": {"text": "   ", "codec": "babel"}, "ref": "blank-page"},
+        [1, 2],
+    ])
+    r = api.post("/v1/batches", content=body, headers={**auth(key_a), **NDJSON})
+    assert r.status_code == 202, r.text
+    out = r.json()
+    assert (out["accepted"], out["rejected"]) == (3, 4)
+    reasons = {e["line"]: e["reason"] for e in out["rejected_lines"]}
+    assert set(reasons) == {2, 3, 6, 8}
+    assert "JSON" in reasons[2]
+    assert "params.text" in reasons[3]
+    assert "kind" in reasons[6]
+    batch = wait_done(api, key_a, out["id"])
+    assert batch["counts"]["succeeded"] == 3
+    assert batch["progress"] == 1.0
+    lines = [json.loads(x) for x in api.get(f"/v1/batches/{out['id']}/results",
+                                            headers=auth(key_a)).text.splitlines()]
+    assert [x["line"] for x in lines] == [1, 5, 7]
+    assert lines[0]["result"]["address"].startswith("107310278aacfa5c75fa01d37b96036c")
+    assert lines[1]["result"]["candidates"][0]["ngram"] == "hello"
+    assert lines[2]["result"]["address"] == "0"
+
+
+def test_results_are_cursor_paged_in_line_order(api: TestClient, key_a: str) -> None:
+    body = ndjson([{"kind": "encode", "params": {"text": f"line {i}"}} for i in range(1, 26)])
+    batch_id = api.post("/v1/batches", content=body, headers={**auth(key_a), **NDJSON}).json()["id"]
+    wait_done(api, key_a, batch_id)
+    seen, cursor = [], 0
+    while True:
+        r = api.get(f"/v1/batches/{batch_id}/results", params={"cursor": cursor, "limit": 10},
+                    headers=auth(key_a))
+        seen += [json.loads(x)["line"] for x in r.text.splitlines()]
+        if "x-next-cursor" not in r.headers:
+            break
+        cursor = int(r.headers["x-next-cursor"])
+    assert seen == list(range(1, 26))
+
+
+def test_json_batch_and_counters_match_rows(api: TestClient, key_a: str) -> None:
+    jobs = [{"kind": "encode", "params": {"text": f"t{i}"}} for i in range(300)]
+    r = api.post("/v1/batches", json={"jobs": jobs}, headers=auth(key_a))
+    assert r.status_code == 202
+    batch = wait_done(api, key_a, r.json()["id"])
+    assert batch["counts"]["succeeded"] == 300 == real_counts(batch["id"])["succeeded"]
+
+
+@pytest.mark.parametrize("body", [b"", b"\n\n", b'{"kind": "x"}\n[]\n'])
+def test_empty_or_all_invalid_is_422_and_stores_nothing(
+    api: TestClient, key_a: str, body: bytes
+) -> None:
+    with session_scope() as s:
+        before = s.scalar(select(func.count()).select_from(Batch))
+    r = api.post("/v1/batches", content=body, headers={**auth(key_a), **NDJSON})
+    assert r.status_code == 422
+    assert r.json()["error"]["code"] == "invalid"
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(Batch)) == before
+
+
+def test_idempotency_keys_in_a_batch(api: TestClient, key_a: str) -> None:
+    body = ndjson([
+        {"kind": "encode", "params": {"text": "a"}, "idempotency_key": "bk-1"},
+        {"kind": "encode", "params": {"text": "a"}, "idempotency_key": "bk-1"},
+    ])
+    out = api.post("/v1/batches", content=body, headers={**auth(key_a), **NDJSON}).json()
+    assert (out["accepted"], out["rejected"]) == (1, 1)
+    assert "bk-1" in out["rejected_lines"][0]["reason"]
+
+
+def test_cancel_batch_counts_add_up(api: TestClient, key_a: str) -> None:
+    body = ndjson([{"kind": "encode", "params": {"text": f"c{i}"}} for i in range(5000)])
+    batch_id = api.post("/v1/batches", content=body, headers={**auth(key_a), **NDJSON}).json()["id"]
+    r = api.post(f"/v1/batches/{batch_id}/cancel", headers=auth(key_a))
+    assert r.status_code == 200
+    batch = wait_done(api, key_a, batch_id)
+    counts = batch["counts"]
+    assert counts["cancelled"] > 0
+    assert counts["cancelled"] + counts["succeeded"] == 5000
+    assert {k: v for k, v in counts.items() if v} == real_counts(batch_id)
+
+
+def test_other_tenant_cannot_see_batch(api: TestClient, key_a: str, key_b: str) -> None:
+    body = ndjson([{"kind": "encode", "params": {"text": "mine"}}])
+    batch_id = api.post("/v1/batches", content=body, headers={**auth(key_a), **NDJSON}).json()["id"]
+    for path in ("", "/results"):
+        assert api.get(f"/v1/batches/{batch_id}{path}", headers=auth(key_b)).status_code == 404
+    assert api.post(f"/v1/batches/{batch_id}/cancel", headers=auth(key_b)).status_code == 404
+
+
+def test_high_priority_job_overtakes_queued_batch(api: TestClient, key_a: str) -> None:
+    """A high job submitted behind a large normal batch finishes while the batch waits."""
+    n = 30_000
+    body = ndjson([{"kind": "encode", "params": {"text": f"backlog {i}"}} for i in range(n)])
+    batch_id = api.post("/v1/batches", content=body, headers={**auth(key_a), **NDJSON},
+                        params={"priority": "normal"}).json()["id"]
+    job = api.post("/v1/jobs", json={"kind": "encode", "params": {"text": "urgent"},
+                                     "priority": "high"}, headers=auth(key_a)).json()
+    done = api.get(f"/v1/jobs/{job['id']}", params={"wait": 30}, headers=auth(key_a)).json()
+    assert done["status"] == "succeeded"
+    with session_scope() as s:
+        behind = s.execute(text("SELECT count(*) FROM jobs WHERE batch_id = :b AND "
+                                "(finished_at IS NULL OR finished_at > :t)"),
+                           {"b": batch_id, "t": done["finished_at"]}).scalar_one()
+    # Most of the batch was still waiting when the urgent job finished.
+    assert behind > n // 2
+    api.post(f"/v1/batches/{batch_id}/cancel", headers=auth(key_a))
