@@ -110,8 +110,12 @@ class Client:
     ) -> dict[str, Any]:
         """Submit one job; the same idempotency_key again returns the first job."""
         body: dict[str, Any] = {"kind": kind, "params": dict(params or {})}
-        extras = {"priority": priority, "max_attempts": max_attempts,
-                  "idempotency_key": idempotency_key, "ref": ref}  # fmt: skip
+        extras = {
+            "priority": priority,
+            "max_attempts": max_attempts,
+            "idempotency_key": idempotency_key,
+            "ref": ref,
+        }
         body.update({k: v for k, v in extras.items() if v is not None})
         job: dict[str, Any] = self._call("POST", "/v1/jobs", json=body)
         return job
@@ -122,8 +126,9 @@ class Client:
             job: dict[str, Any] = self._call("GET", f"/v1/jobs/{job_id}")
             return job
         wait = min(wait, MAX_WAIT)
-        job = self._call("GET", f"/v1/jobs/{job_id}", params={"wait": f"{wait:.3f}"},
-                         timeout=self.timeout + wait)  # fmt: skip
+        job = self._call(
+            "GET", f"/v1/jobs/{job_id}", params={"wait": f"{wait:.3f}"}, timeout=self.timeout + wait
+        )
         return job
 
     def wait(self, job_id: int, timeout: float | None = None) -> dict[str, Any]:
@@ -169,18 +174,25 @@ class Client:
     # Batches -----------------------------------------------------------------------
 
     def submit_batch(
-        self, source: BatchSource, *, on_progress: Callable[[int], None] | None = None
+        self,
+        source: BatchSource,
+        *,
+        priority: str | None = None,
+        on_progress: Callable[[int], None] | None = None,
     ) -> dict[str, Any]:
         """Stream jobs as NDJSON: a file path, a binary file, or an iterable of jobs.
 
         Jobs in an iterable are dicts (serialised here) or ready NDJSON lines. Nothing is
         held in memory beyond one chunk; on_progress gets the byte count of each chunk sent.
+        priority is the default of lines that name none.
         """
-        body = _ndjson_body(source, on_progress)
+        body = ndjson_body(source, on_progress)
         timeout = httpx.Timeout(self.timeout, read=BATCH_READ_TIMEOUT, write=BATCH_READ_TIMEOUT)
         headers = {"Content-Type": "application/x-ndjson"}
-        batch: dict[str, Any] = self._call("POST", "/v1/batches", content=body, headers=headers,
-                                           timeout=timeout)  # fmt: skip
+        params = {"priority": priority} if priority else None
+        batch: dict[str, Any] = self._call(
+            "POST", "/v1/batches", content=body, headers=headers, params=params, timeout=timeout
+        )
         return batch
 
     def batch(self, batch_id: int) -> dict[str, Any]:
@@ -239,7 +251,10 @@ class Client:
         return checks
 
 
-def _ndjson_body(source: BatchSource, on_progress: Callable[[int], None] | None) -> Iterator[bytes]:
+def ndjson_body(
+    source: BatchSource, on_progress: Callable[[int], None] | None = None
+) -> Iterator[bytes]:
+    """The NDJSON bytes of a batch source, chunk by chunk, never all in memory."""
     if isinstance(source, str | Path):
         return _file_chunks(Path(source), on_progress)
     if hasattr(source, "read"):

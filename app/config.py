@@ -6,12 +6,18 @@ import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Values that must never be used as secrets in production.
-PLACEHOLDER_SECRETS = frozenset({"", "changeme", "admin", "password", "secret", "babelq"})
+PLACEHOLDER_SECRETS = frozenset(
+    {"", "changeme", "admin", "password", "secret", "babelq", "postgres", "redis"}
+)
+
+#: Shortest Flower password accepted in production.
+MIN_FLOWER_PASSWORD = 12
 
 
 class Settings(BaseSettings):
@@ -56,18 +62,54 @@ class Settings(BaseSettings):
     #: Days finished jobs are kept before the relay prunes them; 0 keeps them forever.
     retention_days: int = 0
 
-    # Limits (see system.md "Tenancy and security").
-    max_batch_lines: int = 1_000_000
-    max_body_bytes: int = 1_048_576
-    max_batch_body_bytes: int = 1_073_741_824
-    max_line_bytes: int = 262_144
-    rate_limit_per_second: float = 0.0
-    rate_limit_burst: int = 0
-    max_queued_per_tenant: int = 0
+    # Limits (see system.md "Tenancy and security" and app/limits.py).
+    max_batch_lines: int = Field(1_000_000, ge=1)
+    #: Largest request body, except uploads to /v1/batches (413 beyond).
+    max_body_bytes: int = Field(1_048_576, ge=1)
+    max_batch_body_bytes: int = Field(1_073_741_824, ge=1)
+    #: Longest NDJSON line; longer lines are rejected with their line number.
+    max_line_bytes: int = Field(262_144, ge=1)
+    #: Jobs per second each tenant may submit, on average; 0 turns the rate limit off.
+    rate_limit_per_second: float = Field(0.0, ge=0)
+    #: Jobs a tenant may submit at once after idling; 0 means one second's worth.
+    rate_limit_burst: int = Field(0, ge=0)
+    #: Queued plus running jobs per tenant; 0 means no cap.
+    max_queued_per_tenant: int = Field(0, ge=0)
 
     def credentials_path(self) -> Path:
         """Where `babelq up` stores generated URLs and secrets."""
         return self.home / "credentials.json"
+
+    def production_problems(self, service: Literal["api", "flower"]) -> list[str]:
+        """Why `service` must not start with these settings; always empty outside production."""
+        if self.env != "production":
+            return []
+        if service == "flower":
+            return _flower_problems(self.flower_user, self.flower_password)
+        return _api_problems(self)
+
+
+def _api_problems(settings: Settings) -> list[str]:
+    problems = [f"BABELQ_{name.upper()} is not set" for name in ("database_url", "redis_url")
+                if not getattr(settings, name)]
+    for name in ("database_url", "redis_url"):
+        password = urlsplit(getattr(settings, name) or "").password
+        if password is not None and password.lower() in PLACEHOLDER_SECRETS:
+            problems.append(f"BABELQ_{name.upper()} has an empty or placeholder password")
+    if settings.test_hooks:
+        problems.append("BABELQ_TEST_HOOKS is on; test-only job kinds must stay off")
+    return problems
+
+
+def _flower_problems(user: str | None, password: str | None) -> list[str]:
+    problems = []
+    if not user or user.lower() in PLACEHOLDER_SECRETS:
+        problems.append("BABELQ_FLOWER_USER is empty or a placeholder")
+    if not password or password.lower() in PLACEHOLDER_SECRETS:
+        problems.append("BABELQ_FLOWER_PASSWORD is empty or a placeholder")
+    elif len(password) < MIN_FLOWER_PASSWORD:
+        problems.append(f"BABELQ_FLOWER_PASSWORD is shorter than {MIN_FLOWER_PASSWORD} characters")
+    return problems
 
 
 def _credentials(settings: Settings) -> dict[str, Any]:

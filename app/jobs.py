@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import event, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
@@ -545,30 +546,63 @@ def submit_rows(
     duplicate the id is the existing job's. Nothing is published here: the caller
     publishes after commit.
     """
-    import orjson
-
     ids = reserve_ids(session, len(rows))
     now = datetime.now(UTC)
+    stamp = audit.timestamp(now)
     pairs = list(zip(rows, ids, strict=True))
+    links = {i: audit.link_at(i, 0, "", "submitted", actor,
+                              {"kind": r.kind, "batch_id": batch_id, "line": r.line}, now, stamp)
+             for r, i in pairs}
     plain = [(r, i) for r, i in pairs if r.idempotency_key is None]
     keyed = [(r, i) for r, i in pairs if r.idempotency_key is not None]
-    links = {i: audit.link(i, 0, "", "submitted", actor,
-                           {"kind": r.kind, "batch_id": batch_id, "line": r.line}, now)
-             for r, i in pairs}
     raw = session.connection().connection.driver_connection
-    assert raw is not None
-    with raw.cursor() as cur, cur.copy(
-        f"COPY jobs ({', '.join(_JOB_COLUMNS)}) FROM STDIN"
-    ) as copy:
-        for r, i in plain:
-            copy.write_row((i, tenant_id, batch_id, r.line, r.kind,
-                            orjson.dumps(r.params).decode(), r.priority, r.max_attempts,
-                            None, r.ref, now, 1, links[i].hash))
+    prefix = f"{tenant_id}\t{batch_id}\t"
+    _copy(raw, "jobs", _JOB_COLUMNS, (
+        f"{i}\t{prefix}{r.line}\t{r.kind}\t{_copy_json(r.params)}\t{r.priority}\t"
+        f"{r.max_attempts}\t\\N\t{_copy_text(r.ref)}\t{stamp}\t1\t{links[i].hash}\n"
+        for r, i in plain
+    ))
     inserted = plain + _insert_keyed(session, keyed, tenant_id, batch_id, now, links)
-    duplicates = _existing(session, tenant_id, [r for r, i in keyed
-                                                if i not in {j for _, j in inserted}])
-    _copy_links(raw, [links[i] for _, i in inserted])
+    kept = {i for _, i in inserted}
+    duplicates = _existing(session, tenant_id, [r for r, i in keyed if i not in kept])
+    _copy(raw, "audit_events", _AUDIT_COLUMNS, (
+        f"{lk.job_id}\t{lk.seq}\t{lk.event_type}\t{_copy_text(lk.actor)}\t{stamp}\t"
+        f"{_copy_json(lk.details)}\t{lk.prev_hash}\t{lk.hash}\n"
+        for lk in (links[i] for i in sorted(kept))
+    ))
     return inserted, duplicates
+
+
+def _copy(raw: Any, table: str, columns: Sequence[str], lines: Iterable[str]) -> None:
+    """COPY rows given as text-format lines; a writer thread overlaps sending with building."""
+    from psycopg.copy import QueuedLibpqWriter
+
+    with raw.cursor() as cur, cur.copy(
+        f"COPY {table} ({', '.join(columns)}) FROM STDIN",
+        writer=QueuedLibpqWriter(cur),
+    ) as copy:
+        buf: list[str] = []
+        for line in lines:
+            buf.append(line)
+            if len(buf) >= 1000:
+                copy.write("".join(buf))
+                buf.clear()
+        if buf:
+            copy.write("".join(buf))
+
+
+#: COPY text format escapes: backslash first, then the characters that end fields/rows.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value: str | None) -> str:
+    r"""A text value for COPY text format (\N is NULL)."""
+    return "\\N" if value is None else value.translate(_COPY_ESCAPES)
+
+
+def _copy_json(value: Any) -> str:
+    """A JSON value for COPY text format; orjson never emits raw control characters."""
+    return orjson.dumps(value).decode().replace("\\", "\\\\")
 
 
 def _insert_keyed(
@@ -577,8 +611,6 @@ def _insert_keyed(
 ) -> list[tuple[NewJob, int]]:
     if not keyed:
         return []
-    import orjson
-
     got = set(session.execute(
         text("INSERT INTO jobs (id, tenant_id, batch_id, line, kind, params, priority, "
              "max_attempts, idempotency_key, ref, published_at, audit_seq, audit_head) "
@@ -610,14 +642,3 @@ def _existing(session: Session, tenant_id: int, rows: list[NewJob]) -> list[tupl
         {"t": tenant_id, "keys": [r.idempotency_key for r in rows]},
     ).tuples().all())
     return [(r, found[r.idempotency_key]) for r in rows if r.idempotency_key in found]
-
-
-def _copy_links(raw: Any, links: list[Link]) -> None:
-    import orjson
-
-    with raw.cursor() as cur, cur.copy(
-        f"COPY audit_events ({', '.join(_AUDIT_COLUMNS)}) FROM STDIN"
-    ) as copy:
-        for lk in links:
-            copy.write_row((lk.job_id, lk.seq, lk.event_type, lk.actor, lk.created_at,
-                            orjson.dumps(lk.details).decode(), lk.prev_hash, lk.hash))

@@ -22,7 +22,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from rich.console import Console
@@ -31,13 +31,23 @@ from rich.table import Table
 
 from app.config import Settings
 
+if TYPE_CHECKING:
+    from app.embedded import EmbeddedRedis
+
 #: Seconds a child gets to exit after SIGTERM before it (and its process group) is killed.
 STOP_GRACE = 20.0
 #: Seconds to wait for the api and Flower to answer after they start.
 READY_TIMEOUT = 90.0
 #: Fields of credentials.json, in the order written.
-CREDENTIAL_FIELDS = ("api_url", "api_key", "flower_url", "flower_user", "flower_password",
-                     "database_url", "redis_url")  # fmt: skip
+CREDENTIAL_FIELDS = (
+    "api_url",
+    "api_key",
+    "flower_url",
+    "flower_user",
+    "flower_password",
+    "database_url",
+    "redis_url",
+)
 #: Linux prctl option: signal a child gets when its parent dies (so `up` leaves no orphans).
 PR_SET_PDEATHSIG = 1
 
@@ -53,7 +63,7 @@ class Servers:
     database_url: str
     redis_url: str
     pg_dir: Path | None = None
-    redis: Any = None
+    redis: EmbeddedRedis | None = None
 
     def stop(self) -> None:
         """Stop the embedded servers (configured ones are not ours to stop)."""
@@ -162,7 +172,7 @@ def start_servers(
     return servers
 
 
-def _start_redis(data_dir: Path, saved_url: str | None) -> Any:
+def _start_redis(data_dir: Path, saved_url: str | None) -> EmbeddedRedis:
     """Embedded Redis on the port of the last run when it is free, else any free port."""
     from app.embedded import start_redis
 
@@ -212,10 +222,14 @@ def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Chi
     log = log_dir / f"{name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args], env=env, stdin=subprocess.DEVNULL,
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "app.cli", *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )  # fmt: skip
+        )
     return Child(name, process, log)
 
 
@@ -268,12 +282,16 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 @contextmanager
 def interruptible() -> Iterator[None]:
-    """SIGTERM stops `up` the way Ctrl-C does (both raise KeyboardInterrupt)."""
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    """Ctrl-C and SIGTERM both raise KeyboardInterrupt, even if SIGINT came in ignored.
+
+    A shell starts background jobs with SIGINT ignored, and Python keeps it that way.
+    """
+    previous = [signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)]
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
 
 
 def shielded_stop(stack: Stack, console: Console) -> None:
@@ -308,19 +326,28 @@ def _child_env(
     settings: Settings, creds: dict[str, Any], home: Path, ports: tuple[int, int]
 ) -> dict[str, str]:
     values = {
-        "HOME": str(home), "DATABASE_URL": creds["database_url"], "REDIS_URL": creds["redis_url"],
-        "API_HOST": settings.api_host, "API_PORT": str(ports[0]), "API_URL": creds["api_url"],
-        "API_KEY": creds["api_key"], "FLOWER_HOST": settings.flower_host,
-        "FLOWER_PORT": str(ports[1]), "FLOWER_USER": creds["flower_user"],
+        "HOME": str(home),
+        "DATABASE_URL": creds["database_url"],
+        "REDIS_URL": creds["redis_url"],
+        "API_HOST": settings.api_host,
+        "API_PORT": str(ports[0]),
+        "API_URL": creds["api_url"],
+        "API_KEY": creds["api_key"],
+        "FLOWER_HOST": settings.flower_host,
+        "FLOWER_PORT": str(ports[1]),
+        "FLOWER_USER": creds["flower_user"],
         "FLOWER_PASSWORD": creds["flower_password"],
-    }  # fmt: skip
+    }
     return {**os.environ, **{f"BABELQ_{k}": v for k, v in values.items()}}
 
 
 def up(
-    console: Console, *, api_port: int | None = None, flower_port: int | None = None,
+    console: Console,
+    *,
+    api_port: int | None = None,
+    flower_port: int | None = None,
     with_flower: bool = True,
-) -> int:  # fmt: skip
+) -> int:
     """Run the whole stack until Ctrl-C or SIGTERM (exit 0) or a child dies (exit 1)."""
     settings = Settings()  # the environment only: saved URLs are reused below, deliberately
     home = settings.home.expanduser().resolve()
@@ -344,9 +371,13 @@ def up(
 
 
 def _run(
-    console: Console, settings: Settings, home: Path, ports: tuple[int, int],
-    with_flower: bool, stack: Stack,
-) -> int:  # fmt: skip
+    console: Console,
+    settings: Settings,
+    home: Path,
+    ports: tuple[int, int],
+    with_flower: bool,
+    stack: Stack,
+) -> int:
     from app.db import migrate
 
     saved = read_credentials(home / "credentials.json")
@@ -358,9 +389,11 @@ def _run(
         "api_url": f"http://{settings.api_host}:{ports[0]}",
         "api_key": admin_key(servers.database_url, [settings.api_key, saved.get("api_key")]),
         "flower_url": f"http://{settings.flower_host}:{ports[1]}" if with_flower else None,
-        "flower_user": user, "flower_password": password,
-        "database_url": servers.database_url, "redis_url": servers.redis_url,
-    }  # fmt: skip
+        "flower_user": user,
+        "flower_password": password,
+        "database_url": servers.database_url,
+        "redis_url": servers.redis_url,
+    }
     write_credentials(home / "credentials.json", creds)
     env = _child_env(settings, creds, home, ports)
     specs = [("api", ["api"]), ("worker", ["worker", "-c", "2"]), ("relay", ["relay"])]

@@ -16,7 +16,6 @@ from sqlalchemy import (
     Integer,
     SmallInteger,
     Text,
-    UniqueConstraint,
     func,
     text,
 )
@@ -169,14 +168,11 @@ class AuditEvent(Base):
     """One link of a job's hash chain; the database refuses UPDATE and DELETE."""
 
     __tablename__ = "audit_events"
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    job_id: Mapped[int] = mapped_column(BigInteger)
-    seq: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     event_type: Mapped[str] = mapped_column(Text)
     actor: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = _ts(nullable=False)
     details: Mapped[dict[str, Any]] = mapped_column(JSONB)
     prev_hash: Mapped[str] = mapped_column(Text)
     hash: Mapped[str] = mapped_column(Text)
-
-    __table_args__ = (UniqueConstraint("job_id", "seq", name="audit_events_job_seq"),)

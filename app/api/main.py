@@ -19,12 +19,10 @@ log = logging.getLogger(__name__)
 
 
 def refuse_unsafe(settings: Settings) -> None:
-    """In production, refuse to start without real servers configured."""
-    if settings.env != "production":
-        return
-    missing = [n for n in ("database_url", "redis_url") if not getattr(settings, n)]
-    if missing:
-        raise SystemExit(f"production needs BABELQ_{missing[0].upper()} set")
+    """In production, refuse to start with missing servers, placeholder secrets or test hooks."""
+    problems = settings.production_problems("api")
+    if problems:
+        raise SystemExit("refusing to start the api in production: " + "; ".join(problems))
 
 
 @asynccontextmanager

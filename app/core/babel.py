@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import re
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from app.core import base29
+
 if TYPE_CHECKING:
     from app.core.schemas import BabelResult
 
-
-try:  # Optional accelerator: GMP converts base 29 several times faster than CPython.
-    from gmpy2 import mpz as _mpz
-except ImportError:  # pragma: no cover - depends on the environment
-    _mpz = None
 
 #: The 29 page symbols; a symbol's index is its base-29 digit.
 ALPHABET = " .,abcdefghijklmnopqrstuvwxyz"
@@ -27,8 +23,7 @@ ADDRESS_LIMIT = len(ALPHABET) ** PAGE_SIZE
 
 _BASE = len(ALPHABET)
 _ALPHABET_BYTES = ALPHABET.encode("ascii")
-#: int(s, 29) reads these characters as the digits 0..28.
-_DIGITS = b"0123456789abcdefghijklmnopqrs"
+_DIGITS = base29.DIGITS
 #: Byte maps: a symbol to its digit / to itself; every other byte to space (digit 0).
 _TO_DIGIT = bytes(
     _DIGITS[_ALPHABET_BYTES.index(i)] if i in _ALPHABET_BYTES else ord("0") for i in range(256)
@@ -36,14 +31,6 @@ _TO_DIGIT = bytes(
 _TO_SYMBOL = bytes(i if i in _ALPHABET_BYTES else ord(" ") for i in range(256))
 _DIGIT_TO_SYMBOL = bytes.maketrans(_DIGITS, _ALPHABET_BYTES)
 _INDEX_TO_SYMBOL = bytes.maketrans(bytes(range(_BASE)), _ALPHABET_BYTES)
-#: Three base-29 digits at a time, for turning an address back into a page.
-_TRIPLE = _BASE**3
-_TRIPLES = tuple(
-    bytes((_DIGITS[i // _BASE**2], _DIGITS[i // _BASE % _BASE], _DIGITS[i % _BASE]))
-    for i in range(_TRIPLE)
-)
-#: Digit triples converted by plain repeated division instead of splitting further.
-_LEAF_TRIPLES = 12
 #: Position labels "0".."3199" as bytes, hashed after the address for each symbol.
 _POSITIONS = tuple(str(i).encode("ascii") for i in range(PAGE_SIZE))
 _HEX = re.compile(r"[0-9a-fA-F]+")
@@ -66,16 +53,9 @@ def normalise(text: str) -> tuple[str, int]:
     return raw.decode("ascii"), replaced
 
 
-def _digits_to_hex(digits: bytes) -> str:
-    """Hex of the base-29 number written with `_DIGITS` characters."""
-    if _mpz is not None:
-        return str(_mpz(digits.decode("ascii"), _BASE).digits(16))
-    return format(int(digits, _BASE), "x")
-
-
 def _address_of(symbols: bytes) -> str:
     """Address of the page that starts with `symbols` (padded with spaces)."""
-    return _digits_to_hex(symbols.translate(_TO_DIGIT).ljust(PAGE_SIZE, b"0"))
+    return base29.to_hex(symbols.translate(_TO_DIGIT).ljust(PAGE_SIZE, b"0"))
 
 
 def text_to_address(text: str) -> str:
@@ -100,35 +80,6 @@ def encode(text: str) -> BabelResult:
     }
 
 
-@lru_cache(maxsize=64)
-def _power(exponent: int) -> int:
-    """29 ** exponent, cached: the split points of the conversion repeat."""
-    return _BASE**exponent
-
-
-def _triples(n: int, count: int) -> list[bytes]:
-    """The `count` least significant base-29 digit triples of n, most significant first."""
-    if count <= _LEAF_TRIPLES:
-        out = []
-        for _ in range(count):
-            n, r = divmod(n, _TRIPLE)
-            out.append(_TRIPLES[r])
-        out.reverse()
-        return out
-    # Divide and conquer: CPython's repeated small divisions would be quadratic.
-    low = count // 2
-    high_part, low_part = divmod(n, _power(3 * low))
-    return _triples(high_part, count - low) + _triples(low_part, low)
-
-
-def _to_digits(n: int) -> bytes:
-    """The PAGE_SIZE base-29 digits of n < ADDRESS_LIMIT."""
-    if _mpz is not None:
-        return str(_mpz(n).digits(_BASE)).encode("ascii").rjust(PAGE_SIZE, b"0")
-    # 3201 digits = 1067 whole triples; the extra leading digit is always 0.
-    return b"".join(_triples(n, (PAGE_SIZE + 2) // 3))[-PAGE_SIZE:]
-
-
 def address_to_text(address: str) -> str:
     """The 3200-symbol page whose address is `address` (hex, either case)."""
     if not _HEX.fullmatch(address):
@@ -136,7 +87,7 @@ def address_to_text(address: str) -> str:
     n = int(address, 16)
     if n >= ADDRESS_LIMIT:
         raise ValueError("address is beyond the last page (29**3200)")
-    return _to_digits(n).translate(_DIGIT_TO_SYMBOL).decode("ascii")
+    return base29.to_digits(n, PAGE_SIZE).translate(_DIGIT_TO_SYMBOL).decode("ascii")
 
 
 def address_to_page(address: str) -> str:

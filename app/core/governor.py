@@ -124,8 +124,7 @@ def evaluate(cycles: Sequence[Cycle], config: GovernorConfig) -> EvaluateResult:
             "composite_quality": last["composite_quality"],
             "remaining_budget": last["remaining_budget"],
         },
-        "contradiction_budget_used": config.initial_contradiction_budget
-        - last["remaining_budget"],
+        "contradiction_budget_used": config.initial_contradiction_budget - last["remaining_budget"],
         "cycles": records,
         "trajectories": {
             "quality": [r["composite_quality"] for r in records],

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from app.core import popcount
+
 if TYPE_CHECKING:
     from app.core.schemas import HdResult
 
@@ -23,9 +25,11 @@ D = 10_000
 PACKED_BYTES = D // 8
 #: 64-bit words holding one vector's bits (the last word is zero-padded).
 _WORDS = (D + 63) // 64
-#: Distinct trigrams counted at once (a power of two). Small blocks keep numpy's
-#: temporaries out of fresh mmap'd memory, whose page faults cost more than the work.
+#: Distinct trigrams counted at once (a power of two). Small blocks keep the work
+#: memory small: fresh mmap'd numpy memory costs a page fault per 4 KiB.
 _CHUNK_ROWS = 512
+#: Rows each block is summed down to before all blocks are summed together.
+_PARTIAL_ROWS = 8
 #: Largest trigram-code space counted with bincount instead of a sort.
 _BINCOUNT_LIMIT = 1 << 21
 #: Highest code point for which characters are indexed through a lookup table.
@@ -34,8 +38,8 @@ _LOOKUP_LIMIT = 1 << 12
 _WHITESPACE = re.compile(r"\s+")
 
 Bits = npt.NDArray[np.uint8]
-Words = npt.NDArray[np.uint64]
-Ints = npt.NDArray[np.int64]
+Words = popcount.Words
+Ints = popcount.Ints
 
 
 def normalise(text: str) -> str:
@@ -67,9 +71,10 @@ def _item_words(char: str) -> Words:
 def _char_indices(u: str) -> tuple[list[str], Ints]:
     """Distinct characters of `u` (sorted) and each position's index into them."""
     points = np.frombuffer(u.encode("utf-32-le"), dtype=np.uint32)
-    if int(points.max()) < _LOOKUP_LIMIT:
+    highest = int(points.max())
+    if highest < _LOOKUP_LIMIT:
         # A presence table over the code points is cheaper than a sort.
-        present = np.zeros(int(points.max()) + 1, dtype=np.int64)
+        present = np.zeros(highest + 1, dtype=np.int64)
         present[points] = 1
         distinct = np.flatnonzero(present)
         lookup = np.cumsum(present) - 1
@@ -89,108 +94,63 @@ def _trigram_counts(index: Ints, m: int) -> tuple[Ints, Ints]:
     return distinct, counts.astype(np.int64)
 
 
-def _add_halves(planes: list[Words]) -> list[Words]:
-    """Bit-sliced ripple add of the first half of the rows to the second half.
-
-    Plane j holds bit j of a per-position counter in every row. Adding the
-    halves pairwise halves the rows and adds one plane. Works in place on the
-    halves: re-allocating megabytes per level is what makes numpy slow here.
-    """
-    half = planes[0].shape[0] // 2
-    a = [p[:half] for p in planes]
-    b = [p[half:] for p in planes]
-    out = [a[0] ^ b[0]]
-    np.bitwise_and(a[0], b[0], out=a[0])
-    carry = a[0]
-    for j in range(1, len(planes)):
-        t = a[j] ^ b[j]
-        np.bitwise_and(a[j], b[j], out=a[j])
-        np.bitwise_and(t, carry, out=b[j])
-        np.bitwise_xor(t, carry, out=t)
-        np.bitwise_or(a[j], b[j], out=a[j])
-        out.append(t)
-        carry = a[j]
-    out.append(carry)
-    return out
-
-
-def _sum_rows(planes: list[Words]) -> list[Words]:
-    """Add up all rows (a power of two of them): one row per plane remains."""
-    while planes[0].shape[0] > 1:
-        planes = _add_halves(planes)
-    return planes
-
-
-def _padded(rows: int) -> Words:
-    """Zeroed rows, rounded up to a power of two so every halving is exact."""
-    return np.zeros((1 << (rows - 1).bit_length(), _WORDS), dtype=np.uint64)
-
-
-class _Trigrams:
-    """Per-call item tables of a text's characters, to build trigram bit rows."""
+class _Counter:
+    """Bit-sliced per-position counts of +1 trigram vectors, block by block."""
 
     def __init__(self, chars: list[str]) -> None:
-        """Stack the cached item words of `chars`, one table per rotation."""
+        """Item tables of the text's characters plus two reusable work blocks."""
         tables = np.stack([_item_words(c) for c in chars])
         self.m = len(chars)
         self.rho = [np.ascontiguousarray(tables[:, k]) for k in range(3)]
+        self.rows = np.empty((_CHUNK_ROWS, _WORDS), dtype=np.uint64)
+        self.scratch = np.empty((_CHUNK_ROWS // 2, _WORDS), dtype=np.uint64)
 
-    def count(self, codes: Ints) -> list[Words]:
-        """Bit-sliced count, per position, of the codes' trigram vectors that are +1."""
-        m, rho = self.m, self.rho
-        rows = _padded(len(codes))
-        live = rows[: len(codes)]
+    def block(self, codes: Ints) -> Words:
+        """At most _CHUNK_ROWS trigram codes, summed down to _PARTIAL_ROWS rows."""
+        m, n = self.m, len(codes)
+        rows = self.rows[: popcount.pow2(n)]  # a power of two: every halving is exact
+        rows[n:] = 0
+        # mode="clip" because "raise" makes take() buffer its output.
+        np.take(self.rho[2], codes // (m * m), axis=0, out=rows[:n], mode="clip")
         # +1 in the bipolar product is an odd number of set bits: XOR == 1.
-        np.take(rho[2], codes // (m * m), axis=0, out=live, mode="clip")  # "raise" buffers
-        np.bitwise_xor(live, rho[1][codes // m % m], out=live)
-        np.bitwise_xor(live, rho[0][codes % m], out=live)
-        return _sum_rows([rows])
+        self._xor_items(rows, self.rho[1], codes // m % m)
+        self._xor_items(rows, self.rho[0], codes % m)
+        return popcount.sum_rows([rows], self.scratch, _PARTIAL_ROWS)
+
+    def _xor_items(self, rows: Words, table: Words, index: Ints) -> None:
+        """rows[i] ^= table[index[i]], through the half-size scratch block."""
+        step = len(self.scratch)
+        for start in range(0, len(index), step):
+            part = index[start : start + step]
+            tmp = self.scratch[: len(part)]
+            target = rows[start : start + len(part)]
+            np.take(table, part, axis=0, out=tmp, mode="clip")
+            np.bitwise_xor(target, tmp, out=target)
+
+    def blocks(self, codes: Ints, shift: int) -> list[tuple[int, Words]]:
+        """Partial sums of any number of codes, each to be weighted by 2**shift."""
+        return [
+            (shift, self.block(codes[start : start + _CHUNK_ROWS]))
+            for start in range(0, len(codes), _CHUNK_ROWS)
+        ]
 
 
-def _numbers(trigrams: _Trigrams, codes: Ints, counts: Ints) -> list[list[Words]]:
-    """Bit-sliced per-position counts, weighted by `counts`, as several partial sums."""
-    order = np.argsort(counts, kind="stable")
-    codes, counts = codes[order], counts[order]
-    single = int(np.searchsorted(counts, 2))
-    numbers = [
-        trigrams.count(codes[start : min(start + _CHUNK_ROWS, single)])
-        for start in range(0, single, _CHUNK_ROWS)
-    ]
-    repeated, weights = codes[single:], counts[single:]
-    for bit in range(1, int(counts[-1]).bit_length()):
-        # Weight 2**bit is a shift: prepend `bit` all-zero planes.
-        subset = repeated[(weights >> bit) & 1 == 1]
-        zero = np.zeros((1, _WORDS), dtype=np.uint64)
-        if len(subset):
-            numbers.append([zero] * bit + trigrams.count(subset))
-    odd = repeated[weights & 1 == 1]
-    if len(odd):
-        numbers.append(trigrams.count(odd))
-    return numbers
-
-
-def _total(numbers: list[list[Words]]) -> Ints:
-    """Add bit-sliced one-row numbers and unpack the sum to integers per position."""
-    width = max(len(n) for n in numbers)
-    planes = []
-    for j in range(width):
-        plane = _padded(len(numbers))
-        for i, n in enumerate(numbers):
-            if j < len(n):
-                plane[i] = n[j][0]
-        planes.append(plane)
-    bits = np.unpackbits(np.concatenate(_sum_rows(planes)).view(np.uint8), axis=1, count=D)
-    # Plane j is bit j of the count: packing the planes column-wise gives the count.
-    packed = np.packbits(bits, axis=0, bitorder="little")
-    return sum((packed[k].astype(np.int64) << (8 * k) for k in range(len(packed))),
-               np.zeros(D, dtype=np.int64))
+def _partials(counter: _Counter, codes: Ints, counts: Ints) -> list[tuple[int, Words]]:
+    """Partial sums that together weight each distinct trigram by its count."""
+    partials = counter.blocks(codes[counts == 1], 0)
+    repeated = counts > 1
+    codes, counts = codes[repeated], counts[repeated]
+    for bit in range(int(counts.max(initial=0)).bit_length()):
+        # A count is a sum of powers of two; weight 2**bit is a shift by `bit` planes.
+        partials += counter.blocks(codes[(counts >> bit) & 1 == 1], bit)
+    return partials
 
 
 def _ones_per_position(u: str) -> Ints:
     """Per position, how many of the trigram vectors of `u` are +1."""
     chars, index = _char_indices(u)
     codes, counts = _trigram_counts(index, len(chars))
-    return _total(_numbers(_Trigrams(chars), codes, counts))
+    return popcount.total(_partials(_Counter(chars), codes, counts), D)
 
 
 def encode_packed(text: str) -> tuple[bytes, int]:

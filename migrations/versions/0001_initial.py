@@ -140,16 +140,14 @@ def upgrade() -> None:
     )
     op.create_table(
         "audit_events",
-        _id(),
-        sa.Column("job_id", sa.BigInteger, nullable=False),
-        sa.Column("seq", sa.Integer, nullable=False),
+        sa.Column("job_id", sa.BigInteger, primary_key=True),
+        sa.Column("seq", sa.Integer, primary_key=True),
         sa.Column("event_type", sa.Text, nullable=False),
         sa.Column("actor", sa.Text, nullable=False),
         sa.Column("created_at", TS, nullable=False),
         sa.Column("details", JSONB, nullable=False),
         sa.Column("prev_hash", sa.Text, nullable=False),
         sa.Column("hash", sa.Text, nullable=False),
-        sa.UniqueConstraint("job_id", "seq", name="audit_events_job_seq"),
     )
     op.execute(APPEND_ONLY)
 

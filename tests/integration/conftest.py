@@ -62,7 +62,7 @@ def api(settings: Settings) -> Iterator[TestClient]:
         yield client
 
 
-def _key(tenant: str, admin: bool = False) -> str:
+def make_key(tenant: str, admin: bool = False) -> str:
     from app.db import session_scope
     from app.keys import create_key
 
@@ -74,19 +74,19 @@ def _key(tenant: str, admin: bool = False) -> str:
 @pytest.fixture(scope="session")
 def admin_key(settings: Settings) -> str:
     """An admin key of tenant "ops"."""
-    return _key("ops", admin=True)
+    return make_key("ops", admin=True)
 
 
 @pytest.fixture(scope="session")
 def key_a(settings: Settings) -> str:
     """A key of tenant "alpha"."""
-    return _key("alpha")
+    return make_key("alpha")
 
 
 @pytest.fixture(scope="session")
 def key_b(settings: Settings) -> str:
     """A key of tenant "beta"."""
-    return _key("beta")
+    return make_key("beta")
 
 
 def auth(key: str) -> dict[str, str]:

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from app.db import session_scope
 from app.models import AuditEvent, Decision, Job, Result
-from tests.integration.conftest import auth
+from tests.integration.conftest import auth, make_key
 
 pytestmark = pytest.mark.integration
 
@@ -138,10 +138,13 @@ def test_other_tenant_sees_404(api: TestClient, key_a: str, key_b: str) -> None:
     assert job["id"] not in [j["id"] for j in listed]
 
 
-def test_list_filters_and_cursor(api: TestClient, key_a: str) -> None:
+def test_list_filters_and_cursor(api: TestClient) -> None:
+    key_a = make_key("paging")  # a tenant of its own, so other tests' jobs don't pad the pages
     ids = [api.post("/v1/jobs", json={"kind": "encode", "params": {"text": f"p{i}"},
                                       "ref": "paging"}, headers=auth(key_a)).json()["id"]
            for i in range(5)]
+    api.post("/v1/jobs", json={"kind": "enumerate", "params": {"query": "other kind"}},
+             headers=auth(key_a))
     seen: list[int] = []
     cursor = None
     while True:
@@ -153,7 +156,7 @@ def test_list_filters_and_cursor(api: TestClient, key_a: str) -> None:
         cursor = page["next_cursor"]
         if not cursor:
             break
-    assert set(ids) <= set(seen)
+    assert set(ids) == set(seen)
     assert seen == sorted(seen, reverse=True)
     assert len(seen) == len(set(seen))
 

@@ -22,7 +22,7 @@ from app.db import new_session
 from app.ingest import IngestError, Ingestor, LineSplitter
 from app.keys import Principal
 from app.models import Batch
-from app.schemas import Priority
+from app.schemas import ErrorBody, Priority
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -80,20 +80,34 @@ def _json_lines(body: bytes) -> list[tuple[int, bytes | None]]:
     return [(i, orjson.dumps(item)) for i, item in enumerate(doc["jobs"], start=1)]
 
 
-@router.post("", status_code=202, response_model=BatchCreated, responses=ERRORS)
+#: The upload is read from the stream by the route itself, so its body is documented here.
+UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/x-ndjson": {"schema": {
+        "type": "string", "description": "one job per line, each as the body of POST /v1/jobs"}},
+    "application/json": {"schema": {
+        "type": "object", "required": ["jobs"], "additionalProperties": False,
+        "properties": {"jobs": {"type": "array",
+                                "items": {"$ref": "#/components/schemas/JobCreate"}}},
+    }},
+}}}
+
+
+@router.post("", status_code=202, response_model=BatchCreated, openapi_extra=UPLOAD_BODY,
+             responses={**ERRORS, 415: {"model": ErrorBody}})
 async def create_batch(
     request: Request,
     principal: PrincipalDep,
     priority: Priority = "normal",
 ) -> BatchCreated:
     """Ingest a batch: NDJSON (one job per line, streamed) or JSON {"jobs": [...]}."""
-    from app.limits import check_submission
+    from app.limits import check_submission, precheck_batch
 
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in ("application/x-ndjson", "application/json", "application/jsonl"):
         raise ApiError(415, "send application/x-ndjson (one job per line) or application/json")
     session = new_session()
     try:
+        await run_in_threadpool(precheck_batch, session, principal)
         ingestor = await run_in_threadpool(Ingestor, session, principal, priority)
         if ctype == "application/json":
             body = await request.body()
@@ -102,7 +116,8 @@ async def create_batch(
             splitter = LineSplitter(get_settings().max_line_bytes)
             async for block in _blocks(request, splitter):
                 await run_in_threadpool(ingestor.feed, block)
-        await run_in_threadpool(check_submission, session, principal, ingestor.accepted)
+        await run_in_threadpool(check_submission, session, principal, ingestor.accepted,
+                                batch_id=ingestor.batch_id)
         return BatchCreated(**await run_in_threadpool(ingestor.commit))
     except IngestError as exc:
         raise ApiError(exc.status, exc.message, exc.details) from None

@@ -163,7 +163,10 @@ def cancel_job(job_id: int, session: SessionDep, principal: PrincipalDep) -> Job
 @router.post("/{job_id}/retry", response_model=JobRead, responses=ERRORS)
 def retry_job(job_id: int, session: SessionDep, principal: PrincipalDep) -> JobRead:
     """Queue a dead or cancelled job again, with a fresh allowance of attempts."""
+    from app.limits import check_cap
+
     job = get_job(session, principal, job_id)
+    check_cap(session, job.tenant_id, 1)
     if not jobs.retry(session, job.id, actor=principal.actor):
         raise ApiError(409, f"job {job_id} is {job.status}; only dead or cancelled jobs retry")
     session.commit()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
@@ -10,8 +11,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from app import keys
 from app.api.deps import AdminDep, SessionDep
 from app.api.errors import ApiError
+from app.schemas import ErrorBody
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 422, 503)
+}
 
 
 class KeyCreate(BaseModel):
@@ -41,7 +47,7 @@ class KeyCreated(KeyRead):
     key: str
 
 
-@router.post("", status_code=201, response_model=KeyCreated)
+@router.post("", status_code=201, response_model=KeyCreated, responses=ERRORS)
 def create_key(key_in: KeyCreate, session: SessionDep, _: AdminDep) -> KeyCreated:
     """Create a key for a tenant (the tenant is created if new)."""
     row, secret = keys.create_key(session, tenant=key_in.tenant, admin=key_in.admin,
@@ -51,7 +57,7 @@ def create_key(key_in: KeyCreate, session: SessionDep, _: AdminDep) -> KeyCreate
                       admin=row.is_admin, created_at=row.created_at, key=secret)
 
 
-@router.get("", response_model=list[KeyRead])
+@router.get("", response_model=list[KeyRead], responses=ERRORS)
 def read_keys(session: SessionDep, _: AdminDep, tenant: str | None = None) -> list[KeyRead]:
     """Every key, or one tenant's."""
     return [
@@ -61,7 +67,7 @@ def read_keys(session: SessionDep, _: AdminDep, tenant: str | None = None) -> li
     ]
 
 
-@router.delete("/{key_id}", status_code=204)
+@router.delete("/{key_id}", status_code=204, responses=ERRORS)
 def revoke_key(key_id: int, session: SessionDep, _: AdminDep) -> None:
     """Revoke a key; requests with it fail from now on."""
     if not keys.revoke_key(session, key_id):

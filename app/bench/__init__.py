@@ -1,0 +1,1 @@
+"""Benchmarks: the core computations against obvious references, and the whole system."""

@@ -1,0 +1,261 @@
+"""What the system benchmark runs against: servers, real processes, and their memory.
+
+Every measured process is a real one (`babelq api`, `babelq worker`, `babelq relay`, the
+naive baseline's `celery worker`), started as a child in its own session with its
+output in a log file, and stopped (with its pool processes) when the bench ends.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from app.launcher import Child, check_alive, stop_children, wait_until
+
+#: Linux prctl option: the signal a child gets when the bench dies, so none is orphaned.
+PR_SET_PDEATHSIG = 1
+#: Seconds between memory samples.
+RSS_INTERVAL = 0.1
+MB = 1024 * 1024
+
+
+@dataclass
+class Servers:
+    """PostgreSQL (a fresh database on it) and Redis for one bench run."""
+
+    database_url: str
+    redis_url: str
+    admin_url: str
+    db_name: str
+    tmp: Path
+
+
+@contextmanager
+def servers(database_url: str | None, redis_url: str | None) -> Iterator[Servers]:
+    """Embedded servers in a temp dir unless URLs are given; a fresh migrated database."""
+    from app.db import migrate
+    from app.embedded import (
+        create_database,
+        drop_database,
+        normalize_db_url,
+        start_postgres,
+        start_redis,
+        stop_postgres,
+    )
+
+    # Under /tmp: PostgreSQL's unix socket path must stay below 107 bytes.
+    tmp = Path(tempfile.mkdtemp(prefix="babelq-bench-"))
+    pg_dir = tmp / "pgdata"
+    embedded_redis = None
+    name = f"babelq_bench_{secrets.token_hex(4)}"
+    admin = ""
+    try:
+        admin = normalize_db_url(database_url) if database_url else start_postgres(pg_dir)
+        if not redis_url:
+            embedded_redis = start_redis(tmp / "redis")
+        url = create_database(admin, name)
+        migrate(url)
+        yield Servers(url, redis_url or embedded_redis.url, admin, name, tmp)  # type: ignore[union-attr]
+    finally:
+        if admin:
+            with suppress(Exception):
+                drop_database(admin, name)
+        if embedded_redis is not None:
+            embedded_redis.stop()
+        if not database_url:
+            stop_postgres(pg_dir)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def admin_key(database_url: str) -> str:
+    """A new admin key for the bench's tenant."""
+    from app.db import engine_for, session_scope
+    from app.keys import create_key
+
+    with session_scope(engine_for(database_url)) as session:
+        _, secret = create_key(session, tenant="bench", admin=True, name="babelq bench")
+    return secret
+
+
+def child_env(srv: Servers, **extra: str) -> dict[str, str]:
+    """The environment of every child: our servers, a private home, the rest inherited."""
+    values = {"DATABASE_URL": srv.database_url, "REDIS_URL": srv.redis_url,
+              "HOME": str(srv.tmp / "home"), **extra}
+    return {**os.environ, **{f"BABELQ_{k.upper()}": v for k, v in values.items()}}
+
+
+def _die_with_parent() -> None:
+    # Between fork and exec: SIGTERM the child if the bench is killed outright.
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Child:
+    """Start `python ARGS` in its own session, output to log_dir/NAME.log."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{name}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, *args], env=env, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )  # fmt: skip
+    return Child(name, process, log)
+
+
+def api_args(port: int) -> list[str]:
+    """`babelq api` on a port of 127.0.0.1."""
+    return ["-m", "app.cli", "api", "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "warning"]
+
+
+def worker_args(concurrency: int, name: str = "bench") -> list[str]:
+    """`babelq worker` on all three queues: one Celery worker, a prefork pool of N."""
+    return ["-m", "app.cli", "worker", "-Q", "encode,enumerate,evaluate", "-c",
+            str(concurrency), "--loglevel", "WARNING", "-n", f"{name}@%h"]
+
+
+def naive_worker_args(concurrency: int) -> list[str]:
+    """The naive baseline's Celery worker, same pool and concurrency as ours."""
+    from app.bench.naive import NAIVE_QUEUE
+
+    return ["-m", "celery", "-A", "app.bench.naive", "worker", "-Q", NAIVE_QUEUE, "-c",
+            str(concurrency), "--loglevel", "WARNING", "-n", "naive@%h"]
+
+
+@dataclass
+class Procs:
+    """The children of a run, started and stopped together."""
+
+    env: dict[str, str]
+    log_dir: Path
+    children: list[Child] = field(default_factory=list)
+
+    def start(self, name: str, args: list[str]) -> Child:
+        """Spawn a child and keep it for stop()."""
+        child = spawn(name, args, self.env, self.log_dir)
+        self.children.append(child)
+        return child
+
+    def wait_ready(self, url: str) -> None:
+        """Until url answers 200; fail at once, with its log, if a child died."""
+        wait_until(url, self.children)
+
+    def check(self) -> None:
+        """Raise LaunchError naming a child that died."""
+        check_alive(self.children)
+
+    def stop(self, *names: str) -> None:
+        """Stop the named children (all when none is named), pool processes included."""
+        chosen = [c for c in self.children if not names or c.name in names]
+        stop_children(chosen)
+        self.children = [c for c in self.children if c not in chosen]
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants (empty once it is gone)."""
+    try:
+        proc = psutil.Process(pid)
+        return [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def rss_of(procs: list[psutil.Process]) -> int:
+    """Resident bytes of these processes together (those still alive)."""
+    total = 0
+    for p in procs:
+        with suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
+
+
+class RssSampler:
+    """Samples the resident memory of process trees in a thread; keeps peaks per name.
+
+    Listing a tree's descendants walks all of /proc, so trees are re-listed only every
+    REFRESH samples (prefork pool processes come and go rarely); the memory of the
+    listed processes is read every sample.
+    """
+
+    REFRESH = 10
+
+    def __init__(self, interval: float = RSS_INTERVAL) -> None:
+        self.interval = interval
+        self.pids: dict[str, int] = {}
+        self.trees: dict[str, list[psutil.Process]] = {}
+        self.peak: dict[str, int] = {}
+        self.window: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def watch(self, name: str, pid: int) -> None:
+        """Sample this process tree under name from now on."""
+        with self._lock:
+            self.pids[name] = pid
+            self.trees[name] = tree(pid)
+
+    def now(self, name: str) -> int:
+        """Resident bytes of that tree now; also restarts its window peak there."""
+        rss = rss_of(tree(self.pids[name]))
+        with self._lock:
+            self.window[name] = rss
+        return rss
+
+    def _run(self) -> None:
+        count = 0
+        while not self._stop.wait(self.interval):
+            count += 1
+            with self._lock:
+                if count % self.REFRESH == 0:
+                    self.trees = {name: tree(pid) for name, pid in self.pids.items()}
+                trees = dict(self.trees)
+            for name, procs in trees.items():
+                rss = rss_of(procs)
+                with self._lock:
+                    self.peak[name] = max(self.peak.get(name, 0), rss)
+                    self.window[name] = max(self.window.get(name, 0), rss)
+
+
+def wait_for(
+    predicate: Callable[[], bool], procs: Procs, timeout: float, poll: float = 0.05
+) -> float:
+    """Poll predicate() until true; the monotonic time it first was. Children must live."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        procs.check()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not done within {timeout:.0f}s")
+        time.sleep(poll)
+    return time.monotonic()

@@ -1,0 +1,20 @@
+"""The core micro-benchmark runs end to end and ours agrees with every reference."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+
+from app.bench.core import print_table, run_core_bench
+
+
+@pytest.mark.bench
+def test_core_bench_results_match_the_references() -> None:
+    rows = run_core_bench(repeat=2)
+    assert [row["name"] for row in rows if not row["equal"]] == []
+    assert all(row["ours_us"] > 0 and row["naive_us"] > 0 for row in rows)
+    out = io.StringIO()
+    print_table(rows, Console(file=out, width=120))
+    assert all(row["name"] in out.getvalue() for row in rows)

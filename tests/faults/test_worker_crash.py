@@ -1,0 +1,79 @@
+"""A worker SIGKILLed mid-chunk: its leases expire, the relay hands the jobs out again."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from sqlalchemy import Engine, text
+
+from tests.faults import checks
+from tests.faults.conftest import Recorder
+from tests.faults.stack import Stack, encode_lines, submit_batch, wait_for
+
+pytestmark = pytest.mark.faults
+
+BATCH = 20_000
+
+
+def held_by(engine: Engine, worker: str, since: int) -> int:
+    """How many of the test's jobs this worker (w1, w2) holds right now."""
+    with engine.connect() as conn:
+        return int(conn.execute(
+            text("SELECT count(*) FROM jobs WHERE id > :s AND status = 'running' "
+                 "AND worker LIKE :w"), {"s": since, "w": f"{worker}@%"},
+        ).scalar_one())
+
+
+def lease_expiries(engine: Engine, worker: str, since: int) -> int:
+    """Jobs the relay took back from this worker after their lease ran out."""
+    with engine.connect() as conn:
+        return int(conn.execute(
+            text("SELECT count(*) FROM audit_events WHERE job_id > :s "
+                 "AND event_type = 'lease_expired' AND details->>'worker' LIKE :w"),
+            {"s": since, "w": f"{worker}@%"},
+        ).scalar_one())
+
+
+def test_sigkill_worker_mid_batch(
+    stack: Stack, client: httpx.Client, engine: Engine, since: int, recovery: Recorder
+) -> None:
+    submit_batch(client, encode_lines(BATCH, "crash"))
+    wait_for("w1 to hold jobs mid-batch", lambda: held_by(engine, "w1", since) > 0, 60, 0.02)
+    injected = time.monotonic()
+    stack["w1"].kill()
+
+    recovered = checks.wait_terminal(engine, since)
+    counts = checks.assert_consistent(engine, since)
+    assert counts == {"succeeded": BATCH}
+    assert lease_expiries(engine, "w1", since) > 0, "the kill did not interrupt a chunk"
+    recovery.record("worker SIGKILL mid-batch (20k encode)", injected, recovered, counts)
+
+
+def test_sigkill_worker_mid_long_job(
+    stack: Stack, client: httpx.Client, engine: Engine, since: int, recovery: Recorder
+) -> None:
+    r = client.post("/v1/jobs", json={"kind": "test_sleep", "params": {"seconds": 3}})
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+
+    def holder() -> str | None:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        return str(job["worker"]).split("@")[0] if job["status"] == "running" else None
+
+    wait_for("the job to start", holder, 30, 0.05)
+    name = holder()
+    assert name in ("w1", "w2")
+    time.sleep(1)  # well inside the 3 s job
+    injected = time.monotonic()
+    stack[name].kill()
+
+    recovered = checks.wait_terminal(engine, since)
+    counts = checks.assert_consistent(engine, since)
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert (job["status"], job["attempt"]) == ("succeeded", 2), job
+    trail = [e["type"] for e in client.get(f"/v1/jobs/{job_id}/audit").json()["events"]]
+    assert trail == ["submitted", "started", "lease_expired", "started", "succeeded"]
+    assert job["worker"].split("@")[0] != name
+    recovery.record("worker SIGKILL mid-job (one 3 s test_sleep)", injected, recovered, counts)
