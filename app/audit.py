@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
 from app.models import AuditEvent
@@ -106,7 +106,7 @@ def link_at(
 def insert_links(session: Session, links: Sequence[Link]) -> None:
     """Append events with one multi-row INSERT."""
     if links:
-        session.execute(AuditEvent.__table__.insert(), [lk.row() for lk in links])
+        session.execute(insert(AuditEvent), [lk.row() for lk in links])
 
 
 def advance_heads(session: Session, links: Sequence[Link]) -> None:

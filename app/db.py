@@ -15,16 +15,9 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import get_settings
+from app.embedded import normalize_db_url as normalize_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-
-
-def normalize_url(url: str) -> str:
-    """The psycopg 3 form of a PostgreSQL URL, whatever scheme the user gave."""
-    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
-    raise ValueError(f"not a PostgreSQL URL: {url.split('://')[0]}://...")
 
 
 @lru_cache(maxsize=8)

@@ -137,13 +137,13 @@ def submit(
         "ref": ref,
         "published_at": datetime.now(UTC),
     }
-    stmt = insert(Job).values(**values).returning(Job.id)
+    stmt = insert(Job).values(**values)
     if idempotency_key is not None:
         stmt = stmt.on_conflict_do_nothing(
             index_elements=["tenant_id", "idempotency_key"],
             index_where=text("idempotency_key IS NOT NULL"),
         )
-    job_id = session.execute(stmt).scalar()
+    job_id = session.execute(stmt.returning(Job.id)).scalar()
     if job_id is None:
         existing = session.scalars(
             select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key)
@@ -636,7 +636,7 @@ def _insert_keyed(
 def _existing(session: Session, tenant_id: int, rows: list[NewJob]) -> list[tuple[NewJob, int]]:
     if not rows:
         return []
-    found = dict(session.execute(
+    found: dict[str, int] = dict(session.execute(
         text("SELECT idempotency_key, id FROM jobs WHERE tenant_id = :t "
              "AND idempotency_key = ANY(CAST(:keys AS text[]))"),
         {"t": tenant_id, "keys": [r.idempotency_key for r in rows]},

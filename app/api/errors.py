@@ -82,7 +82,7 @@ async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
 
 
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return error_response(exc.status_code, str(exc.detail), None, exc.headers)
+    return error_response(exc.status_code, str(exc.detail), None, dict(exc.headers or {}))
 
 
 async def _db_down(_: Request, exc: Exception) -> JSONResponse:

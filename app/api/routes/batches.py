@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -166,7 +166,7 @@ _RESULTS = text(
 )
 
 
-def _result_lines(rows: list[Any]) -> Iterator[bytes]:
+def _result_lines(rows: Sequence[Any]) -> Iterator[bytes]:
     for line, job_id, status, result, error in rows:
         if error:
             error = {k: v for k, v in error.items() if k != "traceback"}
