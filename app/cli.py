@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import sys
 import threading
@@ -64,6 +65,9 @@ STATUS_STYLE = {
     "dead": "red",
     "cancelled": "magenta",
 }
+
+#: Tenant names the api accepts (app/api/routes/keys.py), so both ways agree.
+TENANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine output: JSON on stdout.")]
 JobArg = Annotated[int, typer.Argument(help="Job id.", min=1)]
@@ -537,6 +541,8 @@ def keys_create(
     """Create a key and print it alone on stdout: KEY=$(babelq keys create --tenant t)."""
     from app import keys
 
+    if not TENANT_NAME.fullmatch(tenant):
+        raise CliError(f"tenant {tenant!r}: use 1..100 of A-Z a-z 0-9 _ . -", 2)
     with database() as session:
         _, secret = keys.create_key(session, tenant=tenant, admin=admin, name=name)
     typer.echo(secret)

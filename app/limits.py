@@ -107,8 +107,9 @@ def _capped(cap: int, unfinished: int, n: int) -> ApiError:
 def unfinished_count(session: Session, tenant_id: int, cap: int, batch_id: int | None = None
                      ) -> int:
     """The tenant's queued and running jobs outside batch_id, counted up to cap only."""
-    return int(session.execute(_UNFINISHED, {"t": tenant_id, "b": batch_id, "cap": cap})
-               .scalar_one())
+    # Batch ids start at 1, so 0 excludes nothing (NULL would exclude every single job).
+    params = {"t": tenant_id, "b": batch_id or 0, "cap": cap}
+    return int(session.execute(_UNFINISHED, params).scalar_one())
 
 
 def check_cap(session: Session, tenant_id: int, n: int, batch_id: int | None = None) -> None:

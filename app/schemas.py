@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.models import PRIORITY_NAMES, Job
 
 Kind = Literal["encode", "enumerate", "evaluate"]
 Priority = Literal["high", "normal", "low"]
 Status = Literal["queued", "running", "succeeded", "dead", "cancelled"]
+
+
+def storable(value: str) -> str:
+    """Reject what PostgreSQL text cannot hold: NUL characters and lone surrogates."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+#: Free-text fields of requests (refs, names, idempotency keys): bounded and storable.
+Label = Annotated[str, Field(max_length=200), AfterValidator(storable)]
+IdempotencyKey = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(storable)]
 
 
 class JobCreate(BaseModel):
@@ -23,8 +39,8 @@ class JobCreate(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     priority: Priority = "normal"
     max_attempts: int | None = Field(default=None, ge=1, le=20)
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
-    ref: str | None = Field(default=None, max_length=200)
+    idempotency_key: IdempotencyKey | None = None
+    ref: Label | None = None
 
 
 class JobError(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError
@@ -23,6 +23,12 @@ def get_db() -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_db)]
+
+#: Largest id a row can have (PostgreSQL bigint); larger ones are refused with 422, not sent.
+MAX_ID = 2**63 - 1
+
+#: A job, batch or key id in a path.
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 def _bearer(request: Request) -> str:

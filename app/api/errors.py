@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,13 @@ async def _db_down(_: Request, exc: Exception) -> JSONResponse:
                           headers={"Retry-After": "5"})
 
 
+async def _data_refused(_: Request, exc: Exception) -> JSONResponse:
+    # The net under validation: a value PostgreSQL refuses is the client's, not a 500.
+    # Only the class is logged: the statement's parameters are the client's data.
+    log.warning("database refused a value: %s", type(exc).__name__)
+    return error_response(422, "a value cannot be stored (out of range, or not storable text)")
+
+
 async def _dbapi_error(request: Request, exc: DBAPIError) -> JSONResponse:
     if exc.connection_invalidated:
         return await _db_down(request, exc)
@@ -106,3 +114,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(OperationalError, _db_down)
     app.add_exception_handler(DBAPIError, _dbapi_error)  # type: ignore[arg-type]
+    app.add_exception_handler(DataError, _data_refused)
+    # psycopg's own errors reach here unwrapped from raw-connection work (COPY).
+    app.add_exception_handler(psycopg.DataError, _data_refused)
+    app.add_exception_handler(psycopg.OperationalError, _db_down)

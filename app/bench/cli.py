@@ -8,12 +8,14 @@ table (or JSON) and returns the numbers.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
 import statistics
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Annotated, Any
 
 import httpx
@@ -87,9 +89,13 @@ def batch_done(client: httpx.Client, batch_id: int) -> bool:
     return bool(reply.json()["done"])
 
 
-def single_job(client: httpx.Client, text: str) -> float:
-    """Submit one job, long-poll it to `succeeded`; milliseconds from submit to seeing it."""
-    started = time.perf_counter()
+#: Stretches of a single job's life, between the client's clock and the job's timestamps.
+STAGES = ("submit_to_created", "created_to_started", "started_to_finished", "finished_to_seen")
+
+
+def single_job(client: httpx.Client, text: str) -> tuple[float, dict[str, float]]:
+    """Submit one job and long-poll it to `succeeded`: total ms and ms per stage."""
+    began, started = time.time(), time.perf_counter()
     reply = client.post("/v1/jobs", json={"kind": "encode", "params": {"text": text}})
     reply.raise_for_status()
     job = reply.json()
@@ -97,9 +103,20 @@ def single_job(client: httpx.Client, text: str) -> float:
         reply = client.get(f"/v1/jobs/{job['id']}", params={"wait": 10})
         reply.raise_for_status()
         job = reply.json()
+    total = (time.perf_counter() - started) * 1000
     if job["status"] != "succeeded":
         raise RuntimeError(f"job {job['id']} ended {job['status']}: {job.get('error')}")
-    return (time.perf_counter() - started) * 1000
+    marks = [began, *(datetime.fromisoformat(job[k]).timestamp()
+                      for k in ("created_at", "started_at", "finished_at")), time.time()]
+    gaps = [(b - a) * 1000 for a, b in itertools.pairwise(marks)]
+    return total, dict(zip(STAGES, gaps, strict=True))
+
+
+def latency(client: httpx.Client, samples: int, tag: str) -> dict[str, Any]:
+    """Percentiles of single-job latency, and the median of each stage of it."""
+    runs = [single_job(client, f"{tag} {i}") for i in range(samples)]
+    stages = {k: statistics.median(r[1][k] for r in runs) for k in STAGES}
+    return {**percentiles([r[0] for r in runs]), "median_stages": stages}
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -178,16 +195,15 @@ def our_phase(client: httpx.Client, srv: Servers, procs: Procs, rss: RssSampler,
     """Warm up, latency on the idle system, then one batch: ingestion and end to end."""
     warm = upload(client, WARMUP_LINES, "warm")
     wait_for(lambda: batch_done(client, warm["id"]), procs, timeout=120)
-    for i in range(WARMUP_SINGLES):
-        single_job(client, f"warm single {i}")
-    latency = percentiles([single_job(client, f"single {i}") for i in range(samples)])
+    latency(client, WARMUP_SINGLES, "warm single")
+    lat = latency(client, samples, "single")
     ingestion, growth = measured_upload(client, rss, n, "job")
     done = wait_for(lambda: batch_done(client, ingestion["id"]), procs,
                     timeout=max(600, n / 200))
     outcome = batch_outcome(srv.database_url, ingestion["id"])
     return {"ingestion": rate(n, ingestion["seconds"]),
             "end_to_end": {**rate(n, done - ingestion["started"]), **outcome},
-            "latency_ms": latency, "api_growth_mb": growth}
+            "latency_ms": lat, "api_growth_mb": growth}
 
 
 def measured_upload(client: httpx.Client, rss: RssSampler, n: int, tag: str
@@ -335,7 +351,9 @@ def table(r: dict[str, Any]) -> Table:
     t = Table(title=f"babelq bench: {cfg['n']:,} light encode jobs, naive baseline "
                     f"{cfg['naive_n']:,}; {cfg['worker_layout']}; chunk_size {cfg['chunk_size']}",
               caption=f"{m['cpus']} CPUs ({m['cpu']}), Python {m['python']}, {m['system']}, "
-                      f"load average {m['load']}")
+                      f"load average at start {m['load']}. Naive: one ORM commit + apply_async "
+                      "per job; its ingestion timed with its workers stopped, its end to end "
+                      "with them consuming.")
     for col in ("measure", "Babel Queue", "naive", "ours/naive", "target", "met"):
         t.add_column(col, justify="left" if col == "measure" else "right")
     for key, label in (("ingestion", "ingestion, jobs/s"), ("end_to_end", "end to end, jobs/s")):
@@ -344,6 +362,8 @@ def table(r: dict[str, Any]) -> Table:
     t.add_row("latency p50 / p95 / p99, ms",
               f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f}", "", "",
               *target("latency_ms.p50", "latency_ms.p99"))
+    t.add_row("  median ms: submit→row→claimed→finished→seen",
+              " / ".join(f"{lat['median_stages'][k]:.1f}" for k in STAGES), "", "", "", "")
     t.add_row("peak RSS api, MB", f"{mem['api_peak']:.0f}", "", "", "", "")
     t.add_row("peak RSS worker + pool, MB", f"{mem['worker_peak']:.0f}",
               f"{mem['naive_worker_peak']:.0f}", "", "", "")

@@ -251,15 +251,12 @@ def _page(seed: int) -> str:
 
 
 def _governor_params() -> dict[str, Any]:
-    """Ten long cycles that all get evaluated (no early stop)."""
-    cycles = [
-        {
-            "left": {"text": (ENGLISH * 5)[: 1500 + 50 * k], "confidence": 0.9},
-            "right": {"text": (ENGLISH * 5)[100 : 1700 + 30 * k], "confidence": 0.8},
-        }
-        for k in range(10)
-    ]
-    return {"cycles": cycles, "config": GOVERNOR_CONFIG}
+    """Ten long cycles that all get evaluated: half-similar engines, no stop until the last."""
+    words = ENGLISH.split()
+    left = " ".join(words * 5)
+    right = " ".join((words[::2] + ["broker", "lease", "retry", "worker"]) * 8)
+    cycle = {"left": {"text": left, "confidence": 0.9}, "right": {"text": right, "confidence": 0.8}}
+    return {"cycles": [cycle] * 10, "config": GOVERNOR_CONFIG}
 
 
 Case = tuple[str, Callable[[], object], Callable[[], object]]

@@ -7,6 +7,7 @@ import binascii
 import hashlib
 import re
 import unicodedata
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -28,10 +29,15 @@ _WORDS = (D + 63) // 64
 #: Distinct trigrams counted at once (a power of two). Small blocks keep the work
 #: memory small: fresh mmap'd numpy memory costs a page fault per 4 KiB.
 _CHUNK_ROWS = 512
+#: Rows gathered per temporary: 80 KiB, under the 128 KiB where malloc turns to mmap.
+_PIECE_ROWS = 64
 #: Rows each block is summed down to before all blocks are summed together.
-_PARTIAL_ROWS = 8
-#: Largest trigram-code space counted with bincount instead of a sort.
-_BINCOUNT_LIMIT = 1 << 21
+_PARTIAL = 8
+#: Largest trigram-code space counted with bincount instead of a sort (bincount's
+#: table stays under 128 KiB, below the size that numpy gets as fresh mmap'd memory).
+_BINCOUNT_LIMIT = 1 << 14
+#: Most distinct characters for which whole-text item tables are built (~4 MB).
+_TABLE_CHARS = 1024
 #: Highest code point for which characters are indexed through a lookup table.
 _LOOKUP_LIMIT = 1 << 12
 
@@ -39,7 +45,7 @@ _WHITESPACE = re.compile(r"\s+")
 
 Bits = npt.NDArray[np.uint8]
 Words = popcount.Words
-Ints = popcount.Ints
+Ints = npt.NDArray[np.int64]
 
 
 def normalise(text: str) -> str:
@@ -53,19 +59,24 @@ def _bits(label: bytes) -> Bits:
     return np.unpackbits(np.frombuffer(digest, dtype=np.uint8))
 
 
-_TIEBREAK = _bits(b"hd-tiebreak")
+_TIEBREAK = _bits(b"hd-tiebreak").astype(bool)
 
 
 @lru_cache(maxsize=4096)
 def _item_words(char: str) -> Words:
-    """Packed item bits of `char`, rotated by 0, 1 and 2: shape (3, words)."""
-    bits = _bits(b"hd-item:" + char.encode("utf-8"))
-    spread = np.zeros((3, _WORDS * 64), dtype=np.uint8)
-    for k in range(3):
-        spread[k, :D] = np.roll(bits, k)
-    words: Words = np.packbits(spread, axis=1).view(np.uint64)
-    words.flags.writeable = False  # shared through the cache: never mutate
-    return words
+    """Item bits of `char` rotated by 0, 1 and 2, packed into (3, words) uint64."""
+    x = int.from_bytes(hashlib.shake_256(b"hd-item:" + char.encode("utf-8")).digest(PACKED_BYTES))
+    pad = bytes(_WORDS * 8 - PACKED_BYTES)
+    # rho^k(v)[i] = v[i - k]: bit i is int bit D-1-i, so rotate the int right by k.
+    rotated = (x >> k | (x & ((1 << k) - 1)) << (D - k) for k in range(3))
+    raw = b"".join(r.to_bytes(PACKED_BYTES) + pad for r in rotated)
+    return np.frombuffer(raw, dtype=np.uint64).reshape(3, _WORDS)  # read-only: shared
+
+
+def _tables(chars: list[str]) -> list[Words]:
+    """Item words of `chars` as three (chars, words) tables, rotation 0, 1 and 2."""
+    stacked = np.stack([_item_words(c) for c in chars])
+    return [np.ascontiguousarray(stacked[:, k]) for k in range(3)]
 
 
 def _char_indices(u: str) -> tuple[list[str], Ints]:
@@ -94,63 +105,73 @@ def _trigram_counts(index: Ints, m: int) -> tuple[Ints, Ints]:
     return distinct, counts.astype(np.int64)
 
 
-class _Counter:
-    """Bit-sliced per-position counts of +1 trigram vectors, block by block."""
+Block = tuple[list[Words], Ints, Ints, Ints, int]  # item tables, a, b, c, shift
+Plan = tuple[list[tuple[int, int]], Iterator[Block]]  # (trigrams, shift) per block; blocks
 
-    def __init__(self, chars: list[str]) -> None:
-        """Item tables of the text's characters plus two reusable work blocks."""
-        tables = np.stack([_item_words(c) for c in chars])
-        self.m = len(chars)
-        self.rho = [np.ascontiguousarray(tables[:, k]) for k in range(3)]
-        self.rows = np.empty((_CHUNK_ROWS, _WORDS), dtype=np.uint64)
-        self.scratch = np.empty((_CHUNK_ROWS // 2, _WORDS), dtype=np.uint64)
 
-    def block(self, codes: Ints) -> Words:
-        """At most _CHUNK_ROWS trigram codes, summed down to _PARTIAL_ROWS rows."""
-        m, n = self.m, len(codes)
-        rows = self.rows[: popcount.pow2(n)]  # a power of two: every halving is exact
-        rows[n:] = 0
-        # mode="clip" because "raise" makes take() buffer its output.
-        np.take(self.rho[2], codes // (m * m), axis=0, out=rows[:n], mode="clip")
+def _count(plan: Plan) -> popcount.Counts:
+    """Per position, the weighted count of +1 trigram vectors over all blocks."""
+    sizes, blocks = plan
+    bitsum = popcount.BitSum(sizes, _WORDS, _PARTIAL)
+    for tables, a, b, c, shift in blocks:
+        rows = bitsum.rows(len(a))
         # +1 in the bipolar product is an odd number of set bits: XOR == 1.
-        self._xor_items(rows, self.rho[1], codes // m % m)
-        self._xor_items(rows, self.rho[0], codes % m)
-        return popcount.sum_rows([rows], self.scratch, _PARTIAL_ROWS)
-
-    def _xor_items(self, rows: Words, table: Words, index: Ints) -> None:
-        """rows[i] ^= table[index[i]], through the half-size scratch block."""
-        step = len(self.scratch)
-        for start in range(0, len(index), step):
-            part = index[start : start + step]
-            tmp = self.scratch[: len(part)]
-            target = rows[start : start + len(part)]
-            np.take(table, part, axis=0, out=tmp, mode="clip")
-            np.bitwise_xor(target, tmp, out=target)
-
-    def blocks(self, codes: Ints, shift: int) -> list[tuple[int, Words]]:
-        """Partial sums of any number of codes, each to be weighted by 2**shift."""
-        return [
-            (shift, self.block(codes[start : start + _CHUNK_ROWS]))
-            for start in range(0, len(codes), _CHUNK_ROWS)
-        ]
+        # mode="clip" because "raise" makes take() buffer its output.
+        np.take(tables[2], a, axis=0, out=rows[: len(a)], mode="clip")
+        _xor_items(rows, tables[1], b)
+        _xor_items(rows, tables[0], c)
+        bitsum.add(rows, shift)
+    return bitsum.counts(D)
 
 
-def _partials(counter: _Counter, codes: Ints, counts: Ints) -> list[tuple[int, Words]]:
-    """Partial sums that together weight each distinct trigram by its count."""
-    partials = counter.blocks(codes[counts == 1], 0)
+def _xor_items(rows: Words, table: Words, index: Ints) -> None:
+    """rows[i] ^= table[index[i]], in pieces whose temporaries stay small."""
+    for start in range(0, len(index), _PIECE_ROWS):
+        part = index[start : start + _PIECE_ROWS]
+        target = rows[start : start + len(part)]
+        np.bitwise_xor(target, np.take(table, part, axis=0), out=target)
+
+
+def _chunks(codes: Ints) -> list[Ints]:
+    """`codes` in blocks of at most _CHUNK_ROWS."""
+    return [codes[i : i + _CHUNK_ROWS] for i in range(0, len(codes), _CHUNK_ROWS)]
+
+
+def _plan_by_code(chars: list[str], index: Ints) -> Plan:
+    """Each distinct trigram once, weighted by its count: the usual, few-character case."""
+    m, tables = len(chars), _tables(chars)
+    codes, counts = _trigram_counts(index, m)
+    chunks = [(k, 0) for k in _chunks(codes[counts == 1])]
     repeated = counts > 1
     codes, counts = codes[repeated], counts[repeated]
     for bit in range(int(counts.max(initial=0)).bit_length()):
         # A count is a sum of powers of two; weight 2**bit is a shift by `bit` planes.
-        partials += counter.blocks(codes[(counts >> bit) & 1 == 1], bit)
-    return partials
+        chunks += [(k, bit) for k in _chunks(codes[(counts >> bit) & 1 == 1])]
+    blocks = ((tables, k // (m * m), k // m % m, k % m, shift) for k, shift in chunks)
+    return [(len(k), shift) for k, shift in chunks], blocks
 
 
-def _ones_per_position(u: str) -> Ints:
+def _plan_in_order(chars: list[str], index: Ints) -> Plan:
+    """Trigrams in text order, item tables built per block: bounded memory for any alphabet."""
+    # Whole-text tables would take 3.7 KB per distinct character: up to 240 MB.
+    starts = range(0, len(index) - 2, _CHUNK_ROWS)
+
+    def blocks() -> Iterator[Block]:
+        """One block's tables and local indices at a time."""
+        for start in starts:
+            window = index[start : start + _CHUNK_ROWS + 2]
+            local, position = np.unique(window, return_inverse=True)
+            tables = _tables([chars[i] for i in local.tolist()])
+            yield tables, position[:-2], position[1:-1], position[2:], 0
+
+    return [(min(_CHUNK_ROWS, len(index) - 2 - s), 0) for s in starts], blocks()
+
+
+def _ones_per_position(u: str) -> popcount.Counts:
     """Per position, how many of the trigram vectors of `u` are +1."""
     chars, index = _char_indices(u)
-    codes, counts = _trigram_counts(index, len(chars))
-    return popcount.total(_partials(_Counter(chars), codes, counts), D)
+    by_code = len(chars) <= _TABLE_CHARS
+    return _count((_plan_by_code if by_code else _plan_in_order)(chars, index))
 
 
 def encode_packed(text: str) -> tuple[bytes, int]:
@@ -160,8 +181,10 @@ def encode_packed(text: str) -> tuple[bytes, int]:
         raise ValueError("text is empty after normalisation")
     trigrams = len(s)  # len(" " + s + " ") - 2
     ones = _ones_per_position(" " + s + " ")
-    total = 2 * ones - trigrams  # the integer sum S of the bipolar trigram vectors
-    bits = np.where(total > 0, 1, np.where(total < 0, 0, _TIEBREAK)).astype(np.uint8)
+    # S = 2 * ones - trigrams, the integer sum of the bipolar trigram vectors.
+    bits = ones > trigrams // 2  # S > 0
+    if trigrams % 2 == 0:
+        bits |= (ones == trigrams // 2) & _TIEBREAK  # S == 0
     return np.packbits(bits).tobytes(), trigrams
 
 

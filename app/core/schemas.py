@@ -15,7 +15,9 @@ HD_MAX_CHARS = 65_536
 
 
 def _utf8(value: str) -> str:
-    """Reject lone surrogates: results and hashes need UTF-8-encodable text."""
+    """Reject lone surrogates and NUL: results, hashes and PostgreSQL need storable UTF-8."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
     if not value.isascii():
         try:
             value.encode("utf-8")
@@ -31,7 +33,6 @@ def _not_blank(value: str) -> str:
     return value
 
 
-Utf8Str = Annotated[str, AfterValidator(_utf8)]
 EngineText = Annotated[
     str, Field(min_length=1, max_length=20_000), AfterValidator(_utf8), AfterValidator(_not_blank)
 ]
@@ -48,7 +49,8 @@ class EncodeParams(_Params):
     """Params of `encode`; `codec` comes first so the text check can see it."""
 
     codec: Literal["babel", "hd"] = "babel"
-    text: Utf8Str
+    # The cap of either codec, checked first so huge inputs cost nothing more.
+    text: Annotated[str, Field(max_length=HD_MAX_CHARS), AfterValidator(_utf8)]
 
     @field_validator("text")
     @classmethod
@@ -71,7 +73,9 @@ class EncodeParams(_Params):
 class EnumerateParams(_Params):
     """Params of `enumerate`."""
 
-    query: Annotated[Utf8Str, Field(min_length=1, max_length=1000), AfterValidator(_not_blank)]
+    query: Annotated[
+        str, Field(min_length=1, max_length=1000), AfterValidator(_utf8), AfterValidator(_not_blank)
+    ]
     max_results: Annotated[int, Field(ge=1, le=100)] = 10
     depth: Annotated[int, Field(ge=1, le=10)] = 1
     with_pages: bool = False
@@ -82,7 +86,7 @@ class EngineOutput(_Params):
 
     text: EngineText
     confidence: Unit
-    label: Annotated[Utf8Str, Field(max_length=100)] | None = None
+    label: Annotated[str, Field(max_length=100), AfterValidator(_utf8)] | None = None
 
 
 class Cycle(_Params):

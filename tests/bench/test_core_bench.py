@@ -7,7 +7,8 @@ import io
 import pytest
 from rich.console import Console
 
-from app.bench.core import print_table, run_core_bench
+from app.bench.core import _governor_params, print_table, run_core_bench
+from app.core import run
 
 
 @pytest.mark.bench
@@ -18,3 +19,8 @@ def test_core_bench_results_match_the_references() -> None:
     out = io.StringIO()
     print_table(rows, Console(file=out, width=120))
     assert all(row["name"] in out.getvalue() for row in rows)
+
+
+@pytest.mark.bench
+def test_governor_case_evaluates_every_cycle() -> None:
+    assert run("evaluate", _governor_params())["cycles_evaluated"] == 10

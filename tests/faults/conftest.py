@@ -45,7 +45,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         return
     terminalreporter.write_sep("=", "fault recovery times (fault injected → all jobs terminal)")
     for r in recoveries:
-        terminalreporter.write_line(f"{r.fault:<58} {r.seconds:7.2f} s  {r.jobs:>6} jobs  "
+        terminalreporter.write_line(f"{r.fault:<66} {r.seconds:7.2f} s  {r.jobs:>6} jobs  "
                                     f"{r.outcome}")
 
 

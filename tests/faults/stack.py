@@ -60,6 +60,14 @@ def wait_for(what: str, check: Callable[[], object], timeout: float, every: floa
         time.sleep(every)
 
 
+def babelq_env(**settings: str) -> dict[str, str]:
+    """This process's environment with these BABELQ_* settings and no others."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BABELQ_")}
+    env["BABELQ_ENV"] = "test"
+    env.update({f"BABELQ_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
 class Servers:
     """An embedded PostgreSQL and Redis in base, which tests may stop, flush and crash."""
 
@@ -188,16 +196,8 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         """The environment of every process: only our BABELQ_* settings."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BABELQ_")}
-        env.update({
-            "BABELQ_ENV": "test",
-            "BABELQ_HOME": str(self.workdir / "home"),
-            "BABELQ_DATABASE_URL": self.database_url,
-            "BABELQ_REDIS_URL": self.servers.redis_url,
-            "BABELQ_TEST_HOOKS": "1",
-            **{f"BABELQ_{k.upper()}": v for k, v in TIMINGS.items()},
-        })  # fmt: skip
-        return env
+        return babelq_env(home=str(self.workdir / "home"), database_url=self.database_url,
+                          redis_url=self.servers.redis_url, test_hooks="1", **TIMINGS)
 
     def __getitem__(self, name: str) -> Proc:
         return self.procs[name]
@@ -231,6 +231,14 @@ class Stack:
         return subprocess.run(list(args), env=self.env(), cwd=ROOT, capture_output=True,
                               text=True, timeout=timeout, check=False)
 
+    def publish(self, ids: list[int], priority: int = 1, chunk_size: int = 200) -> None:
+        """Send chunk messages of these job ids, as the api or the relay would."""
+        code = ("import json, sys; from workers.celery_app import publish; "
+                "publish('encode', int(sys.argv[2]), json.loads(sys.argv[1]), int(sys.argv[3]))")
+        done = self.run(sys.executable, "-c", code, json.dumps(ids), str(priority),
+                        str(chunk_size))
+        assert done.returncode == 0, done.stderr
+
     def tails(self) -> str:
         """The end of every process log, for a failing test's report."""
         return "\n".join(f"--- {p.name} ---\n{p.tail()}" for p in self.procs.values())
@@ -260,11 +268,33 @@ def sql_count(engine: Engine, sql: str, **params: Any) -> int:
         return int(conn.execute(text(sql), params).scalar_one())
 
 
+def batch_job_ids(engine: Engine, batch_id: int) -> list[int]:
+    """A batch's job ids in line order."""
+    with engine.connect() as conn:
+        return list(conn.execute(text("SELECT id FROM jobs WHERE batch_id = :b ORDER BY line"),
+                                 {"b": batch_id}).scalars())
+
+
 def wait_progress(engine: Engine, since: int, done: int, timeout: float = 60) -> None:
     """Wait until at least `done` of the test's jobs are terminal: the batch is under way."""
     sql = ("SELECT count(*) FROM jobs WHERE id > :s "
            "AND status IN ('succeeded', 'dead', 'cancelled')")
     wait_for(f"{done} jobs done", lambda: sql_count(engine, sql, s=since) >= done, timeout, 0.02)
+
+
+def occupy_workers(client: httpx.Client, engine: Engine, seconds: float) -> list[int]:
+    """Keep all four worker processes busy with test_sleep jobs; their ids once all run.
+
+    While they sleep, nothing else starts: messages wait in Redis, jobs stay queued.
+    """
+    ids = []
+    for _ in range(4):
+        r = client.post("/v1/jobs", json={"kind": "test_sleep", "params": {"seconds": seconds}})
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+    sql = "SELECT count(*) FROM jobs WHERE id = ANY(:ids) AND status = 'running'"
+    wait_for("4 sleepers to run", lambda: sql_count(engine, sql, ids=ids) == 4, 60, 0.02)
+    return ids
 
 
 def submit_batch(client: httpx.Client, lines: list[dict[str, Any]]) -> dict[str, Any]:

@@ -336,3 +336,21 @@ def _check_up(
     )
     assert audit.returncode == 1
     assert f"job {first} at seq 2" in audit.stdout
+
+
+def test_up_keeps_a_live_admin_key_and_replaces_a_revoked_or_plain_one(settings: Settings) -> None:
+    from app.db import session_scope
+    from app.keys import authenticate, create_key, revoke_key
+    from app.launcher import admin_key
+
+    url = str(settings.database_url)
+    first = admin_key(url, [None, None])
+    assert admin_key(url, [None, first]) == first
+    with session_scope() as session:
+        plain = create_key(session, tenant="default")[1]
+        revoke_key(session, authenticate(session, first).key_id)  # type: ignore[union-attr]
+    replacement = admin_key(url, [plain, first])
+    assert replacement not in (plain, first)
+    with session_scope() as session:
+        principal = authenticate(session, replacement)
+    assert principal is not None and principal.is_admin and principal.tenant == "default"

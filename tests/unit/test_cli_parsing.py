@@ -179,3 +179,15 @@ def test_flower_refuses_placeholder_password_in_production(tmp_path: Path) -> No
 def test_worker_rejects_unknown_queues(tmp_path: Path) -> None:
     done = babelq(tmp_path, "worker", "-Q", "encode,nope")
     assert done.returncode == 2 and "nope" in done.stderr
+
+
+def test_keys_create_refuses_a_tenant_name_the_api_would_refuse(tmp_path: Path) -> None:
+    done = babelq(
+        tmp_path,
+        "keys",
+        "create",
+        "--tenant",
+        "two words",
+        BABELQ_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none",
+    )
+    assert done.returncode == 2 and "tenant" in done.stderr

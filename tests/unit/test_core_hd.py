@@ -21,6 +21,8 @@ TEXTS = {
     "repeated pair": "ab" * 1600,
     # Code points above the lookup table and > 128 distinct characters: the sorting paths.
     "cjk": CJK,
+    # More distinct characters than whole-text tables are built for: per-block tables.
+    "many characters": "".join(chr(0x4E00 + i) for i in range(1500)) * 2,
     "mixed": "Ünïcödé  text\twith\u00a0odd\u2003spaces 🙂🙂 and e\u0301 vs é",
 }
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from app import jobs
-from app.api.deps import PrincipalDep, SessionDep
+from app.api.deps import IdPath, PrincipalDep, SessionDep
 from app.api.errors import ApiError
 from app.api.routes.jobs import ERRORS
 from app.config import get_settings
@@ -154,7 +154,7 @@ def batch_read(batch: Batch) -> BatchRead:
 
 
 @router.get("/{batch_id}", response_model=BatchRead, responses=ERRORS)
-def read_batch(batch_id: int, session: SessionDep, principal: PrincipalDep) -> BatchRead:
+def read_batch(batch_id: IdPath, session: SessionDep, principal: PrincipalDep) -> BatchRead:
     """Counts per status, progress, jobs/s and ETA."""
     return batch_read(get_batch(session, principal, batch_id))
 
@@ -179,7 +179,7 @@ def _result_lines(rows: Sequence[Any]) -> Iterator[bytes]:
     **ERRORS,
 })
 def read_batch_results(
-    batch_id: int,
+    batch_id: IdPath,
     session: SessionDep,
     principal: PrincipalDep,
     cursor: Annotated[int, Query(ge=0, description="last line already read")] = 0,
@@ -194,7 +194,7 @@ def read_batch_results(
 
 
 @router.post("/{batch_id}/cancel", response_model=BatchRead, responses=ERRORS)
-def cancel_batch(batch_id: int, session: SessionDep, principal: PrincipalDep) -> BatchRead:
+def cancel_batch(batch_id: IdPath, session: SessionDep, principal: PrincipalDep) -> BatchRead:
     """Cancel every job of the batch that has not started."""
     get_batch(session, principal, batch_id)
     jobs.cancel_batch(session, batch_id, actor=principal.actor)

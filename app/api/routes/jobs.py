@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import audit, jobs
-from app.api.deps import PrincipalDep, SessionDep
+from app.api.deps import MAX_ID, IdPath, PrincipalDep, SessionDep
 from app.api.errors import ApiError
 from app.db import new_session
 from app.keys import Principal
@@ -63,7 +63,7 @@ def create_job(
     session: SessionDep,
     principal: PrincipalDep,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=200, pattern=r"^[!-~]+$")] = None,
 ) -> JobRead:
     """Submit one job; 200 with the existing job if the idempotency key was seen."""
     from app.limits import check_submission
@@ -97,7 +97,7 @@ def _read(principal: Principal, job_id: int) -> tuple[JobRead, bool]:
 
 @router.get("/{job_id}", response_model=JobRead, responses=ERRORS)
 async def read_job(
-    job_id: int,
+    job_id: IdPath,
     request: Request,
     principal: PrincipalDep,
     wait: Annotated[float, Query(ge=0, le=60, description="long-poll seconds")] = 0,
@@ -121,7 +121,7 @@ def read_jobs(
     principal: PrincipalDep,
     status: Status | None = None,
     kind: Kind | None = None,
-    batch_id: int | None = None,
+    batch_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     cursor: Annotated[str | None, Query(pattern=r"^\d{1,19}$")] = None,
@@ -150,7 +150,7 @@ def read_jobs(
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead, responses=ERRORS)
-def cancel_job(job_id: int, session: SessionDep, principal: PrincipalDep) -> JobRead:
+def cancel_job(job_id: IdPath, session: SessionDep, principal: PrincipalDep) -> JobRead:
     """Cancel a queued or running job; a running job's late result is discarded."""
     job = get_job(session, principal, job_id)
     if not jobs.cancel(session, job.id, actor=principal.actor):
@@ -161,7 +161,7 @@ def cancel_job(job_id: int, session: SessionDep, principal: PrincipalDep) -> Job
 
 
 @router.post("/{job_id}/retry", response_model=JobRead, responses=ERRORS)
-def retry_job(job_id: int, session: SessionDep, principal: PrincipalDep) -> JobRead:
+def retry_job(job_id: IdPath, session: SessionDep, principal: PrincipalDep) -> JobRead:
     """Queue a dead or cancelled job again, with a fresh allowance of attempts."""
     from app.limits import check_cap
 
@@ -175,7 +175,7 @@ def retry_job(job_id: int, session: SessionDep, principal: PrincipalDep) -> JobR
 
 
 @router.get("/{job_id}/audit", response_model=AuditRead, responses=ERRORS)
-def read_audit(job_id: int, session: SessionDep, principal: PrincipalDep) -> AuditRead:
+def read_audit(job_id: IdPath, session: SessionDep, principal: PrincipalDep) -> AuditRead:
     """The job's audit trail and whether its hash chain verifies."""
     job = get_job(session, principal, job_id)
     events = audit.job_events(session, job.id)
@@ -191,7 +191,7 @@ def read_audit(job_id: int, session: SessionDep, principal: PrincipalDep) -> Aud
 
 
 @router.get("/{job_id}/decision", response_model=DecisionRead, responses=ERRORS)
-def read_decision(job_id: int, session: SessionDep, principal: PrincipalDep) -> DecisionRead:
+def read_decision(job_id: IdPath, session: SessionDep, principal: PrincipalDep) -> DecisionRead:
     """The governor decision of a finished evaluate job."""
     job = get_job(session, principal, job_id)
     row = session.get(Decision, job.id)

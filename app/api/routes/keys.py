@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import keys
-from app.api.deps import AdminDep, SessionDep
+from app.api.deps import AdminDep, IdPath, SessionDep
 from app.api.errors import ApiError
-from app.schemas import ErrorBody
+from app.schemas import ErrorBody, Label
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
+
+#: Tenant names: short, and safe in logs, URLs and shell commands.
+TENANT_PATTERN = r"^[A-Za-z0-9_.-]+$"
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 422, 503)
@@ -24,9 +27,9 @@ class KeyCreate(BaseModel):
     """A key to create."""
 
     model_config = ConfigDict(extra="forbid")
-    tenant: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    tenant: str = Field(min_length=1, max_length=100, pattern=TENANT_PATTERN)
     admin: bool = False
-    name: str = Field(default="", max_length=200)
+    name: Label = ""
 
 
 class KeyRead(BaseModel):
@@ -58,7 +61,11 @@ def create_key(key_in: KeyCreate, session: SessionDep, _: AdminDep) -> KeyCreate
 
 
 @router.get("", response_model=list[KeyRead], responses=ERRORS)
-def read_keys(session: SessionDep, _: AdminDep, tenant: str | None = None) -> list[KeyRead]:
+def read_keys(
+    session: SessionDep,
+    _: AdminDep,
+    tenant: Annotated[str | None, Query(max_length=100, pattern=TENANT_PATTERN)] = None,
+) -> list[KeyRead]:
     """Every key, or one tenant's."""
     return [
         KeyRead(id=k.id, tenant=t, name=k.name, prefix=k.prefix, admin=k.is_admin,
@@ -68,7 +75,7 @@ def read_keys(session: SessionDep, _: AdminDep, tenant: str | None = None) -> li
 
 
 @router.delete("/{key_id}", status_code=204, responses=ERRORS)
-def revoke_key(key_id: int, session: SessionDep, _: AdminDep) -> None:
+def revoke_key(key_id: IdPath, session: SessionDep, _: AdminDep) -> None:
     """Revoke a key; requests with it fail from now on."""
     if not keys.revoke_key(session, key_id):
         raise ApiError(404, f"no live key {key_id}")

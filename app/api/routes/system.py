@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
@@ -43,7 +43,7 @@ def _checks() -> dict[str, Any]:
     return checks
 
 
-@router.get("/ready")
+@router.get("/ready", responses={503: {"description": "a dependency is unavailable"}})
 def ready() -> JSONResponse:
     """Database reachable and migrated to head, Redis reachable; 503 otherwise."""
     checks = _checks()
@@ -52,7 +52,7 @@ def ready() -> JSONResponse:
                         status_code=200 if ok else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 def metrics() -> Response:
     """Prometheus exposition."""
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,93 @@
+"""A job that always raises goes dead after max_attempts, with backoff; its chunk-mates succeed."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine, text
+
+from tests.faults import checks
+from tests.faults.conftest import Recorder
+from tests.faults.stack import (
+    Stack,
+    batch_job_ids,
+    encode_lines,
+    occupy_workers,
+    submit_batch,
+)
+
+pytestmark = pytest.mark.faults
+
+#: 600 lines in four chunks of 150, one per worker process; poison jobs first in the first
+#: chunk, mid-way in the second, last in the fourth.
+BATCH = 600
+CHUNK = 150
+POISON_LINES = (1, 225, 600)
+
+
+def poison_batch() -> list[dict[str, Any]]:
+    lines = encode_lines(BATCH, "poison")
+    for n in POISON_LINES:
+        lines[n - 1] = {"kind": "test_fail", "params": {"message": f"bad line {n}"}}
+    return lines
+
+
+def test_poison_job_goes_dead_with_backoff_while_its_chunk_succeeds(
+    stack: Stack, client: httpx.Client, engine: Engine, since: int, recovery: Recorder
+) -> None:
+    # The api publishes a batch in one chunk per kind; a poison job shares a chunk with good
+    # jobs when the relay or a producer mixes kinds. Build such chunks: while every worker is
+    # busy, the batch waits in Redis, and our high-priority mixed chunks overtake it.
+    sleepers = occupy_workers(client, engine, 1.5)
+    submitted = time.monotonic()
+    batch = submit_batch(client, poison_batch())
+    stack.publish(batch_job_ids(engine, batch["id"]), priority=0, chunk_size=CHUNK)
+    recovered = checks.wait_terminal(engine, since)
+    counts = checks.assert_consistent(engine, since)
+    assert counts == {"succeeded": BATCH - len(POISON_LINES) + len(sleepers),
+                      "dead": len(POISON_LINES)}
+
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT line, id, status, attempt, started_at FROM jobs "
+                                 "WHERE batch_id = :b ORDER BY line"), {"b": batch["id"]}).all()
+    claims = Counter(r.started_at for r in rows)
+    for line, job_id, status, attempt, started_at in rows:
+        if line in POISON_LINES:
+            assert (status, attempt) == ("dead", 3)
+            assert claims[started_at] > 1, "the poison job was not claimed with good jobs"
+            assert_dead_with_error(client, job_id, f"bad line {line}")
+            assert_backoff(client, job_id)
+        else:  # a poison job never costs its chunk-mates an attempt
+            assert (status, attempt) == ("succeeded", 1), (line, status, attempt)
+    recovery.record("poison job: submit → dead after 3 attempts (600 jobs)", submitted,
+                    recovered, counts)
+
+
+def assert_dead_with_error(client: httpx.Client, job_id: int, message: str) -> None:
+    """The api shows the error's type, message and traceback."""
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "dead"
+    error = job["error"]
+    assert (error["type"], error["message"]) == ("PoisonError", message)
+    assert "Traceback" in error["traceback"] and "PoisonError" in error["traceback"]
+
+
+def assert_backoff(client: httpx.Client, job_id: int) -> None:
+    """retry_scheduled events with growing retry_in, and no attempt started before its time."""
+    events = client.get(f"/v1/jobs/{job_id}/audit").json()
+    assert events["verified"]
+    trail = [(e["type"], datetime.fromisoformat(e["at"]), e["details"]) for e in events["events"]]
+    assert [t for t, _, _ in trail] == ["submitted", "started", "retry_scheduled", "started",
+                                        "retry_scheduled", "started", "dead"]
+    delays = [d["retry_in"] for t, _, d in trail if t == "retry_scheduled"]
+    assert 0 < delays[0] < delays[1], delays
+    for i, (event_type, at, details) in enumerate(trail):
+        if event_type == "retry_scheduled":
+            waited = (trail[i + 1][1] - at).total_seconds()
+            assert waited >= details["retry_in"] - 0.01, (waited, details)
+    assert trail[-1][2]["error"]["type"] == "PoisonError"
