@@ -254,7 +254,7 @@ def _governor_params() -> dict[str, Any]:
     """Ten long cycles that all get evaluated: half-similar engines, no stop until the last."""
     words = ENGLISH.split()
     left = " ".join(words * 5)
-    right = " ".join((words[::2] + ["broker", "lease", "retry", "worker"]) * 8)
+    right = " ".join([*words[::2], "broker", "lease", "retry", "worker"] * 8)
     cycle = {"left": {"text": left, "confidence": 0.9}, "right": {"text": right, "confidence": 0.8}}
     return {"cycles": [cycle] * 10, "config": GOVERNOR_CONFIG}
 

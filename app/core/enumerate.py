@@ -41,13 +41,21 @@ def score(ngram: str, q: str) -> float:
     return min(1.0, value)
 
 
-def _candidates(q: str, depth: int) -> list[Candidate]:
-    """Every (n-gram, depth) address once, in n-gram then depth order."""
+def _ranked(q: str, depth: int, max_results: int) -> list[Candidate]:
+    """The first `max_results` candidates by score, ties in n-gram then depth order.
+
+    All depths of an n-gram share its score, so stably sorting the n-grams and
+    expanding them in that order is the spec's stable sort of every candidate,
+    and only the addresses that are kept need hashing.
+    """
+    grams = ngrams(q)[:MAX_NGRAMS]
+    scored = sorted(((score(g, q), g) for g in grams), key=lambda pair: -pair[0])
     seen: set[str] = set()
     out: list[Candidate] = []
-    for ngram in ngrams(q)[:MAX_NGRAMS]:
-        value = score(ngram, q)
+    for value, ngram in scored:
         for d in range(depth):
+            if len(out) == max_results:
+                return out
             address = hashlib.sha256(f"{ngram}:{d}".encode()).hexdigest()
             if address not in seen:
                 seen.add(address)
@@ -67,8 +75,7 @@ def enumerate_candidates(
 ) -> EnumerateResult:
     """The `enumerate` result for already validated params."""
     q = query.lower().strip()
-    # sorted() is stable: equal scores keep n-gram then depth order.
-    ranked = sorted(_candidates(q, depth), key=lambda c: -c["score"])[:max_results]
+    ranked = _ranked(q, depth, max_results)
     if with_pages:
         for candidate in ranked:
             _add_page(candidate, q)

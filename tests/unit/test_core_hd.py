@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import random
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -59,3 +60,12 @@ def test_similarity_rejects_malformed_vectors(bad: bytes | str) -> None:
 def test_blank_text_is_rejected() -> None:
     with pytest.raises(ValueError, match="empty"):
         hd_encode(" \n ")
+
+
+def test_threads_get_identical_results() -> None:
+    """Each thread has its own work memory: concurrent encodes must not mix."""
+    texts = [TEXTS["random page"][i:] + TEXTS["repeated pair"][:i] for i in range(0, 1600, 100)]
+    expected = [hd_encode(t) for t in texts]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            assert list(pool.map(hd_encode, texts)) == expected

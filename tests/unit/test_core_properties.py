@@ -10,8 +10,15 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.bench.core import naive_hd_encode
-from app.core import address_to_text, hd_encode, hd_similarity, run, text_to_address
+from app.bench.core import naive_coherence, naive_enumerate, naive_governor, naive_hd_encode
+from app.core import (
+    address_to_text,
+    hd_encode,
+    hd_similarity,
+    run,
+    score_coherence,
+    text_to_address,
+)
 from app.core.babel import ADDRESS_LIMIT, ALPHABET
 from app.core.canonical import canonical_json, sha256_hex
 
@@ -105,6 +112,7 @@ def test_governor_stops_at_the_first_stop(params: dict[str, Any]) -> None:
     assert [c["cycle"] for c in result["cycles"]] == list(range(1, len(decisions) + 1))
     assert len(decisions) <= params["config"].get("max_cycles", 3)
     assert result["decision"] == decisions[-1]
+    assert result == naive_governor(params)
 
 
 @BOUNDED
@@ -116,6 +124,13 @@ def test_enumerate_candidates_are_ranked_and_unique(params: dict[str, Any]) -> N
     assert all(0 < s <= 1 for s in scores)
     addresses = [c["address"] for c in result["candidates"]]
     assert len(set(addresses)) == len(addresses) == result["total"] <= params["max_results"]
+    assert result == naive_enumerate(**params, with_pages=False)
+
+
+@BOUNDED
+@given(st.text(page_chars, max_size=600), st.none() | st.text(page_chars, max_size=20))
+def test_coherence_matches_the_line_by_line_reference(text: str, query: str | None) -> None:
+    assert score_coherence(text, query) == naive_coherence(text, query)
 
 
 PROBE = """
