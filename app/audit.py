@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-
 from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 

@@ -38,7 +38,7 @@ from rich.progress import (
 from rich.table import Table
 
 from app.client import TERMINAL, BabelqError, Client
-from app.config import PLACEHOLDER_SECRETS, get_settings, load_settings
+from app.config import get_settings, load_settings
 
 app = typer.Typer(
     name="babelq",
@@ -743,8 +743,9 @@ def flower_login() -> tuple[str, str]:
             "(`babelq up` generates them)",
             2,
         )
-    if settings.env == "production" and password.lower() in PLACEHOLDER_SECRETS:
-        raise CliError("refusing to start Flower in production with a placeholder password", 2)
+    problems = settings.production_problems("flower")
+    if problems:
+        raise CliError("refusing to start Flower in production: " + "; ".join(problems), 2)
     if ":" in user or "," in user + password:
         raise CliError("Flower user may not contain ':' and neither may contain ','", 2)
     return user, password

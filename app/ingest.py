@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from app import jobs
 from app.api.errors import field_errors
+from app.api.metrics import SUBMITTED
 from app.config import get_settings
 from app.keys import Principal
 from app.models import PRIORITIES
@@ -135,6 +136,8 @@ class Ingestor:
         for (kind, priority), ids in self.pending.items():
             jobs.schedule_publish(self.session, kind, priority, ids)
         self.session.commit()
+        for (kind, _), ids in self.pending.items():
+            SUBMITTED.labels(kind).inc(len(ids))
         return self.summary()
 
     def summary(self) -> dict[str, Any]:

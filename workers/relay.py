@@ -15,10 +15,10 @@ import redis
 from sqlalchemy.exc import OperationalError
 
 from app import jobs
-from app.testhooks import TEST_KINDS
 from app.config import get_settings
 from app.db import session_scope
 from app.notify import redis_client
+from app.testhooks import TEST_KINDS
 from workers.celery_app import KINDS, publish, queue_keys
 
 log = logging.getLogger(__name__)

@@ -304,7 +304,7 @@ def assemble(ours: dict[str, Any], base: dict[str, Any], rss: RssSampler,
     report: dict[str, Any] = {
         "machine": host,
         "config": {"n": n, "naive_n": naive_n, "workers": workers,
-                   "worker_layout": f"1 celery worker, prefork pool of {workers} processes",
+                   "worker_layout": f"1 Celery worker, prefork pool of {workers}",
                    "chunk_size": get_settings().chunk_size},
         "ingestion": ours["ingestion"], "end_to_end": ours["end_to_end"],
         "latency_ms": ours["latency_ms"], "naive": base,
@@ -348,8 +348,8 @@ def table(r: dict[str, Any]) -> Table:
         return ("; ".join(goal[k]["target"] for k in metrics),
                 " ".join("✓" if goal[k]["met"] else "✗" for k in metrics))
 
-    t = Table(title=f"babelq bench: {cfg['n']:,} light encode jobs, naive baseline "
-                    f"{cfg['naive_n']:,}; {cfg['worker_layout']}; chunk_size {cfg['chunk_size']}",
+    t = Table(title=f"babelq bench: {cfg['n']:,} light encode jobs (naive {cfg['naive_n']:,}); "
+                    f"{cfg['worker_layout']}; chunk_size {cfg['chunk_size']}",
               caption=f"{m['cpus']} CPUs ({m['cpu']}), Python {m['python']}, {m['system']}, "
                       f"load average at start {m['load']}. Naive: one ORM commit + apply_async "
                       "per job; its ingestion timed with its workers stopped, its end to end "
@@ -362,7 +362,7 @@ def table(r: dict[str, Any]) -> Table:
     t.add_row("latency p50 / p95 / p99, ms",
               f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f}", "", "",
               *target("latency_ms.p50", "latency_ms.p99"))
-    t.add_row("  median ms: submit→row→claimed→finished→seen",
+    t.add_row("  median ms: →row →claimed →finished →seen",
               " / ".join(f"{lat['median_stages'][k]:.1f}" for k in STAGES), "", "", "", "")
     t.add_row("peak RSS api, MB", f"{mem['api_peak']:.0f}", "", "", "", "")
     t.add_row("peak RSS worker + pool, MB", f"{mem['worker_peak']:.0f}",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import Engine, select, text
@@ -41,15 +41,19 @@ def status_counts(engine: Engine, since: int) -> Counter[str]:
     return Counter({status: n for status, n in rows})
 
 
-def wait_terminal(engine: Engine, since: int, timeout: float = 150) -> float:
+def wait_terminal(
+    engine: Engine, since: int, timeout: float = 150, every: Callable[[], object] | None = None
+) -> float:
     """Wait until every job above since is terminal; the time.monotonic() it happened.
 
     The timeout is hang protection only. Polls ride out a database that is still
-    coming back after a restart.
+    coming back after a restart. `every` is called on each poll (a supervisor's round).
     """
     deadline = time.monotonic() + timeout
     counts: Counter[str] = Counter()
     while time.monotonic() < deadline:
+        if every is not None:
+            every()
         try:
             counts = status_counts(engine, since)
         except Exception:  # the database may be restarting; the deadline still holds

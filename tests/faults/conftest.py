@@ -45,8 +45,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         return
     terminalreporter.write_sep("=", "fault recovery times (fault injected → all jobs terminal)")
     for r in recoveries:
-        terminalreporter.write_line(f"{r.fault:<66} {r.seconds:7.2f} s  {r.jobs:>6} jobs  "
-                                    f"{r.outcome}")
+        jobs = f"{r.jobs:>6} jobs  {r.outcome}" if r.jobs else ""
+        terminalreporter.write_line(f"{r.fault:<66} {r.seconds:7.2f} s  {jobs}")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -88,15 +88,23 @@ def engine(fault_db: str) -> Iterator[Engine]:
 
 @pytest.fixture(scope="session")
 def running_stack(
-    servers: Servers, fault_db: str, tmp_path_factory: pytest.TempPathFactory
+    servers: Servers, fault_db: str, request: pytest.FixtureRequest
 ) -> Iterator[Stack]:
-    """api, workers w1 and w2, relay: started once, restarted by tests that kill them."""
-    stack = Stack(servers, fault_db, tmp_path_factory.mktemp("faults-stack"))
+    """api, workers w1 and w2, relay: started once, restarted by tests that kill them.
+
+    Process logs are kept (and their directory named) when a test failed.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="babelq-faults-logs-"))
+    stack = Stack(servers, fault_db, workdir)
     try:
         stack.ensure()
         yield stack
     finally:
         stack.close()
+        if request.session.testsfailed:
+            print(f"\nfault suite process logs kept in {workdir / 'logs'}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -140,14 +148,17 @@ class Recorder:
         self.config = config
 
     def record(self, fault: str, injected: float, recovered: float, counts: dict[str, int]
-               ) -> float:
-        """Keep (and return) the recovery time for the summary."""
-        seconds = recovered - injected
+               ) -> None:
+        """Keep the recovery time (time.monotonic() readings) for the summary."""
+        self.note(fault, recovered - injected, counts)
+
+    def note(self, what: str, seconds: float, counts: dict[str, int] | None = None) -> None:
+        """Keep a measurement for the summary."""
+        counts = counts or {}
         outcome = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         self.config.stash[RECOVERIES].append(
-            Recovery(fault, seconds, sum(counts.values()), outcome))
-        print(f"\n{fault}: recovered in {seconds:.2f}s ({outcome})")
-        return seconds
+            Recovery(what, seconds, sum(counts.values()), outcome))
+        print(f"\n{what}: {seconds:.2f}s {outcome}")
 
 
 @pytest.fixture

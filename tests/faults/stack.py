@@ -42,6 +42,8 @@ TIMINGS = {
 }
 #: The queues every worker consumes.
 QUEUES = "encode,enumerate,evaluate"
+#: The workers of the stack, two prefork processes each.
+WORKERS = ("w1", "w2")
 
 
 def free_port() -> int:
@@ -127,13 +129,18 @@ class Proc:
     name: str
     argv: list[str]
     log: Path
+    #: What its log says once it serves (None: nothing to wait for).
+    ready_line: bytes | None = None
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    #: Where the log of the current run starts.
+    log_start: int = 0
 
     def start(self, env: dict[str, str]) -> None:
         """Start it (again)."""
         with self.log.open("ab") as out:
             out.write(f"\n=== start {' '.join(self.argv)}\n".encode())
             out.flush()
+            self.log_start = out.tell()
             self.popen = subprocess.Popen(
                 self.argv, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True,
@@ -143,6 +150,17 @@ class Proc:
     def alive(self) -> bool:
         """Whether the main process still runs."""
         return self.popen is not None and self.popen.poll() is None
+
+    @property
+    def ready(self) -> bool:
+        """Whether this run of it has logged that it serves."""
+        if not self.alive:
+            raise AssertionError(f"{self.name} exited:\n{self.tail()}")
+        if self.ready_line is None:
+            return True
+        with self.log.open("rb") as log:
+            log.seek(self.log_start)
+            return self.ready_line in log.read()
 
     def kill(self) -> None:
         """SIGKILL the whole process group (a Celery worker: main and prefork children)."""
@@ -190,8 +208,8 @@ class Stack:
                                 "--log-level", "warning"], logs / "api.log"),
             "relay": Proc("relay", [BABELQ, "relay"], logs / "relay.log"),
             **{name: Proc(name, [BABELQ, "worker", "-Q", QUEUES, "-c", "2", "-n", f"{name}@%h",
-                                 "--loglevel", "info"], logs / f"{name}.log")
-               for name in ("w1", "w2")},
+                                 "--loglevel", "info"], logs / f"{name}.log", b" ready.")
+               for name in WORKERS},
         }  # fmt: skip
 
     def env(self) -> dict[str, str]:
@@ -203,15 +221,20 @@ class Stack:
         return self.procs[name]
 
     def ensure(self) -> None:
-        """Start whatever is not running (a test may have killed it); wait for the api."""
+        """Start whatever is not running (a test may have killed it); wait until all serve."""
         for proc in self.procs.values():
             if not proc.alive:
                 proc.start(self.env())
         wait_for("the api to answer /health", self._api_up, 60)
+        for name in WORKERS:
+            wait_for(f"worker {name} to be ready", lambda n=name: self.procs[n].ready, 60)
 
-    def restart(self, name: str) -> None:
-        """Start one process again after a test killed it."""
-        self.procs[name].start(self.env())
+    def revive_workers(self) -> list[str]:
+        """Start the workers that died, as a supervisor would; their names."""
+        dead = [name for name in WORKERS if not self.procs[name].alive]
+        for name in dead:
+            self.procs[name].start(self.env())
+        return dead
 
     def _api_up(self) -> bool:
         if not self.procs["api"].alive:

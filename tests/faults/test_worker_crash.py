@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -10,7 +11,7 @@ from sqlalchemy import Engine, text
 
 from tests.faults import checks
 from tests.faults.conftest import Recorder
-from tests.faults.stack import Stack, encode_lines, submit_batch, wait_for
+from tests.faults.stack import Stack, encode_lines, submit_batch, wait_for, wait_progress
 
 pytestmark = pytest.mark.faults
 
@@ -26,29 +27,35 @@ def held_by(engine: Engine, worker: str, since: int) -> int:
         ).scalar_one())
 
 
-def lease_expiries(engine: Engine, worker: str, since: int) -> int:
-    """Jobs the relay took back from this worker after their lease ran out."""
+def taken_back(engine: Engine, worker: str, since: int, killed: datetime) -> tuple[int, float]:
+    """Jobs the relay took back from this worker when their lease ran out, and the seconds
+    from its death until the last of them was finished by someone else."""
     with engine.connect() as conn:
-        return int(conn.execute(
-            text("SELECT count(*) FROM audit_events WHERE job_id > :s "
-                 "AND event_type = 'lease_expired' AND details->>'worker' LIKE :w"),
+        row = conn.execute(
+            text("SELECT count(*), max(j.finished_at) FROM jobs j WHERE j.id IN "
+                 "(SELECT job_id FROM audit_events WHERE job_id > :s "
+                 "AND event_type = 'lease_expired' AND details->>'worker' LIKE :w)"),
             {"s": since, "w": f"{worker}@%"},
-        ).scalar_one())
+        ).one()
+    return int(row[0]), (row[1] - killed).total_seconds() if row[1] else 0.0
 
 
 def test_sigkill_worker_mid_batch(
     stack: Stack, client: httpx.Client, engine: Engine, since: int, recovery: Recorder
 ) -> None:
     submit_batch(client, encode_lines(BATCH, "crash"))
+    wait_progress(engine, since, BATCH // 4)
     wait_for("w1 to hold jobs mid-batch", lambda: held_by(engine, "w1", since) > 0, 60, 0.02)
-    injected = time.monotonic()
+    injected, killed = time.monotonic(), datetime.now(UTC)
     stack["w1"].kill()
 
     recovered = checks.wait_terminal(engine, since)
     counts = checks.assert_consistent(engine, since)
     assert counts == {"succeeded": BATCH}
-    assert lease_expiries(engine, "w1", since) > 0, "the kill did not interrupt a chunk"
+    lost, cost = taken_back(engine, "w1", since, killed)
+    assert lost > 0, "the kill did not interrupt a chunk"
     recovery.record("worker SIGKILL mid-batch (20k encode)", injected, recovered, counts)
+    recovery.note(f"  of which: the {lost} jobs the dead worker held, re-run and finished", cost)
 
 
 def test_sigkill_worker_mid_long_job(

@@ -42,7 +42,7 @@ pytestmark = pytest.mark.integration
 MAX_EXAMPLES = 25
 
 #: Longest long-poll a generated GET /v1/jobs/{id}?wait=S may block for.
-MAX_WAIT = 1.0
+MAX_WAIT = 0.5
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance, negative_data_rejection]

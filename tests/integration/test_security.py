@@ -348,7 +348,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="module")
 def server(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The api on a free port with small body limits and debug logging."""
+    """`babelq api` on a free port with small body limits and debug logging."""
     port, log = free_port(), tmp_path_factory.mktemp("api") / "api.log"
     env = {**os.environ, **SERVER_LIMITS}
     with log.open("wb") as out:
@@ -443,41 +443,28 @@ def test_secrets_never_reach_the_logs(server: Server, admin_key: str) -> None:
 # --- production refusals ---------------------------------------------------------------
 
 
-def production_env(monkeypatch: pytest.MonkeyPatch, **values: str | None) -> None:
-    monkeypatch.setenv("BABELQ_ENV", "production")
-    for name, value in values.items():
-        if value is None:
-            monkeypatch.delenv(f"BABELQ_{name.upper()}", raising=False)
-        else:
-            monkeypatch.setenv(f"BABELQ_{name.upper()}", value)
+#: Settings of a production api that may start.
+SAFE_API: dict[str, Any] = {"env": "production", "database_url": "postgresql://babelq:Xq3-long-secret@db/babelq",
+            "redis_url": "redis://redis:6379/0", "test_hooks": False}
 
 
-@pytest.fixture
-def fresh_settings(settings: Settings) -> Iterator[None]:
-    """Settings re-read from the environment in this test, and again after it."""
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
-
-
-@pytest.mark.parametrize(("env", "named"), [
+@pytest.mark.parametrize(("unsafe", "named"), [
     ({"database_url": None, "redis_url": None}, ["BABELQ_DATABASE_URL", "BABELQ_REDIS_URL"]),
     ({"database_url": "postgresql://babelq:changeme@db/babelq"}, ["BABELQ_DATABASE_URL"]),
     ({"redis_url": "redis://:@redis:6379/0"}, ["BABELQ_REDIS_URL"]),
-    ({"test_hooks": "1"}, ["BABELQ_TEST_HOOKS"]),
+    ({"test_hooks": True}, ["BABELQ_TEST_HOOKS"]),
 ])
-def test_api_refuses_to_start_in_production(
-    monkeypatch: pytest.MonkeyPatch, fresh_settings: None, env: dict[str, str | None],
-    named: list[str],
-) -> None:
-    from app.api.main import create_app
+def test_api_refuses_unsafe_production_settings(unsafe: dict[str, Any], named: list[str]
+                                                ) -> None:
+    # Explicit Settings, not the process-wide ones: the worker and relay threads of this
+    # session read those concurrently.
+    from app.api.main import refuse_unsafe
 
-    with monkeypatch.context() as m:
-        production_env(m, **env)
-        get_settings.cache_clear()
-        with pytest.raises(SystemExit) as refused:
-            create_app()
+    refuse_unsafe(Settings(**SAFE_API))
+    with pytest.raises(SystemExit) as refused:
+        refuse_unsafe(Settings(**{**SAFE_API, **unsafe}))
     assert all(name in str(refused.value) for name in named), refused.value
+    refuse_unsafe(Settings(**{**SAFE_API, **unsafe, "env": "development"}))
 
 
 def test_api_command_exits_in_production_with_test_hooks(settings: Settings) -> None:
@@ -516,3 +503,20 @@ def test_flower_command_refuses_to_start(settings: Settings, env: dict[str, str]
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert said in done.stderr + done.stdout
+
+
+def test_metrics_need_an_admin_key(
+    api: TestClient, admin_key: str, key_a: str, worker: Any, relay: Any
+) -> None:
+    """Metrics span every tenant, so a tenant key may not read them."""
+    job = api.post("/v1/jobs", json={"kind": "encode", "params": {"text": "metered"}},
+                   headers=auth(key_a)).json()
+    assert api.get(f"/v1/jobs/{job['id']}", params={"wait": 20},
+                   headers=auth(key_a)).json()["status"] == "succeeded"
+    assert api.get("/metrics").status_code == 401
+    assert api.get("/metrics", headers=auth(key_a)).status_code == 403
+    r = api.get("/metrics", headers=auth(admin_key))
+    assert r.status_code == 200
+    assert "babelq_jobs" in r.text and "babelq_queue_depth" in r.text
+    assert 'babelq_job_latency_seconds_bucket{kind="encode",le="+Inf"}' in r.text
+    assert 'babelq_api_jobs_submitted_total{kind="encode"}' in r.text

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from app import audit, jobs
 from app.api.deps import MAX_ID, IdPath, PrincipalDep, SessionDep
 from app.api.errors import ApiError
+from app.api.metrics import SUBMITTED
 from app.db import new_session
 from app.keys import Principal
 from app.models import TERMINAL, Decision, Job, Result
@@ -34,7 +35,7 @@ from app.schemas import (
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 429, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503)
 }
 
 #: Seconds between database re-reads while long-polling, in case a notification is lost.
@@ -84,7 +85,9 @@ def create_job(
     except jobs.UnknownKind as exc:
         raise ApiError(422, str(exc), [{"field": "kind", "message": str(exc)}]) from None
     session.commit()
-    if not created:
+    if created:
+        SUBMITTED.labels(job.kind).inc()
+    else:
         response.status_code = 200
     return job_read(session, job)
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from app.api.deps import AdminDep
 from app.api.metrics import REGISTRY
+from app.api.routes.jobs import ERRORS
 from app.config import get_settings
 from app.db import current_revision, get_engine, head_revision
 from app.notify import redis_client
@@ -52,7 +54,11 @@ def ready() -> JSONResponse:
                         status_code=200 if ok else 503)
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
-def metrics() -> Response:
-    """Prometheus exposition."""
+@router.get("/metrics", response_class=Response, responses={
+    200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+          "description": "Prometheus text exposition"},
+    **ERRORS,
+})
+def metrics(_: AdminDep) -> Response:
+    """Prometheus exposition (admin key: the numbers span every tenant)."""
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
