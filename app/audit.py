@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, select, text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from app import pgcopy
 from app.models import AuditEvent
 
 #: prev_hash of the first event of every chain.
@@ -102,10 +103,21 @@ def link_at(
     return Link(job_id, seq, event_type, actor, at, details, prev, chain_hash(prev, body))
 
 
+_COLUMNS = ("job_id", "seq", "event_type", "actor", "created_at", "details", "prev_hash", "hash")
+
+
 def insert_links(session: Session, links: Sequence[Link]) -> None:
-    """Append events with one multi-row INSERT."""
-    if links:
-        session.execute(insert(AuditEvent), [lk.row() for lk in links])
+    """Append events with one COPY."""
+    if not links:
+        return
+    stamps: dict[datetime, str] = {}
+    pgcopy.copy_rows(session, "audit_events", _COLUMNS, (
+        f"{lk.job_id}\t{lk.seq}\t{pgcopy.text_value(lk.event_type)}\t"
+        f"{pgcopy.text_value(lk.actor)}\t"
+        f"{stamps.get(lk.created_at) or stamps.setdefault(lk.created_at, timestamp(lk.created_at))}"
+        f"\t{pgcopy.json_value(lk.details)}\t{lk.prev_hash}\t{lk.hash}\n"
+        for lk in links
+    ))
 
 
 def advance_heads(session: Session, links: Sequence[Link]) -> None:

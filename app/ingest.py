@@ -96,6 +96,10 @@ class Ingestor:
 
     def feed(self, block: Iterable[tuple[int, bytes | None]]) -> None:
         """Validate and store a block of (line number, raw line); None means too long."""
+        self.store(self.parse(block))
+
+    def parse(self, block: Iterable[tuple[int, bytes | None]]) -> list[jobs.NewJob]:
+        """Validate a block, counting its bad lines; touches no database."""
         good: list[jobs.NewJob] = []
         for number, raw in block:
             self.lines = max(self.lines, number)
@@ -108,10 +112,12 @@ class Ingestor:
                 good.append(parse_line(raw, number, self.priority, self.attempts))
             except ValueError as exc:
                 self.reject(number, str(exc))
-        if good:
-            self._store(good)
+        return good
 
-    def _store(self, good: list[jobs.NewJob]) -> None:
+    def store(self, good: list[jobs.NewJob]) -> None:
+        """Write validated jobs into the batch (inside the upload's transaction)."""
+        if not good:
+            return
         inserted, dups = jobs.submit_rows(self.session, good, tenant_id=self.principal.tenant_id,
                                           batch_id=self.batch_id, actor=self.principal.actor)
         for row, job_id in dups:
@@ -123,6 +129,7 @@ class Ingestor:
 
     def commit(self) -> dict[str, Any]:
         """Store the batch's totals, commit, then publish; 422 if nothing was accepted."""
+        self.rejected_lines.sort(key=lambda r: r["line"])
         if self.accepted == 0:
             self.session.rollback()
             raise IngestError(422, "no valid lines: nothing was stored",

@@ -6,6 +6,7 @@ in the same transaction. Publishing to the broker happens after commit only.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import traceback
@@ -20,10 +21,10 @@ from sqlalchemy import event, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from app import audit, core, testhooks
+from app import audit, core, pgcopy, testhooks
 from app.audit import Link
 from app.config import get_settings
-from app.core.canonical import sha256_hex
+from app.core.canonical import canonical_json
 from app.models import PRIORITIES, Job
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def validate(kind: str, params: dict[str, Any]) -> dict[str, Any]:
 
 def schedule_publish(session: Session, kind: str, priority: int, ids: Sequence[int]) -> None:
     """Publish these job ids once (and only if) the session's transaction commits."""
-    session.info.setdefault(_OUTBOX, []).append((kind, priority, list(ids)))
+    session.info.setdefault(_OUTBOX, []).append((kind, priority, ids))
 
 
 @event.listens_for(Session, "after_commit")
@@ -173,33 +174,51 @@ class Claimed:
     head: Link
 
 
+_LOCK_DUE = text(
+    "SELECT id, kind, params, attempt + 1 AS attempt, attempt_base, max_attempts, batch_id, "
+    "audit_seq, audit_head FROM jobs WHERE id = ANY(CAST(:ids AS bigint[])) "
+    "AND status = 'queued' AND (run_after IS NULL OR run_after <= now()) "
+    "ORDER BY id FOR UPDATE SKIP LOCKED"
+)
+
 _CLAIM = text(
-    "UPDATE jobs SET status = 'running', attempt = attempt + 1, worker = :worker, "
+    "UPDATE jobs SET status = 'running', attempt = v.attempt, worker = :worker, "
     "lease_until = now() + make_interval(secs => :lease), "
-    "started_at = coalesce(started_at, now()), updated_at = now() "
-    "WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'queued' "
-    "AND (run_after IS NULL OR run_after <= now()) "
-    "RETURNING id, kind, params, attempt, attempt_base, max_attempts, batch_id, "
-    "audit_seq, audit_head"
+    "started_at = coalesce(started_at, now()), updated_at = now(), "
+    "audit_seq = v.seq, audit_head = v.head "
+    "FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:seqs AS int[]), "
+    "CAST(:heads AS text[])) AS v(id, attempt, seq, head) WHERE jobs.id = v.id"
 )
 
 
 def claim(session: Session, ids: Sequence[int], *, worker: str) -> list[Claimed]:
-    """queued → running for those of ids still queued and due; fenced by attempt number."""
-    lease = get_settings().lease_seconds
-    rows = session.execute(_CLAIM, {"ids": list(ids), "worker": worker, "lease": lease}).all()
-    claimed = []
-    for r in rows:
-        head = audit.link(r.id, r.audit_seq, r.audit_head, "started", worker,
-                          {"attempt": r.attempt})
-        left = r.max_attempts - (r.attempt - r.attempt_base)
-        claimed.append(Claimed(r.id, r.kind, r.params, r.attempt, left, r.batch_id, head))
-    audit.append(session, [c.head for c in claimed])
-    moves: Moves = Counter()
-    for c in claimed:
-        if c.batch_id is not None:
-            moves[(c.batch_id, "queued", "running")] += 1
-    move_counters(session, moves)
+    """queued → running for those of ids still queued and due; fenced by attempt number.
+
+    The rows are locked first (skipping any another transaction holds), so each is
+    updated once, with its new audit head. The claim commits without waiting for the
+    disk: if PostgreSQL crashes and loses it, the job is simply queued again and the
+    fence discards whatever this attempt computes.
+    """
+    session.execute(text("SET LOCAL synchronous_commit = off"))
+    rows = session.execute(_LOCK_DUE, {"ids": list(ids)}).all()
+    if not rows:
+        return []
+    now = datetime.now(UTC)
+    stamp = audit.timestamp(now)
+    claimed = [
+        Claimed(r.id, r.kind, r.params, r.attempt, r.max_attempts - (r.attempt - r.attempt_base),
+                r.batch_id, audit.link_at(r.id, r.audit_seq, r.audit_head, "started", worker,
+                                          {"attempt": r.attempt}, now, stamp))
+        for r in rows
+    ]
+    session.execute(_CLAIM, {
+        "worker": worker, "lease": get_settings().lease_seconds,
+        "ids": [c.id for c in claimed], "attempts": [c.attempt for c in claimed],
+        "seqs": [c.head.seq for c in claimed], "heads": [c.head.hash for c in claimed],
+    })
+    audit.insert_links(session, [c.head for c in claimed])
+    move_counters(session, Counter((c.batch_id, "queued", "running") for c in claimed
+                                   if c.batch_id is not None))
     return claimed
 
 
@@ -211,6 +230,9 @@ class Outcome:
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     links: list[Link] = field(default_factory=list)
+    #: the result's canonical JSON and its sha256, encoded once for every use
+    canonical: str = ""
+    sha: str = ""
 
 
 def error_info(exc: BaseException) -> dict[str, Any]:
@@ -253,6 +275,8 @@ _FAIL = text(
 
 def _succeed(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
     for o in outcomes:
+        o.canonical = canonical_json(o.result).decode()
+        o.sha = hashlib.sha256(o.canonical.encode()).hexdigest()
         o.links = _success_links(o, worker)
     rows = session.execute(_SUCCEED, {
         "ids": [o.job.id for o in outcomes],
@@ -276,8 +300,7 @@ def _success_links(o: Outcome, worker: str) -> list[Link]:
     events: list[tuple[str, dict[str, Any]]] = []
     if o.job.kind == "evaluate":
         events = [("governor_cycle", cycle) for cycle in o.result["cycles"]]
-    events.append(("succeeded", {"attempt": o.job.attempt,
-                                 "result_sha256": sha256_hex(o.result)}))
+    events.append(("succeeded", {"attempt": o.job.attempt, "result_sha256": o.sha}))
     for event_type, details in events:
         lk = audit.link(o.job.id, seq, head, event_type, worker, details, at)
         links.append(lk)
@@ -286,18 +309,13 @@ def _success_links(o: Outcome, worker: str) -> list[Link]:
 
 
 def _write_results(session: Session, kept: list[Outcome]) -> None:
+    # COPY is safe: only the fenced winner of a job's current attempt gets here, and a job
+    # succeeds once (a manual retry is only for dead or cancelled jobs).
     if not kept:
         return
-    session.execute(
-        text("INSERT INTO results (job_id, result, result_sha256) "
-             "SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:results AS jsonb[]), "
-             "CAST(:shas AS text[])) ON CONFLICT (job_id) DO NOTHING"),
-        {
-            "ids": [o.job.id for o in kept],
-            "results": [_json(o.result) for o in kept],
-            "shas": [sha256_hex(o.result) for o in kept],
-        },
-    )
+    pgcopy.copy_rows(session, "results", ("job_id", "result", "result_sha256"), (
+        f"{o.job.id}\t{pgcopy.json_text(o.canonical)}\t{o.sha}\n" for o in kept
+    ))
     decisions = [o for o in kept if o.job.kind == "evaluate"]
     if decisions:
         _write_decisions(session, decisions)
@@ -320,8 +338,6 @@ def _write_decisions(session: Session, outcomes: list[Outcome]) -> None:
 
 
 def _json(value: Any) -> str:
-    from app.core.canonical import canonical_json
-
     return canonical_json(value).decode()
 
 
@@ -463,12 +479,17 @@ def expire_leases(session: Session, *, actor: str, limit: int = 5000) -> int:
 
 _DUE = text(
     "UPDATE jobs SET published_at = now() FROM ("
-    "SELECT id FROM jobs WHERE status = 'queued' AND (run_after IS NULL OR run_after <= now()) "
-    "AND (published_at IS NULL OR (published_at < now() - make_interval(secs => :stale) "
-    "AND kind = ANY(CAST(:idle AS text[])))) "
+    "SELECT id FROM jobs WHERE status = 'queued' AND {which} "
+    "AND (run_after IS NULL OR run_after <= now()) "
     "ORDER BY priority, id LIMIT :limit FOR UPDATE SKIP LOCKED) AS due "
     "WHERE jobs.id = due.id RETURNING jobs.id, jobs.kind, jobs.priority"
 )
+#: Never published: new retries and returned leases (served by the jobs_unpublished index).
+_UNPUBLISHED = text(_DUE.text.format(which="published_at IS NULL"))
+#: Published long ago, of a kind whose broker queue is empty: the message was lost.
+_STALE = text(_DUE.text.format(
+    which="published_at < now() - make_interval(secs => :stale) "
+          "AND kind = ANY(CAST(:idle AS text[]))"))
 
 
 def take_due(
@@ -480,10 +501,12 @@ def take_due(
     more than `requeue_after` ago are due only for kinds whose broker queue is empty:
     with a backlog in Redis their message is most likely still waiting there.
     """
-    stale = get_settings().requeue_after
-    rows = session.execute(
-        _DUE, {"stale": stale, "idle": list(idle_kinds), "limit": limit}
-    ).all()
+    rows = list(session.execute(_UNPUBLISHED, {"limit": limit}).all())
+    if idle_kinds and len(rows) < limit:
+        rows += session.execute(_STALE, {
+            "stale": get_settings().requeue_after, "idle": list(idle_kinds),
+            "limit": limit - len(rows),
+        }).all()
     groups: dict[tuple[str, int], list[int]] = {}
     for r in sorted(rows, key=lambda r: r.id):
         groups.setdefault((r.kind, r.priority), []).append(r.id)
@@ -524,8 +547,6 @@ class NewJob:
 _JOB_COLUMNS = ("id", "tenant_id", "batch_id", "line", "kind", "params", "priority",
                 "max_attempts", "idempotency_key", "ref", "published_at", "audit_seq",
                 "audit_head")
-_AUDIT_COLUMNS = ("job_id", "seq", "event_type", "actor", "created_at", "details",
-                  "prev_hash", "hash")
 
 
 def reserve_ids(session: Session, n: int) -> list[int]:
@@ -555,54 +576,17 @@ def submit_rows(
              for r, i in pairs}
     plain = [(r, i) for r, i in pairs if r.idempotency_key is None]
     keyed = [(r, i) for r, i in pairs if r.idempotency_key is not None]
-    raw = session.connection().connection.driver_connection
     prefix = f"{tenant_id}\t{batch_id}\t"
-    _copy(raw, "jobs", _JOB_COLUMNS, (
-        f"{i}\t{prefix}{r.line}\t{r.kind}\t{_copy_json(r.params)}\t{r.priority}\t"
-        f"{r.max_attempts}\t\\N\t{_copy_text(r.ref)}\t{stamp}\t1\t{links[i].hash}\n"
+    pgcopy.copy_rows(session, "jobs", _JOB_COLUMNS, (
+        f"{i}\t{prefix}{r.line}\t{r.kind}\t{pgcopy.json_value(r.params)}\t{r.priority}\t"
+        f"{r.max_attempts}\t\\N\t{pgcopy.text_value(r.ref)}\t{stamp}\t1\t{links[i].hash}\n"
         for r, i in plain
     ))
     inserted = plain + _insert_keyed(session, keyed, tenant_id, batch_id, now, links)
     kept = {i for _, i in inserted}
     duplicates = _existing(session, tenant_id, [r for r, i in keyed if i not in kept])
-    _copy(raw, "audit_events", _AUDIT_COLUMNS, (
-        f"{lk.job_id}\t{lk.seq}\t{lk.event_type}\t{_copy_text(lk.actor)}\t{stamp}\t"
-        f"{_copy_json(lk.details)}\t{lk.prev_hash}\t{lk.hash}\n"
-        for lk in (links[i] for i in sorted(kept))
-    ))
+    audit.insert_links(session, [links[i] for i in sorted(kept)])
     return inserted, duplicates
-
-
-def _copy(raw: Any, table: str, columns: Sequence[str], lines: Iterable[str]) -> None:
-    """COPY rows given as text-format lines; a writer thread overlaps sending with building."""
-    from psycopg.copy import QueuedLibpqWriter
-
-    with raw.cursor() as cur, cur.copy(
-        f"COPY {table} ({', '.join(columns)}) FROM STDIN",
-        writer=QueuedLibpqWriter(cur),
-    ) as copy:
-        buf: list[str] = []
-        for line in lines:
-            buf.append(line)
-            if len(buf) >= 1000:
-                copy.write("".join(buf))
-                buf.clear()
-        if buf:
-            copy.write("".join(buf))
-
-
-#: COPY text format escapes: backslash first, then the characters that end fields/rows.
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _copy_text(value: str | None) -> str:
-    r"""A text value for COPY text format (\N is NULL)."""
-    return "\\N" if value is None else value.translate(_COPY_ESCAPES)
-
-
-def _copy_json(value: Any) -> str:
-    """A JSON value for COPY text format; orjson never emits raw control characters."""
-    return orjson.dumps(value).decode().replace("\\", "\\\\")
 
 
 def _insert_keyed(
@@ -636,9 +620,9 @@ def _insert_keyed(
 def _existing(session: Session, tenant_id: int, rows: list[NewJob]) -> list[tuple[NewJob, int]]:
     if not rows:
         return []
-    found: dict[str, int] = dict(session.execute(
+    found: dict[str, int] = {key: job_id for key, job_id in session.execute(
         text("SELECT idempotency_key, id FROM jobs WHERE tenant_id = :t "
              "AND idempotency_key = ANY(CAST(:keys AS text[]))"),
         {"t": tenant_id, "keys": [r.idempotency_key for r in rows]},
-    ).tuples().all())
+    )}
     return [(r, found[r.idempotency_key]) for r in rows if r.idempotency_key in found]

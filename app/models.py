@@ -132,6 +132,12 @@ class Job(Base):
             postgresql_where=text("status = 'queued'"),
         ),
         Index("jobs_running_lease", "lease_until", postgresql_where=text("status = 'running'")),
+        Index(
+            "jobs_unpublished",
+            "priority",
+            "id",
+            postgresql_where=text("status = 'queued' AND published_at IS NULL"),
+        ),
     )
 
 

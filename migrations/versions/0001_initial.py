@@ -119,6 +119,9 @@ def upgrade() -> None:
                     postgresql_where=sa.text("status = 'queued'"))
     op.create_index("jobs_running_lease", "jobs", ["lease_until"],
                     postgresql_where=sa.text("status = 'running'"))
+    # Retries and returned leases wait here for the relay; a small index even under a backlog.
+    op.create_index("jobs_unpublished", "jobs", ["priority", "id"],
+                    postgresql_where=sa.text("status = 'queued' AND published_at IS NULL"))
     op.create_table(
         "results",
         sa.Column("job_id", sa.BigInteger, sa.ForeignKey("jobs.id", ondelete="CASCADE"),
@@ -127,6 +130,8 @@ def upgrade() -> None:
         sa.Column("result_sha256", sa.Text, nullable=False),
         sa.Column("created_at", TS, nullable=False, server_default=NOW),
     )
+    # Results are small JSON documents written once: compressing them costs more than it saves.
+    op.execute("ALTER TABLE results ALTER COLUMN result SET STORAGE EXTERNAL")
     op.create_table(
         "decisions",
         sa.Column("job_id", sa.BigInteger, sa.ForeignKey("jobs.id", ondelete="CASCADE"),

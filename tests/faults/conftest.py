@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +16,8 @@ from sqlalchemy.orm import Session
 from app.db import migrate, normalize_url
 from app.embedded import create_database
 from tests.faults import checks
+from tests.faults.recovery import RECOVERIES, Recorder
 from tests.faults.stack import Servers, Stack
-
-
-@dataclass(frozen=True)
-class Recovery:
-    """How long one fault kept its jobs from all being terminal."""
-
-    fault: str
-    seconds: float
-    jobs: int
-    outcome: str
-
-
-RECOVERIES = pytest.StashKey[list[Recovery]]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -139,26 +126,6 @@ def client(stack: Stack, api_key: str) -> Iterator[httpx.Client]:
 def since(engine: Engine) -> int:
     """Jobs this test creates have ids above this."""
     return checks.last_job_id(engine)
-
-
-class Recorder:
-    """Times a fault: from injection to every job of the test terminal."""
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-
-    def record(self, fault: str, injected: float, recovered: float, counts: dict[str, int]
-               ) -> None:
-        """Keep the recovery time (time.monotonic() readings) for the summary."""
-        self.note(fault, recovered - injected, counts)
-
-    def note(self, what: str, seconds: float, counts: dict[str, int] | None = None) -> None:
-        """Keep a measurement for the summary."""
-        counts = counts or {}
-        outcome = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-        self.config.stash[RECOVERIES].append(
-            Recovery(what, seconds, sum(counts.values()), outcome))
-        print(f"\n{what}: {seconds:.2f}s {outcome}")
 
 
 @pytest.fixture

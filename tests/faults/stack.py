@@ -229,6 +229,12 @@ class Stack:
         for name in WORKERS:
             wait_for(f"worker {name} to be ready", lambda n=name: self.procs[n].ready, 60)
 
+    def restart_workers(self) -> None:
+        """Stop both workers gracefully and start them afresh."""
+        for name in WORKERS:
+            self.procs[name].stop()
+        self.ensure()
+
     def revive_workers(self) -> list[str]:
         """Start the workers that died, as a supervisor would; their names."""
         dead = [name for name in WORKERS if not self.procs[name].alive]

@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 
 from app.notify import CHANNEL
 from tests.faults import checks
-from tests.faults.conftest import Recorder
+from tests.faults.recovery import Recorder
 from tests.faults.stack import Stack, encode_lines, occupy_workers, sql_count, submit_batch
 
 pytestmark = pytest.mark.faults

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Engine
 
 from tests.faults import checks
-from tests.faults.conftest import Recorder
+from tests.faults.recovery import Recorder
 from tests.faults.stack import Stack, encode_lines, sql_count, submit_batch, wait_progress
 
 pytestmark = pytest.mark.faults

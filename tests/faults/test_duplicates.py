@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine
 
 from tests.faults import checks
-from tests.faults.conftest import Recorder
+from tests.faults.recovery import Recorder
 from tests.faults.stack import Stack, batch_job_ids, encode_lines, sql_count, submit_batch
 
 pytestmark = pytest.mark.faults

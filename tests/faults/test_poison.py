@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from tests.faults import checks
-from tests.faults.conftest import Recorder
+from tests.faults.recovery import Recorder
 from tests.faults.stack import (
     Stack,
     batch_job_ids,
@@ -66,6 +66,15 @@ def test_poison_job_goes_dead_with_backoff_while_its_chunk_succeeds(
             assert (status, attempt) == ("succeeded", 1), (line, status, attempt)
     recovery.note("poison job in a chunk: first attempt → dead (3 attempts)", max(to_dead),
                   counts)
+
+    # Retried by hand, a dead job gets a fresh allowance of attempts, and dies again.
+    dead_id = next(r.id for r in rows if r.line == POISON_LINES[0])
+    retried = client.post(f"/v1/jobs/{dead_id}/retry")
+    assert retried.status_code == 200, retried.text
+    checks.wait_terminal(engine, since)
+    checks.assert_consistent(engine, since)
+    job = client.get(f"/v1/jobs/{dead_id}").json()
+    assert (job["status"], job["attempt"]) == ("dead", 6)
 
 
 def assert_dead_with_error(client: httpx.Client, job_id: int, message: str) -> None:

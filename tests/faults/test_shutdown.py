@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from tests.faults import checks
-from tests.faults.conftest import Recorder
+from tests.faults.recovery import Recorder
 from tests.faults.stack import Stack, submit_batch, wait_for
 
 pytestmark = pytest.mark.faults

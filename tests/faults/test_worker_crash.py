@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from tests.faults import checks
-from tests.faults.conftest import Recorder
+from tests.faults.recovery import Recorder
 from tests.faults.stack import Stack, encode_lines, submit_batch, wait_for, wait_progress
 
 pytestmark = pytest.mark.faults

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -113,9 +114,7 @@ async def create_batch(
             body = await request.body()
             await run_in_threadpool(ingestor.feed, _json_lines(body))
         else:
-            splitter = LineSplitter(get_settings().max_line_bytes)
-            async for block in _blocks(request, splitter):
-                await run_in_threadpool(ingestor.feed, block)
+            await _stream_into(request, ingestor)
         await run_in_threadpool(check_submission, session, principal, ingestor.accepted,
                                 batch_id=ingestor.batch_id)
         return BatchCreated(**await run_in_threadpool(ingestor.commit))
@@ -123,6 +122,21 @@ async def create_batch(
         raise ApiError(exc.status, exc.message, exc.details) from None
     finally:
         await run_in_threadpool(session.close)
+
+
+async def _stream_into(request: Request, ingestor: Ingestor) -> None:
+    """Parse block k+1 while PostgreSQL stores block k, so the two cores work together."""
+    splitter = LineSplitter(get_settings().max_line_bytes)
+    storing: asyncio.Future[None] | None = None
+    try:
+        async for block in _blocks(request, splitter):
+            good = await run_in_threadpool(ingestor.parse, block)
+            if storing is not None:
+                await storing
+            storing = asyncio.ensure_future(run_in_threadpool(ingestor.store, good))
+    finally:
+        if storing is not None:
+            await storing
 
 
 def get_batch(session: Any, principal: Principal, batch_id: int) -> Batch:
