@@ -162,6 +162,10 @@ class Proc:
             log.seek(self.log_start)
             return self.ready_line in log.read()
 
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Wait until this run of it serves."""
+        wait_for(f"{self.name} to be ready", lambda: self.ready, timeout)
+
     def kill(self) -> None:
         """SIGKILL the whole process group (a Celery worker: main and prefork children)."""
         assert self.popen is not None
@@ -227,7 +231,7 @@ class Stack:
                 proc.start(self.env())
         wait_for("the api to answer /health", self._api_up, 60)
         for name in WORKERS:
-            wait_for(f"worker {name} to be ready", lambda n=name: self.procs[n].ready, 60)
+            self.procs[name].wait_ready()
 
     def restart_workers(self) -> None:
         """Stop both workers gracefully and start them afresh."""

@@ -1,0 +1,164 @@
+"""Commands that run the stack: `up`, `api`, `worker`, `relay`, `flower`, `migrate`, `bench`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from app.cli.common import CliError, out
+from app.config import get_settings
+
+KINDS = ("encode", "enumerate", "evaluate")
+
+
+def require(value: str | None, name: str) -> str:
+    """A setting a server needs, or a usage error naming its variable."""
+    if not value:
+        raise CliError(f"BABELQ_{name.upper()} is not set (or run `babelq up`)", 2)
+    return value
+
+
+def up(
+    port: Annotated[int | None, typer.Option(help="api port (default 8000).")] = None,
+    flower_port: Annotated[int | None, typer.Option(help="Flower port (default 5555).")] = None,
+    no_flower: Annotated[bool, typer.Option("--no-flower", help="Do not start Flower.")] = False,
+) -> None:
+    """The whole stack on this machine: PostgreSQL, Redis, api, worker, relay, Flower."""
+    from app.launcher import up as run_stack
+
+    code = run_stack(out, api_port=port, flower_port=flower_port, with_flower=not no_flower)
+    raise typer.Exit(code)
+
+
+def api(
+    host: Annotated[str | None, typer.Option(help="Default BABELQ_API_HOST.")] = None,
+    port: Annotated[int | None, typer.Option(help="Default BABELQ_API_PORT.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Server processes.")] = 1,
+    log_level: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Serve the HTTP api (uvicorn)."""
+    import uvicorn
+
+    settings = get_settings()
+    require(settings.database_url, "database_url")
+    # A short graceful shutdown: open long-polls are cut, their clients poll again.
+    uvicorn.run(
+        "app.api.main:create_app",
+        factory=True,
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        workers=workers,
+        log_level=log_level,
+        timeout_graceful_shutdown=5,
+    )
+
+
+def worker(
+    queues: Annotated[str, typer.Option("--queues", "-Q")] = ",".join(KINDS),
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", min=1)] = None,
+    pool: Annotated[str, typer.Option(help="prefork, threads, solo…")] = "prefork",
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "info",
+    hostname: Annotated[str | None, typer.Option("--hostname", "-n")] = None,
+) -> None:
+    """Run a Celery worker on the kinds' queues, with events on for Flower."""
+    unknown = set(queues.split(",")) - set(KINDS)
+    if unknown:
+        raise CliError(f"unknown queue(s) {', '.join(sorted(unknown))}; use {','.join(KINDS)}", 2)
+    settings = get_settings()
+    require(settings.redis_url, "redis_url")
+    require(settings.database_url, "database_url")
+    from workers.celery_app import celery_app, configure
+
+    configure(settings)
+    argv = ["worker", "-Q", queues, "--pool", pool, "--loglevel", loglevel, "-E"]
+    argv += ["-c", str(concurrency)] if concurrency else []
+    argv += ["-n", hostname] if hostname else []
+    celery_app.worker_main(argv)
+
+
+def relay() -> None:
+    """Republish lost messages, expire leases, release retries; until SIGTERM or Ctrl-C."""
+    settings = get_settings()
+    require(settings.redis_url, "redis_url")
+    require(settings.database_url, "database_url")
+    from workers import relay as relay_loop
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    logging.getLogger("babelq.relay").info("relay started")
+    relay_loop.run(stop)
+
+
+def flower_login() -> tuple[str, str]:
+    """Flower's basic-auth user and password, refusing missing (and, in production, weak) ones."""
+    settings = get_settings()
+    user, password = settings.flower_user or "", settings.flower_password or ""
+    if not user or not password:
+        raise CliError(
+            "Flower needs BABELQ_FLOWER_USER and BABELQ_FLOWER_PASSWORD "
+            "(`babelq up` generates them)",
+            2,
+        )
+    problems = settings.production_problems("flower")
+    if problems:
+        raise CliError("refusing to start Flower in production: " + "; ".join(problems), 2)
+    if ":" in user or "," in user + password:
+        raise CliError("Flower user may not contain ':' and neither may contain ','", 2)
+    return user, password
+
+
+def flower(
+    host: Annotated[str | None, typer.Option(help="Default BABELQ_FLOWER_HOST.")] = None,
+    port: Annotated[int | None, typer.Option(help="Default BABELQ_FLOWER_PORT.")] = None,
+) -> None:
+    """Run Flower on the same broker, behind basic auth."""
+    import os
+
+    user, password = flower_login()
+    settings = get_settings()
+    require(settings.redis_url, "redis_url")
+    from workers.celery_app import celery_app, configure
+
+    configure(settings)
+    # Through Flower's environment option, so the password is not in `ps` output.
+    os.environ["FLOWER_BASIC_AUTH"] = f"{user}:{password}"
+    address, listen = host or settings.flower_host, port or settings.flower_port
+    celery_app.start(["flower", f"--address={address}", f"--port={listen}"])
+
+
+def migrate_cmd() -> None:
+    """Bring the database schema to the newest migration."""
+    from app.db import current_revision, engine_for, migrate
+
+    url = require(get_settings().database_url, "database_url")
+    migrate(url)
+    out.print(f"database at revision {current_revision(engine_for(url))}")
+
+
+def bench(ctx: typer.Context) -> None:
+    """Benchmark ingestion, end to end and latency against plain Celery (see its --help)."""
+    import click
+
+    try:
+        from app.bench.cli import main as bench_main
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("app.bench"):
+            raise
+        raise CliError("the benchmark is not part of this installation (no app.bench)") from exc
+    try:
+        code = bench_main(list(ctx.args))
+    except click.ClickException as exc:  # its own usage errors, e.g. a bad option
+        exc.show()
+        code = exc.exit_code
+    raise typer.Exit(code)
