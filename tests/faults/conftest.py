@@ -74,12 +74,10 @@ def engine(fault_db: str) -> Iterator[Engine]:
 
 
 @pytest.fixture(scope="session")
-def running_stack(
-    servers: Servers, fault_db: str, request: pytest.FixtureRequest
-) -> Iterator[Stack]:
+def running_stack(servers: Servers, fault_db: str) -> Iterator[Stack]:
     """api, workers w1 and w2, relay: started once, restarted by tests that kill them.
 
-    Process logs are kept (and their directory named) when a test failed.
+    Process logs are kept (and their directory named) when a fault test failed.
     """
     workdir = Path(tempfile.mkdtemp(prefix="babelq-faults-logs-"))
     stack = Stack(servers, fault_db, workdir)
@@ -88,7 +86,7 @@ def running_stack(
         yield stack
     finally:
         stack.close()
-        if request.session.testsfailed:
+        if stack.keep_logs:
             print(f"\nfault suite process logs kept in {workdir / 'logs'}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -101,6 +99,7 @@ def stack(running_stack: Stack, request: pytest.FixtureRequest) -> Iterator[Stac
     yield running_stack
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
+        running_stack.keep_logs = True
         print(running_stack.tails())
 
 

@@ -203,6 +203,8 @@ class Stack:
         self.servers = servers
         self.database_url = database_url
         self.workdir = workdir
+        #: Set when a test failed: its process logs outlive the run.
+        self.keep_logs = False
         self.api_port = free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         logs = workdir / "logs"
