@@ -196,17 +196,41 @@ def verify_job(session: Session, job_id: int) -> ChainReport:
 
 
 def verify_all(session: Session, batch_size: int = 5000) -> Iterable[ChainReport]:
-    """Verify every chain, streaming events in (job_id, seq) order."""
+    """Verify every chain, streaming events in (job_id, seq) order.
+
+    Each chain must also end at the head its job row recorded, so a chain cut short
+    at its end is found too.
+    """
     stmt = (
         select(AuditEvent)
         .order_by(AuditEvent.job_id, AuditEvent.seq)
         .execution_options(yield_per=batch_size)
     )
+    pending: list[tuple[ChainReport, AuditEvent]] = []
     current: list[AuditEvent] = []
     for ev in session.scalars(stmt):
         if current and ev.job_id != current[0].job_id:
-            yield verify_events(current[0].job_id, current)
+            pending.append((verify_events(current[0].job_id, current), current[-1]))
             current = []
+            if len(pending) >= batch_size:
+                yield from _against_heads(session, pending)
+                pending = []
         current.append(ev)
     if current:
-        yield verify_events(current[0].job_id, current)
+        pending.append((verify_events(current[0].job_id, current), current[-1]))
+    yield from _against_heads(session, pending)
+
+
+def _against_heads(
+    session: Session, pending: list[tuple[ChainReport, AuditEvent]]
+) -> Iterable[ChainReport]:
+    heads = {r.id: (r.audit_seq, r.audit_head) for r in session.execute(
+        text("SELECT id, audit_seq, audit_head FROM jobs WHERE id = ANY(CAST(:ids AS bigint[]))"),
+        {"ids": [rep.job_id for rep, _ in pending]},
+    )}
+    for report, last in pending:
+        head = heads.get(report.job_id)
+        if report.ok and head is not None and head != (last.seq, last.hash):
+            yield ChainReport(report.job_id, report.events, False, last.seq, "chain was truncated")
+        else:
+            yield report

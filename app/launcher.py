@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 STOP_GRACE = 20.0
 #: Seconds to wait for the api and Flower to answer after they start.
 READY_TIMEOUT = 90.0
+#: A child that dies this many times within RESTART_WINDOW seconds stops the stack.
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
 #: Fields of credentials.json, in the order written.
 CREDENTIAL_FIELDS = (
     "api_url",
@@ -82,6 +85,10 @@ class Child:
     name: str
     process: subprocess.Popen[bytes]
     log: Path
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    #: monotonic times of recent restarts, to give up on a child that keeps dying
+    restarts: list[float] = field(default_factory=list)
 
     def tail(self, lines: int = 15) -> str:
         """The end of its log, to show why it died."""
@@ -220,7 +227,11 @@ def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Chi
     """Start `python -m app.cli ARGS` in its own session, output to log_dir/NAME.log."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}.log"
-    with log.open("wb") as out:
+    return Child(name, _start(args, env, log, "wb"), log, args, env)
+
+
+def _start(args: list[str], env: dict[str, str], log: Path, mode: str) -> subprocess.Popen[bytes]:
+    with log.open(mode) as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "app.cli", *args],
             env=env,
@@ -230,7 +241,7 @@ def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Chi
             start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
-    return Child(name, process, log)
+    return process
 
 
 def stop_children(children: list[Child], grace: float = STOP_GRACE) -> None:
@@ -406,11 +417,30 @@ def _run(
         if with_flower:
             wait_until(f"{creds['flower_url']}/", stack.children, auth=(user, password))
     console.print(banner(creds, home))
-    return supervise(stack.children)
+    return supervise(stack.children, console)
 
 
-def supervise(children: list[Child]) -> int:
-    """Watch the children until one dies (LaunchError); Ctrl-C or SIGTERM ends it from outside."""
+def supervise(children: list[Child], console: Console | None = None) -> int:
+    """Watch the children, restarting one that dies; Ctrl-C or SIGTERM ends it from outside.
+
+    A worker can die of a broker hiccup (a Redis restart), and nothing is lost when it
+    does: its jobs' leases expire and the relay hands them out again. So a dead child is
+    restarted, as a process supervisor would, unless it keeps dying (LaunchError).
+    """
     while True:
-        check_alive(children)
+        for child in children:
+            if child.process.poll() is not None:
+                restart(child, console or Console(stderr=True))
         time.sleep(0.5)
+
+
+def restart(child: Child, console: Console) -> None:
+    """Start a dead child again, or raise LaunchError if it died too often lately."""
+    now = time.monotonic()
+    child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW]
+    if len(child.restarts) >= MAX_RESTARTS:
+        check_alive([child])
+    console.print(f"[yellow]{child.name} exited (code {child.process.returncode}); "
+                  f"restarting it. The end of {child.log}:[/]\n{child.tail()}")
+    child.restarts.append(now)
+    child.process = _start(child.args, child.env, child.log, "ab")

@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 
 import redis
+from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy.exc import OperationalError
 
 from app import jobs
@@ -79,6 +80,6 @@ def run(stop: threading.Event | None = None, interval: float | None = None) -> N
             report = relay_pass(actor)
             if report.expired or report.published or report.pruned:
                 log.info("relay: %s", report)
-        except (OperationalError, redis.RedisError, OSError) as exc:
+        except (OperationalError, redis.RedisError, KombuOperationalError, OSError) as exc:
             log.warning("relay pass failed, will retry: %s", exc)
         stop.wait(pause)

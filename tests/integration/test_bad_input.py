@@ -110,3 +110,16 @@ def test_wait_over_60_is_422(api: TestClient, key_a: str) -> None:
     r = api.get("/v1/jobs/1", params={"wait": 61}, headers=auth(key_a))
     assert r.status_code == 422
     assert "query.wait" in fields(r)
+
+
+@pytest.mark.parametrize("value", ["0.0", "1700000000", "-5"])
+def test_created_after_must_be_iso(api: TestClient, key_a: str, value: str) -> None:
+    r = api.get("/v1/jobs", params={"created_after": value}, headers=auth(key_a))
+    assert r.status_code == 422
+    assert "query.created_after" in fields(r)
+
+
+def test_created_after_iso_filters(api: TestClient, key_a: str) -> None:
+    r = api.get("/v1/jobs", params={"created_after": "2999-01-01T00:00:00Z"}, headers=auth(key_a))
+    assert r.status_code == 200
+    assert r.json()["data"] == []

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from pydantic import BeforeValidator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -40,6 +41,16 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 #: Seconds between database re-reads while long-polling, in case a notification is lost.
 POLL_FALLBACK = 1.0
+
+
+def _iso_only(value: object) -> object:
+    """Refuse Unix timestamps: the schema promises ISO 8601 date-times, nothing else."""
+    if isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit():
+        raise ValueError("expected an ISO 8601 date-time, e.g. 2026-01-31T12:00:00Z")
+    return value
+
+
+IsoDatetime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 
 def get_job(session: Session, principal: Principal, job_id: int) -> Job:
@@ -125,8 +136,8 @@ def read_jobs(
     status: Status | None = None,
     kind: Kind | None = None,
     batch_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    created_after: IsoDatetime | None = None,
+    created_before: IsoDatetime | None = None,
     cursor: Annotated[str | None, Query(pattern=r"^\d{1,19}$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JobsRead:
