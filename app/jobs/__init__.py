@@ -1,0 +1,37 @@
+"""The only code that changes job state: submit, claim, finish, cancel, retry, relay moves.
+
+Every transition appends to the job's audit chain and moves its batch's counters
+in the same transaction. Publishing to the broker happens after commit only.
+"""
+
+from __future__ import annotations
+
+from app.jobs.counters import Moves, move_counters
+from app.jobs.execute import Claimed, Outcome, backoff, claim, error_info, finish
+from app.jobs.manage import cancel, cancel_batch, expire_leases, prune, retry, take_due
+from app.jobs.outbox import schedule_publish
+from app.jobs.submit import NewJob, UnknownKind, reserve_ids, submit, submit_rows, validate
+
+__all__ = [
+    "Claimed",
+    "Moves",
+    "NewJob",
+    "Outcome",
+    "UnknownKind",
+    "backoff",
+    "cancel",
+    "cancel_batch",
+    "claim",
+    "error_info",
+    "expire_leases",
+    "finish",
+    "move_counters",
+    "prune",
+    "reserve_ids",
+    "retry",
+    "schedule_publish",
+    "submit",
+    "submit_rows",
+    "take_due",
+    "validate",
+]

@@ -1,0 +1,45 @@
+"""Batch counters, moved in the same transaction as the jobs they count."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+#: A job moved from one status to another in a batch: (batch_id, from, to) -> count.
+Moves = Counter[tuple[int, str, str]]
+
+
+def move_counters(session: Session, moves: Moves) -> None:
+    """Apply status moves to batch counters; stamp started/finished times."""
+    delta: dict[int, Counter[str]] = {}
+    for (batch_id, src, dst), n in moves.items():
+        d = delta.setdefault(batch_id, Counter())
+        d[src] -= n
+        d[dst] += n
+    for batch_id, d in delta.items():
+        session.execute(
+            text(
+                "UPDATE batches SET queued = queued + :queued, running = running + :running, "
+                "succeeded = succeeded + :succeeded, dead = dead + :dead, "
+                "cancelled = cancelled + :cancelled, "
+                "started_at = CASE WHEN :running > 0 THEN coalesce(started_at, now()) "
+                "ELSE started_at END, "
+                "finished_at = CASE WHEN queued + :queued + running + :running = 0 "
+                "THEN coalesce(finished_at, now()) ELSE NULL END "
+                "WHERE id = :id"
+            ),
+            {"id": batch_id, **{s: d[s] for s in ("queued", "running", "succeeded", "dead",
+                                                   "cancelled")}},
+        )
+
+
+def moves_of(rows: Iterable[Any], src_attr: str, dst_attr: str) -> Moves:
+    moves: Moves = Counter()
+    for r in rows:
+        if r.batch_id is not None:
+            moves[(r.batch_id, getattr(r, src_attr), getattr(r, dst_attr))] += 1
+    return moves

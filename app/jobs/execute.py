@@ -1,0 +1,246 @@
+"""Running jobs: claim a chunk (queued → running), then finish it (results or errors)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import traceback
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from app import audit, pgcopy
+from app.audit import Link
+from app.config import get_settings
+from app.core.canonical import canonical_json
+from app.jobs.counters import Moves, move_counters
+
+
+@dataclass(slots=True)
+class Claimed:
+    """A job this worker now holds, with what it needs to compute and to write back."""
+
+    id: int
+    kind: str
+    params: dict[str, Any]
+    attempt: int
+    attempts_left: int
+    batch_id: int | None
+    head: Link
+
+
+_LOCK_DUE = text(
+    "SELECT id, kind, params, attempt + 1 AS attempt, attempt_base, max_attempts, batch_id, "
+    "audit_seq, audit_head FROM jobs WHERE id = ANY(CAST(:ids AS bigint[])) "
+    "AND status = 'queued' AND (run_after IS NULL OR run_after <= now()) "
+    "ORDER BY id FOR UPDATE SKIP LOCKED"
+)
+
+_CLAIM = text(
+    "UPDATE jobs SET status = 'running', attempt = v.attempt, worker = :worker, "
+    "lease_until = now() + make_interval(secs => :lease), "
+    "started_at = coalesce(started_at, now()), updated_at = now(), "
+    "audit_seq = v.seq, audit_head = v.head "
+    "FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:seqs AS int[]), "
+    "CAST(:heads AS text[])) AS v(id, attempt, seq, head) WHERE jobs.id = v.id"
+)
+
+
+def claim(session: Session, ids: Sequence[int], *, worker: str) -> list[Claimed]:
+    """queued → running for those of ids still queued and due; fenced by attempt number.
+
+    The rows are locked first (skipping any another transaction holds), so each is
+    updated once, with its new audit head. The claim commits without waiting for the
+    disk: if PostgreSQL crashes and loses it, the job is simply queued again and the
+    fence discards whatever this attempt computes.
+    """
+    session.execute(text("SET LOCAL synchronous_commit = off"))
+    rows = session.execute(_LOCK_DUE, {"ids": list(ids)}).all()
+    if not rows:
+        return []
+    now = datetime.now(UTC)
+    stamp = audit.timestamp(now)
+    claimed = [
+        Claimed(r.id, r.kind, r.params, r.attempt, r.max_attempts - (r.attempt - r.attempt_base),
+                r.batch_id, audit.link_at(r.id, r.audit_seq, r.audit_head, "started", worker,
+                                          {"attempt": r.attempt}, now, stamp))
+        for r in rows
+    ]
+    session.execute(_CLAIM, {
+        "worker": worker, "lease": get_settings().lease_seconds,
+        "ids": [c.id for c in claimed], "attempts": [c.attempt for c in claimed],
+        "seqs": [c.head.seq for c in claimed], "heads": [c.head.hash for c in claimed],
+    })
+    audit.insert_links(session, [c.head for c in claimed])
+    move_counters(session, Counter((c.batch_id, "queued", "running") for c in claimed
+                                   if c.batch_id is not None))
+    return claimed
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What computing a claimed job gave: a result, or an error."""
+
+    job: Claimed
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    links: list[Link] = field(default_factory=list)
+    #: the result's canonical JSON and its sha256, encoded once for every use
+    canonical: str = ""
+    sha: str = ""
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    """Type, message and traceback of a failure, as stored on the job."""
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc)[:2000],
+        "traceback": "".join(traceback.format_exception(exc))[-20_000:],
+    }
+
+
+def backoff(attempt: int) -> float:
+    """Exponential backoff with full jitter, capped (seconds)."""
+    s = get_settings()
+    ceiling = min(s.retry_backoff_max, s.retry_backoff_base * 2 ** max(0, attempt - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+_SUCCEED = text(
+    "UPDATE jobs SET status = 'succeeded', finished_at = now(), lease_until = NULL, "
+    "error = NULL, updated_at = now(), audit_seq = v.seq, audit_head = v.head "
+    "FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:seqs AS int[]), "
+    "CAST(:heads AS text[])) AS v(id, attempt, seq, head) "
+    "WHERE jobs.id = v.id AND jobs.status = 'running' AND jobs.attempt = v.attempt "
+    "RETURNING jobs.id, jobs.batch_id"
+)
+
+_FAIL = text(
+    "UPDATE jobs SET status = v.status, error = v.error, lease_until = NULL, "
+    "run_after = v.run_after, published_at = NULL, updated_at = now(), "
+    "finished_at = CASE WHEN v.status = 'dead' THEN now() ELSE NULL END, "
+    "audit_seq = v.seq, audit_head = v.head "
+    "FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:statuses AS text[]), "
+    "CAST(:errors AS jsonb[]), CAST(:run_afters AS timestamptz[]), CAST(:seqs AS int[]), "
+    "CAST(:heads AS text[])) AS v(id, attempt, status, error, run_after, seq, head) "
+    "WHERE jobs.id = v.id AND jobs.status = 'running' AND jobs.attempt = v.attempt "
+    "RETURNING jobs.id, jobs.batch_id, v.status"
+)
+
+
+def _succeed(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
+    for o in outcomes:
+        o.canonical = canonical_json(o.result).decode()
+        o.sha = hashlib.sha256(o.canonical.encode()).hexdigest()
+        o.links = _success_links(o, worker)
+    rows = session.execute(_SUCCEED, {
+        "ids": [o.job.id for o in outcomes],
+        "attempts": [o.job.attempt for o in outcomes],
+        "seqs": [o.links[-1].seq for o in outcomes],
+        "heads": [o.links[-1].hash for o in outcomes],
+    }).all()
+    won = {r.id for r in rows}
+    kept = [o for o in outcomes if o.job.id in won]
+    _write_results(session, kept)
+    audit.insert_links(session, [lk for o in kept for lk in o.links])
+    return Counter((r.batch_id, "running", "succeeded") for r in rows if r.batch_id is not None)
+
+
+def _success_links(o: Outcome, worker: str) -> list[Link]:
+    """One event per governor cycle of an evaluate job, then the succeeded event."""
+    assert o.result is not None
+    links: list[Link] = []
+    seq, head = o.job.head.seq, o.job.head.hash
+    at = datetime.now(UTC)
+    events: list[tuple[str, dict[str, Any]]] = []
+    if o.job.kind == "evaluate":
+        events = [("governor_cycle", cycle) for cycle in o.result["cycles"]]
+    events.append(("succeeded", {"attempt": o.job.attempt, "result_sha256": o.sha}))
+    for event_type, details in events:
+        lk = audit.link(o.job.id, seq, head, event_type, worker, details, at)
+        links.append(lk)
+        seq, head = lk.seq, lk.hash
+    return links
+
+
+def _write_results(session: Session, kept: list[Outcome]) -> None:
+    # COPY is safe: only the fenced winner of a job's current attempt gets here, and a job
+    # succeeds once (a manual retry is only for dead or cancelled jobs).
+    if not kept:
+        return
+    pgcopy.copy_rows(session, "results", ("job_id", "result", "result_sha256"), (
+        f"{o.job.id}\t{pgcopy.json_text(o.canonical)}\t{o.sha}\n" for o in kept
+    ))
+    decisions = [o for o in kept if o.job.kind == "evaluate"]
+    if decisions:
+        _write_decisions(session, decisions)
+
+
+def _write_decisions(session: Session, outcomes: list[Outcome]) -> None:
+    rows = []
+    for o in outcomes:
+        r = o.result or {}
+        final = r["final"]
+        rows.append({
+            "job_id": o.job.id, "decision": r["decision"], "stop_reason": r["stop_reason"],
+            "cycles_evaluated": r["cycles_evaluated"], "similarity": final["similarity"],
+            "risk": final["risk"], "composite_quality": final["composite_quality"],
+            "remaining_budget": final["remaining_budget"],
+        })
+    from app.models import Decision
+
+    session.execute(insert(Decision).on_conflict_do_nothing(), rows)
+
+
+def _json(value: Any) -> str:
+    return canonical_json(value).decode()
+
+
+def _fail(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
+    now = datetime.now(UTC)
+    statuses, run_afters = [], []
+    for o in outcomes:
+        dead = o.job.attempts_left <= 0
+        delay = 0.0 if dead else backoff(o.job.attempt)
+        statuses.append("dead" if dead else "queued")
+        run_afters.append(None if dead else now + timedelta(seconds=delay))
+        details = {"attempt": o.job.attempt, "error": {k: v for k, v in (o.error or {}).items()
+                                                       if k != "traceback"}}
+        if not dead:
+            details["retry_in"] = round(delay, 3)
+        o.links = [audit.link(o.job.id, o.job.head.seq, o.job.head.hash,
+                              "dead" if dead else "retry_scheduled", worker, details, now)]
+    rows = session.execute(_FAIL, {
+        "ids": [o.job.id for o in outcomes],
+        "attempts": [o.job.attempt for o in outcomes],
+        "statuses": statuses,
+        "errors": [_json(o.error) for o in outcomes],
+        "run_afters": run_afters,
+        "seqs": [o.links[-1].seq for o in outcomes],
+        "heads": [o.links[-1].hash for o in outcomes],
+    }).all()
+    won = {r.id for r in rows}
+    audit.insert_links(session, [lk for o in outcomes if o.job.id in won for lk in o.links])
+    return Counter((r.batch_id, "running", r.status) for r in rows if r.batch_id is not None)
+
+
+def finish(session: Session, outcomes: Sequence[Outcome], *, worker: str) -> None:
+    """Write results, decisions, errors, audit events and statuses of a chunk at once.
+
+    Only the holder of a job's current attempt writes (fencing): a late or duplicate
+    outcome of a job that was cancelled, re-leased or already finished is discarded.
+    """
+    good = [o for o in outcomes if o.error is None]
+    bad = [o for o in outcomes if o.error is not None]
+    moves: Moves = Counter()
+    if good:
+        moves += _succeed(session, good, worker)
+    if bad:
+        moves += _fail(session, bad, worker)
+    move_counters(session, moves)

@@ -1,0 +1,178 @@
+"""Creating jobs: one at a time (submit) or a batch's rows with COPY (submit_rows)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from app import audit, core, pgcopy, testhooks
+from app.audit import Link
+from app.config import get_settings
+from app.jobs.outbox import schedule_publish
+from app.models import PRIORITIES, Job
+
+
+class UnknownKind(ValueError):
+    """No computation of that name exists."""
+
+
+def validate(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Normalised params; UnknownKind or pydantic.ValidationError when they are not valid."""
+    if kind in testhooks.TEST_KINDS and testhooks.enabled():
+        return testhooks.validate(kind, params)
+    if kind not in core.KINDS:
+        raise UnknownKind(f"unknown kind {kind!r}; expected one of {', '.join(core.KINDS)}")
+    return core.validate(kind, params)
+
+
+def submit(
+    session: Session,
+    *,
+    tenant_id: int,
+    kind: str,
+    params: dict[str, Any],
+    actor: str,
+    priority: str = "normal",
+    max_attempts: int | None = None,
+    idempotency_key: str | None = None,
+    ref: str | None = None,
+) -> tuple[Job, bool]:
+    """Insert one job (the enqueue) in the caller's transaction; publish after commit.
+
+    Returns (job, created); created is False when the idempotency key was seen.
+    Raises pydantic.ValidationError / ValueError for invalid params: nothing is written.
+    """
+    clean = validate(kind, params)
+    attempts = max_attempts or get_settings().default_max_attempts
+    values = {
+        "tenant_id": tenant_id,
+        "kind": kind,
+        "params": clean,
+        "priority": PRIORITIES[priority],
+        "max_attempts": attempts,
+        "idempotency_key": idempotency_key,
+        "ref": ref,
+        "published_at": datetime.now(UTC),
+    }
+    stmt = insert(Job).values(**values)
+    if idempotency_key is not None:
+        stmt = stmt.on_conflict_do_nothing(
+            index_elements=["tenant_id", "idempotency_key"],
+            index_where=text("idempotency_key IS NOT NULL"),
+        )
+    job_id = session.execute(stmt.returning(Job.id)).scalar()
+    if job_id is None:
+        existing = session.scalars(
+            select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key)
+        ).one()
+        return existing, False
+    details = {"kind": kind, "priority": priority, "max_attempts": attempts}
+    audit.append(session, [audit.link(job_id, 0, "", "submitted", actor, details)])
+    schedule_publish(session, kind, PRIORITIES[priority], [job_id])
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None
+    return job, True
+
+
+@dataclass(slots=True)
+class NewJob:
+    """One validated line of a batch."""
+
+    line: int
+    kind: str
+    params: dict[str, Any]
+    priority: int
+    max_attempts: int
+    idempotency_key: str | None = None
+    ref: str | None = None
+
+
+_JOB_COLUMNS = ("id", "tenant_id", "batch_id", "line", "kind", "params", "priority",
+                "max_attempts", "idempotency_key", "ref", "published_at", "audit_seq",
+                "audit_head")
+
+
+def reserve_ids(session: Session, n: int) -> list[int]:
+    """n fresh job ids from the jobs sequence, so rows can be COPYed with their ids."""
+    return list(session.execute(
+        text("SELECT nextval(pg_get_serial_sequence('jobs', 'id')) "
+             "FROM generate_series(1, :n)"), {"n": n}
+    ).scalars())
+
+
+def submit_rows(
+    session: Session, rows: Sequence[NewJob], *, tenant_id: int, batch_id: int, actor: str
+) -> tuple[list[tuple[NewJob, int]], list[tuple[NewJob, int]]]:
+    """Insert many jobs of one batch with COPY, each with its "submitted" audit event.
+
+    Rows with an idempotency key go through INSERT .. ON CONFLICT instead, since COPY
+    cannot skip conflicts. Returns (inserted, duplicates) as (row, job id) pairs; for a
+    duplicate the id is the existing job's. Nothing is published here: the caller
+    publishes after commit.
+    """
+    ids = reserve_ids(session, len(rows))
+    now = datetime.now(UTC)
+    stamp = audit.timestamp(now)
+    pairs = list(zip(rows, ids, strict=True))
+    links = {i: audit.link_at(i, 0, "", "submitted", actor,
+                              {"kind": r.kind, "batch_id": batch_id, "line": r.line}, now, stamp)
+             for r, i in pairs}
+    plain = [(r, i) for r, i in pairs if r.idempotency_key is None]
+    keyed = [(r, i) for r, i in pairs if r.idempotency_key is not None]
+    prefix = f"{tenant_id}\t{batch_id}\t"
+    pgcopy.copy_rows(session, "jobs", _JOB_COLUMNS, (
+        f"{i}\t{prefix}{r.line}\t{r.kind}\t{pgcopy.json_value(r.params)}\t{r.priority}\t"
+        f"{r.max_attempts}\t\\N\t{pgcopy.text_value(r.ref)}\t{stamp}\t1\t{links[i].hash}\n"
+        for r, i in plain
+    ))
+    inserted = plain + _insert_keyed(session, keyed, tenant_id, batch_id, now, links)
+    kept = {i for _, i in inserted}
+    duplicates = _existing(session, tenant_id, [r for r, i in keyed if i not in kept])
+    audit.insert_links(session, [links[i] for i in sorted(kept)])
+    return inserted, duplicates
+
+
+def _insert_keyed(
+    session: Session, keyed: list[tuple[NewJob, int]], tenant_id: int, batch_id: int,
+    now: datetime, links: dict[int, Link],
+) -> list[tuple[NewJob, int]]:
+    if not keyed:
+        return []
+    got = set(session.execute(
+        text("INSERT INTO jobs (id, tenant_id, batch_id, line, kind, params, priority, "
+             "max_attempts, idempotency_key, ref, published_at, audit_seq, audit_head) "
+             "SELECT v.id, :tenant, :batch, v.line, v.kind, v.params, v.priority, v.attempts, "
+             "v.ikey, v.ref, :now, 1, v.head FROM unnest(CAST(:ids AS bigint[]), "
+             "CAST(:lines AS int[]), CAST(:kinds AS text[]), CAST(:params AS jsonb[]), "
+             "CAST(:pris AS smallint[]), CAST(:attempts AS int[]), CAST(:ikeys AS text[]), "
+             "CAST(:refs AS text[]), CAST(:heads AS text[])) "
+             "AS v(id, line, kind, params, priority, attempts, ikey, ref, head) "
+             "ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL "
+             "DO NOTHING RETURNING id"),
+        {"tenant": tenant_id, "batch": batch_id, "now": now,
+         "ids": [i for _, i in keyed], "lines": [r.line for r, _ in keyed],
+         "kinds": [r.kind for r, _ in keyed],
+         "params": [orjson.dumps(r.params).decode() for r, _ in keyed],
+         "pris": [r.priority for r, _ in keyed], "attempts": [r.max_attempts for r, _ in keyed],
+         "ikeys": [r.idempotency_key for r, _ in keyed], "refs": [r.ref for r, _ in keyed],
+         "heads": [links[i].hash for _, i in keyed]},
+    ).scalars())
+    return [(r, i) for r, i in keyed if i in got]
+
+
+def _existing(session: Session, tenant_id: int, rows: list[NewJob]) -> list[tuple[NewJob, int]]:
+    if not rows:
+        return []
+    found: dict[str, int] = {key: job_id for key, job_id in session.execute(
+        text("SELECT idempotency_key, id FROM jobs WHERE tenant_id = :t "
+             "AND idempotency_key = ANY(CAST(:keys AS text[]))"),
+        {"t": tenant_id, "keys": [r.idempotency_key for r in rows]},
+    )}
+    return [(r, found[r.idempotency_key]) for r in rows if r.idempotency_key in found]
