@@ -33,20 +33,15 @@ def json_value(value: Any) -> str:
 
 
 def copy_rows(session: Session, table: str, columns: Sequence[str], lines: Iterable[str]) -> None:
-    """COPY text-format lines into table, inside the session's transaction.
-
-    A writer thread sends while Python builds the next rows, so the two overlap.
-    """
+    """COPY text-format lines into table, inside the session's transaction."""
     raw = session.connection().connection.driver_connection
     assert raw is not None
-    with raw.cursor() as cur, cur.copy(
-        f"COPY {table} ({', '.join(columns)}) FROM STDIN", writer=QueuedLibpqWriter(cur)
-    ) as copy:
-        buf: list[str] = []
-        for line in lines:
-            buf.append(line)
-            if len(buf) >= _ROWS_PER_WRITE:
-                copy.write("".join(buf))
-                buf.clear()
-        if buf:
-            copy.write("".join(buf))
+    rows = lines if isinstance(lines, list) else list(lines)
+    statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+    with raw.cursor() as cur:
+        # A writer thread lets PostgreSQL take one slice while the next is joined; it pays
+        # off for big COPYs, and for a handful of rows it is pure overhead.
+        writer = QueuedLibpqWriter(cur) if len(rows) > _ROWS_PER_WRITE else None
+        with cur.copy(statement, writer=writer) as copy:
+            for start in range(0, len(rows), _ROWS_PER_WRITE):
+                copy.write("".join(rows[start:start + _ROWS_PER_WRITE]))
