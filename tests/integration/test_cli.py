@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -325,6 +326,7 @@ def _check_up(
     )
     assert demo.returncode == 0, demo.stderr
     first = json.loads(demo.stdout)[0]["id"]
+    _flower_saw_the_work(creds["flower_url"], login, {j["id"] for j in json.loads(demo.stdout)})
     _tamper(creds["database_url"], first)
     audit = subprocess.run(
         [*CLI, "audit", "verify", str(first)],
@@ -336,6 +338,24 @@ def _check_up(
     )
     assert audit.returncode == 1
     assert f"job {first} at seq 2" in audit.stdout
+
+
+def _flower_saw_the_work(flower: str, login: tuple[str, str], job_ids: set[int]) -> None:
+    """Flower's own API lists the worker and the chunk tasks that ran the demo's jobs."""
+    assert httpx.get(f"{flower}/api/tasks", timeout=10).status_code == 401
+    deadline = time.monotonic() + 30
+    ran: set[int] = set()
+    while time.monotonic() < deadline and not job_ids <= ran:
+        tasks = httpx.get(f"{flower}/api/tasks", auth=login, timeout=10).json()
+        ran = {job for t in tasks.values()
+               if t.get("name") == "babelq.run_chunk" and t.get("state") == "SUCCESS"
+               for job in ast.literal_eval(t.get("args") or "([],)")[0]}
+        time.sleep(0.5)
+    assert job_ids <= ran, f"Flower saw chunks {ran}, not all of {job_ids}"
+    workers = httpx.get(f"{flower}/api/workers", params={"refresh": "1"}, auth=login,
+                        timeout=20).json()
+    assert any(set((info.get("active_queues") and [q["name"] for q in info["active_queues"]])
+                   or []) >= {"encode", "enumerate", "evaluate"} for info in workers.values())
 
 
 def test_up_keeps_a_live_admin_key_and_replaces_a_revoked_or_plain_one(settings: Settings) -> None:
