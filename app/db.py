@@ -65,7 +65,8 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
         session.close()
 
 
-def _alembic_config(url: str) -> Config:
+def alembic_config(url: str) -> Config:
+    """Alembic configuration for the database at url (migrations shipped with the package)."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", normalize_url(url).replace("%", "%%"))
@@ -74,12 +75,12 @@ def _alembic_config(url: str) -> Config:
 
 def migrate(database_url: str) -> None:
     """Bring the database to the newest schema (alembic upgrade head)."""
-    command.upgrade(_alembic_config(database_url), "head")
+    command.upgrade(alembic_config(database_url), "head")
 
 
 def head_revision() -> str | None:
     """The newest migration this code knows."""
-    script = ScriptDirectory.from_config(_alembic_config("postgresql://x"))
+    script = ScriptDirectory.from_config(alembic_config("postgresql://x"))
     return script.get_current_head()
 
 

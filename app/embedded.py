@@ -40,6 +40,14 @@ logger = logging.getLogger(__name__)
 MIN_PG_CONNECTIONS = 200
 #: What we raise max_connections to when initdb chose fewer than the minimum.
 PG_MAX_CONNECTIONS = 300
+#: Set with max_connections on first start. A million-job batch writes gigabytes of WAL:
+#: the default 1 GB max_wal_size would force checkpoints (and full-page writes) mid-batch.
+PG_TUNING = {
+    "max_wal_size": "8GB",
+    "checkpoint_timeout": "15min",
+    "wal_compression": "on",
+    "shared_buffers": "512MB",
+}
 #: Schemes we accept for PostgreSQL URLs; all become `postgresql+psycopg://`.
 PG_SCHEMES = ("postgresql+psycopg", "postgresql", "postgres")
 #: File in the Redis data directory naming the pid and port of the running server.
@@ -110,8 +118,10 @@ def _ensure_max_connections(pgdata: Path, url: str) -> None:
             return
         # initdb sizes max_connections to the shared memory it probed (usually 100);
         # ALTER SYSTEM persists in postgresql.auto.conf, so this happens on first start only.
-        alter = sql.SQL("ALTER SYSTEM SET max_connections = {}")
-        conn.execute(alter.format(sql.Literal(PG_MAX_CONNECTIONS)))
+        settings = {"max_connections": str(PG_MAX_CONNECTIONS), **PG_TUNING}
+        for name, value in settings.items():
+            alter = sql.SQL("ALTER SYSTEM SET {} = {}")
+            conn.execute(alter.format(sql.Identifier(name), sql.Literal(value)))
     logger.info("raising max_connections %d -> %d", current, PG_MAX_CONNECTIONS)
     # Without -o, pg_ctl restart reuses postmaster.opts: same socket dir, no TCP.
     _pg_ctl(pgdata, "-w", "-t", "60", "-m", "fast", "-l", str(pgdata / "log"), "restart")
