@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from app.launcher import Child, check_alive, stop_children, wait_until
+from app.supervisor import Child, check_alive, stop_children, wait_until
 
 #: Linux prctl option: the signal a child gets when the bench dies, so none is orphaned.
 PR_SET_PDEATHSIG = 1
