@@ -290,7 +290,7 @@ def _run(
     if with_flower:
         specs.append(("flower", ["flower"]))
     for name, args in specs:
-        stack.children.append(spawn(name, args, env, home / "logs"))
+        stack.children.append(spawn(name, ["-m", "app.cli", *args], env, home / "logs"))
     with console.status("waiting for the api and Flower to answer"):
         wait_until(f"{creds['api_url']}/ready", stack.children)
         if with_flower:

@@ -62,7 +62,7 @@ def _die_with_parent() -> None:
 
 
 def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Child:
-    """Start `python -m app.cli ARGS` in its own session, output to log_dir/NAME.log."""
+    """Start `python ARGS` in its own session, output to log_dir/NAME.log."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}.log"
     return Child(name, _start(args, env, log, "wb"), log, args, env)
@@ -71,7 +71,7 @@ def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Chi
 def _start(args: list[str], env: dict[str, str], log: Path, mode: str) -> subprocess.Popen[bytes]:
     with log.open(mode) as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args],
+            [sys.executable, *args],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,

@@ -7,14 +7,10 @@ output in a log file, and stopped (with its pool processes) when the bench ends.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -25,10 +21,8 @@ from pathlib import Path
 
 import psutil
 
-from app.supervisor import Child, check_alive, stop_children, wait_until
+from app.supervisor import Child, check_alive, spawn, stop_children, wait_until
 
-#: Linux prctl option: the signal a child gets when the bench dies, so none is orphaned.
-PR_SET_PDEATHSIG = 1
 #: Seconds between memory samples.
 RSS_INTERVAL = 0.1
 MB = 1024 * 1024
@@ -97,25 +91,6 @@ def child_env(srv: Servers, **extra: str) -> dict[str, str]:
     values = {"DATABASE_URL": srv.database_url, "REDIS_URL": srv.redis_url,
               "HOME": str(srv.tmp / "home"), **extra}
     return {**os.environ, **{f"BABELQ_{k.upper()}": v for k, v in values.items()}}
-
-
-def _die_with_parent() -> None:
-    # Between fork and exec: SIGTERM the child if the bench is killed outright.
-    with suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Child:
-    """Start `python ARGS` in its own session, output to log_dir/NAME.log."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log = log_dir / f"{name}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, *args], env=env, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )  # fmt: skip
-    return Child(name, process, log)
 
 
 def api_args(port: int) -> list[str]:
