@@ -35,11 +35,15 @@ class Claimed:
     head: Link
 
 
+# A join on unnest, not `id = ANY(...) AND status = 'queued'`: with stale statistics (a
+# fresh million-row batch) the planner would AND the pkey with the whole jobs_queued
+# index and read every queued entry on every claim. The join keeps it on the pkey.
 _LOCK_DUE = text(
-    "SELECT id, kind, params, attempt + 1 AS attempt, attempt_base, max_attempts, batch_id, "
-    "audit_seq, audit_head FROM jobs WHERE id = ANY(CAST(:ids AS bigint[])) "
-    "AND status = 'queued' AND (run_after IS NULL OR run_after <= now()) "
-    "ORDER BY id FOR UPDATE SKIP LOCKED"
+    "SELECT j.id, j.kind, j.params, j.attempt + 1 AS attempt, j.attempt_base, "
+    "j.max_attempts, j.batch_id, j.audit_seq, j.audit_head "
+    "FROM unnest(CAST(:ids AS bigint[])) AS v(id) JOIN jobs j ON j.id = v.id "
+    "WHERE j.status = 'queued' AND (j.run_after IS NULL OR j.run_after <= now()) "
+    "ORDER BY j.id FOR UPDATE OF j SKIP LOCKED"
 )
 
 _CLAIM = text(
