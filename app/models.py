@@ -22,8 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-#: Job statuses; terminal ones never change again except by a manual retry.
-STATUSES = ("queued", "running", "succeeded", "dead", "cancelled")
+#: Statuses a job never leaves except by a manual retry (dead, cancelled → queued).
 TERMINAL = frozenset({"succeeded", "dead", "cancelled"})
 #: Priority lanes, stored as small ints so ORDER BY priority puts high first.
 PRIORITIES = {"high": 0, "normal": 1, "low": 2}

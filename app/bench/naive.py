@@ -77,11 +77,6 @@ def create_tables(engine: Engine) -> None:
     NaiveBase.metadata.create_all(engine)
 
 
-def drop_tables(engine: Engine) -> None:
-    """Drop the baseline's tables."""
-    NaiveBase.metadata.drop_all(engine)
-
-
 def _engine() -> Engine:
     url = get_settings().database_url
     if not url:
