@@ -51,33 +51,29 @@ def submit(
     """
     clean = validate(kind, params)
     attempts = max_attempts or get_settings().default_max_attempts
-    values = {
-        "tenant_id": tenant_id,
-        "kind": kind,
-        "params": clean,
-        "priority": PRIORITIES[priority],
-        "max_attempts": attempts,
-        "idempotency_key": idempotency_key,
-        "ref": ref,
-        "published_at": datetime.now(UTC),
-    }
-    stmt = insert(Job).values(**values)
+    # The id comes first so the row is inserted with its audit head, never updated for it.
+    job_id = reserve_ids(session, 1)[0]
+    details = {"kind": kind, "priority": priority, "max_attempts": attempts}
+    link = audit.link(job_id, 0, "", "submitted", actor, details)
+    stmt = insert(Job).values(
+        id=job_id, tenant_id=tenant_id, kind=kind, params=clean, priority=PRIORITIES[priority],
+        max_attempts=attempts, idempotency_key=idempotency_key, ref=ref,
+        published_at=datetime.now(UTC), audit_seq=link.seq, audit_head=link.hash,
+    )
     if idempotency_key is not None:
         stmt = stmt.on_conflict_do_nothing(
             index_elements=["tenant_id", "idempotency_key"],
             index_where=text("idempotency_key IS NOT NULL"),
         )
-    job_id = session.execute(stmt.returning(Job.id)).scalar()
-    if job_id is None:
+    job = session.scalars(stmt.returning(Job), execution_options={"populate_existing": True}
+                          ).first()
+    if job is None:
         existing = session.scalars(
             select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key)
         ).one()
         return existing, False
-    details = {"kind": kind, "priority": priority, "max_attempts": attempts}
-    audit.append(session, [audit.link(job_id, 0, "", "submitted", actor, details)])
+    audit.insert_links(session, [link])
     schedule_publish(session, kind, PRIORITIES[priority], [job_id])
-    job = session.get(Job, job_id, populate_existing=True)
-    assert job is not None
     return job, True
 
 
