@@ -32,19 +32,6 @@ class Link:
     prev_hash: str
     hash: str
 
-    def row(self) -> dict[str, Any]:
-        """The column values of this event."""
-        return {
-            "job_id": self.job_id,
-            "seq": self.seq,
-            "event_type": self.event_type,
-            "actor": self.actor,
-            "created_at": self.created_at,
-            "details": self.details,
-            "prev_hash": self.prev_hash,
-            "hash": self.hash,
-        }
-
 
 def timestamp(at: datetime) -> str:
     """The form of an event's time that its hash covers (UTC, microseconds)."""
@@ -120,33 +107,6 @@ def insert_links(session: Session, links: Sequence[Link]) -> None:
     ))
 
 
-def advance_heads(session: Session, links: Sequence[Link]) -> None:
-    """Record each job's newest link on its row so the next append needs no read."""
-    if not links:
-        return
-    newest: dict[int, Link] = {}
-    for lk in links:
-        newest[lk.job_id] = lk
-    session.execute(
-        text(
-            "UPDATE jobs SET audit_seq = v.seq, audit_head = v.head "
-            "FROM unnest(CAST(:ids AS bigint[]), CAST(:seqs AS int[]), CAST(:heads AS text[])) "
-            "AS v(id, seq, head) WHERE jobs.id = v.id"
-        ),
-        {
-            "ids": list(newest),
-            "seqs": [lk.seq for lk in newest.values()],
-            "heads": [lk.hash for lk in newest.values()],
-        },
-    )
-
-
-def append(session: Session, links: Sequence[Link]) -> None:
-    """Insert events and advance the heads, inside the caller's transaction."""
-    insert_links(session, links)
-    advance_heads(session, links)
-
-
 @dataclass(frozen=True, slots=True)
 class ChainReport:
     """Whether a job's chain verifies, and where it first breaks."""
@@ -184,15 +144,9 @@ def verify_job(session: Session, job_id: int) -> ChainReport:
     """Verify one job's chain, and that the job row's head matches its newest link."""
     events = job_events(session, job_id)
     report = verify_events(job_id, events)
-    head = session.execute(
-        text("SELECT audit_seq, audit_head FROM jobs WHERE id = :id"), {"id": job_id}
-    ).first()
-    if report.ok and head is not None and events and (head[0], head[1]) != (
-        events[-1].seq,
-        events[-1].hash,
-    ):
-        return ChainReport(job_id, len(events), False, events[-1].seq, "chain was truncated")
-    return report
+    if not events:
+        return report
+    return next(iter(_against_heads(session, [(report, events[-1])])))
 
 
 def verify_all(session: Session, batch_size: int = 5000) -> Iterable[ChainReport]:

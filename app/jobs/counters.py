@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
-from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -35,11 +33,3 @@ def move_counters(session: Session, moves: Moves) -> None:
             {"id": batch_id, **{s: d[s] for s in ("queued", "running", "succeeded", "dead",
                                                    "cancelled")}},
         )
-
-
-def moves_of(rows: Iterable[Any], src_attr: str, dst_attr: str) -> Moves:
-    moves: Moves = Counter()
-    for r in rows:
-        if r.batch_id is not None:
-            moves[(r.batch_id, getattr(r, src_attr), getattr(r, dst_attr))] += 1
-    return moves

@@ -20,6 +20,7 @@ from app.audit import Link
 from app.config import get_settings
 from app.core.canonical import canonical_json
 from app.jobs.counters import Moves, move_counters
+from app.models import Decision
 
 
 @dataclass(slots=True)
@@ -110,7 +111,7 @@ def error_info(exc: BaseException) -> dict[str, Any]:
 
 
 def backoff(attempt: int) -> float:
-    """Exponential backoff with full jitter, capped (seconds)."""
+    """Exponential backoff, capped, with equal jitter: between half and all of it (seconds)."""
     s = get_settings()
     ceiling = min(s.retry_backoff_max, s.retry_backoff_base * 2 ** max(0, attempt - 1))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
@@ -197,8 +198,6 @@ def _write_decisions(session: Session, outcomes: list[Outcome]) -> None:
             "risk": final["risk"], "composite_quality": final["composite_quality"],
             "remaining_budget": final["remaining_budget"],
         })
-    from app.models import Decision
-
     session.execute(insert(Decision).on_conflict_do_nothing(), rows)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -10,28 +12,64 @@ from sqlalchemy.orm import Session
 
 from app import audit
 from app.config import get_settings
-from app.jobs.counters import move_counters, moves_of
+from app.jobs.counters import move_counters
 from app.jobs.outbox import schedule_publish
 
-_CANCEL = text(
-    "UPDATE jobs SET status = 'cancelled', finished_at = now(), lease_until = NULL, "
-    "updated_at = now() FROM (SELECT id, status FROM jobs WHERE {where} FOR UPDATE) AS old "
-    "WHERE jobs.id = old.id "
-    "RETURNING jobs.id, jobs.batch_id, jobs.kind, old.status AS old_status, "
-    "'cancelled' AS new_status, jobs.audit_seq, jobs.audit_head"
+#: Rows of a transition, locked before anything is written.
+_LOCK = (
+    "SELECT id, batch_id, kind, priority, status, attempt, attempt_base, max_attempts, "
+    "worker, audit_seq, audit_head FROM jobs WHERE {where} FOR UPDATE{skip}"
+)
+#: One write per row: its new status, the transition's own columns, and its audit head.
+_MOVE = (
+    "UPDATE jobs SET status = v.status, updated_at = now(), audit_seq = v.seq, "
+    "audit_head = v.head, {columns} "
+    "FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS text[]), CAST(:seqs AS int[]), "
+    "CAST(:heads AS text[])) AS v(id, status, seq, head) WHERE jobs.id = v.id"
+)
+_CANCELLED = "finished_at = now(), lease_until = NULL"
+_RETRIED = ("attempt_base = attempt, run_after = NULL, published_at = now(), "
+            "finished_at = NULL, lease_until = NULL")
+_EXPIRED = (
+    "lease_until = NULL, published_at = NULL, run_after = NULL, "
+    "finished_at = CASE WHEN v.status = 'dead' THEN now() END, "
+    "error = jsonb_build_object('type', 'LeaseExpired', 'message', "
+    "'worker ' || coalesce(jobs.worker, '?') || ' did not finish attempt ' || jobs.attempt "
+    "|| ' before its lease expired', 'traceback', '')"
 )
 
 
-def _transition_events(
-    session: Session, rows: Sequence[Any], event_type: str, actor: str, **details: Any
+def _lock(session: Session, where: str, params: dict[str, Any], skip: bool = False
+          ) -> Sequence[Any]:
+    sql = _LOCK.format(where=where, skip=" SKIP LOCKED" if skip else "")
+    return session.execute(text(sql), params).all()
+
+
+def _move(
+    session: Session, rows: Sequence[Any], statuses: Sequence[str], columns: str,
+    event_type: str, actor: str, details: Callable[[Any, str], dict[str, Any]],
 ) -> None:
-    links = [
-        audit.link(r.id, r.audit_seq, r.audit_head, event_type, actor,
-                   {"from": r.old_status, **details})
-        for r in rows
-    ]
-    audit.append(session, links)
-    move_counters(session, moves_of(rows, "old_status", "new_status"))
+    """Write each row once (status, columns, audit head), then its event and counters."""
+    if not rows:
+        return
+    now = datetime.now(UTC)
+    stamp = audit.timestamp(now)
+    links = [audit.link_at(r.id, r.audit_seq, r.audit_head, event_type, actor,
+                           details(r, status), now, stamp)
+             for r, status in zip(rows, statuses, strict=True)]
+    session.execute(text(_MOVE.format(columns=columns)), {
+        "ids": [r.id for r in rows], "statuses": list(statuses),
+        "seqs": [lk.seq for lk in links], "heads": [lk.hash for lk in links],
+    })
+    audit.insert_links(session, links)
+    move_counters(session, Counter(
+        (r.batch_id, r.status, status) for r, status in zip(rows, statuses, strict=True)
+        if r.batch_id is not None
+    ))
+
+
+def _from(row: Any, _: str) -> dict[str, Any]:
+    return {"from": row.status}
 
 
 def cancel(session: Session, job_id: int, *, actor: str) -> bool:
@@ -39,34 +77,22 @@ def cancel(session: Session, job_id: int, *, actor: str) -> bool:
 
     Returns False when the job was already terminal (nothing changed).
     """
-    where = "id = :id AND status IN ('queued', 'running')"
-    rows = session.execute(text(_CANCEL.text.format(where=where)), {"id": job_id}).all()
-    _transition_events(session, rows, "cancelled", actor)
+    rows = _lock(session, "id = :id AND status IN ('queued', 'running')", {"id": job_id})
+    _move(session, rows, ["cancelled"] * len(rows), _CANCELLED, "cancelled", actor, _from)
     return bool(rows)
 
 
 def cancel_batch(session: Session, batch_id: int, *, actor: str) -> int:
     """Cancel every job of a batch that has not started; returns how many."""
-    where = "batch_id = :id AND status = 'queued'"
-    rows = session.execute(text(_CANCEL.text.format(where=where)), {"id": batch_id}).all()
-    _transition_events(session, rows, "cancelled", actor)
+    rows = _lock(session, "batch_id = :id AND status = 'queued'", {"id": batch_id})
+    _move(session, rows, ["cancelled"] * len(rows), _CANCELLED, "cancelled", actor, _from)
     return len(rows)
 
 
 def retry(session: Session, job_id: int, *, actor: str) -> bool:
     """dead|cancelled → queued by hand, with a fresh allowance of attempts."""
-    rows = session.execute(
-        text(
-            "UPDATE jobs SET status = 'queued', attempt_base = attempt, run_after = NULL, "
-            "published_at = now(), finished_at = NULL, lease_until = NULL, updated_at = now() "
-            "FROM (SELECT id, status FROM jobs WHERE id = :id AND status IN ('dead', 'cancelled') "
-            "FOR UPDATE) AS old WHERE jobs.id = old.id "
-            "RETURNING jobs.id, jobs.batch_id, jobs.kind, jobs.priority, old.status AS old_status, "
-            "'queued' AS new_status, jobs.audit_seq, jobs.audit_head"
-        ),
-        {"id": job_id},
-    ).all()
-    _transition_events(session, rows, "retried", actor)
+    rows = _lock(session, "id = :id AND status IN ('dead', 'cancelled')", {"id": job_id})
+    _move(session, rows, ["queued"] * len(rows), _RETRIED, "retried", actor, _from)
     for r in rows:
         schedule_publish(session, r.kind, r.priority, [r.id])
     return bool(rows)
@@ -74,32 +100,15 @@ def retry(session: Session, job_id: int, *, actor: str) -> bool:
 
 # --- relay moves ---------------------------------------------------------------
 
-_EXPIRE = text(
-    "UPDATE jobs SET status = CASE WHEN attempt - attempt_base >= max_attempts "
-    "THEN 'dead' ELSE 'queued' END, "
-    "lease_until = NULL, published_at = NULL, run_after = NULL, updated_at = now(), "
-    "finished_at = CASE WHEN attempt - attempt_base >= max_attempts THEN now() END, "
-    "error = jsonb_build_object('type', 'LeaseExpired', 'message', "
-    "'worker ' || coalesce(old.worker, '?') || ' did not finish attempt ' || attempt "
-    "|| ' before its lease expired', 'traceback', '') "
-    "FROM (SELECT id, worker FROM jobs WHERE status = 'running' AND lease_until < now() "
-    "ORDER BY lease_until LIMIT :limit FOR UPDATE SKIP LOCKED) AS old "
-    "WHERE jobs.id = old.id "
-    "RETURNING jobs.id, jobs.batch_id, 'running' AS old_status, jobs.status AS new_status, "
-    "jobs.attempt, old.worker, jobs.audit_seq, jobs.audit_head"
-)
-
 
 def expire_leases(session: Session, *, actor: str, limit: int = 5000) -> int:
     """running → queued (or dead when out of attempts) for jobs whose lease ran out."""
-    rows = session.execute(_EXPIRE, {"limit": limit}).all()
-    links = [
-        audit.link(r.id, r.audit_seq, r.audit_head, "lease_expired", actor,
-                   {"attempt": r.attempt, "worker": r.worker, "to": r.new_status})
-        for r in rows
-    ]
-    audit.append(session, links)
-    move_counters(session, moves_of(rows, "old_status", "new_status"))
+    rows = _lock(session, "status = 'running' AND lease_until < now() "
+                          "ORDER BY lease_until LIMIT :limit", {"limit": limit}, skip=True)
+    statuses = ["dead" if r.attempt - r.attempt_base >= r.max_attempts else "queued"
+                for r in rows]
+    _move(session, rows, statuses, _EXPIRED, "lease_expired", actor,
+          lambda r, status: {"attempt": r.attempt, "worker": r.worker, "to": status})
     return len(rows)
 
 
