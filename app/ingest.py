@@ -120,15 +120,20 @@ class Ingestor:
             return
         inserted, dups = jobs.submit_rows(self.session, good, tenant_id=self.principal.tenant_id,
                                           batch_id=self.batch_id, actor=self.principal.actor)
-        for row, job_id in dups:
-            self.reject(row.line, f"idempotency_key {row.idempotency_key!r} already used by job "
-                                  f"{job_id}")
+        # Counted at commit: store runs beside parse (another thread), which owns reject().
+        self.duplicates += [
+            {"line": row.line,
+             "reason": f"idempotency_key {row.idempotency_key!r} already used by job {job_id}"}
+            for row, job_id in dups
+        ]
         for row, job_id in inserted:
             self.pending.setdefault((row.kind, row.priority), array("q")).append(job_id)
         self.accepted += len(inserted)
 
     def commit(self) -> dict[str, Any]:
         """Store the batch's totals, commit, then publish; 422 if nothing was accepted."""
+        for dup in self.duplicates:
+            self.reject(dup["line"], dup["reason"])
         self.rejected_lines.sort(key=lambda r: r["line"])
         if self.accepted == 0:
             self.session.rollback()

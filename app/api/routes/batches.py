@@ -22,6 +22,7 @@ from app.config import get_settings
 from app.db import new_session
 from app.ingest import IngestError, Ingestor, LineSplitter
 from app.keys import Principal
+from app.limits import check_submission, precheck_batch
 from app.models import Batch
 from app.schemas import ErrorBody, Priority
 
@@ -101,8 +102,6 @@ async def create_batch(
     priority: Priority = "normal",
 ) -> BatchCreated:
     """Ingest a batch: NDJSON (one job per line, streamed) or JSON {"jobs": [...]}."""
-    from app.limits import check_submission, precheck_batch
-
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in ("application/x-ndjson", "application/json", "application/jsonl"):
         raise ApiError(415, "send application/x-ndjson (one job per line) or application/json")

@@ -20,6 +20,7 @@ from app.api.errors import ApiError
 from app.api.metrics import SUBMITTED
 from app.db import new_session
 from app.keys import Principal
+from app.limits import check_cap, check_submission
 from app.models import TERMINAL, Decision, Job, Result
 from app.schemas import (
     AuditEventRead,
@@ -78,8 +79,6 @@ def create_job(
     idempotency_key: Annotated[str | None, Header(max_length=200, pattern=r"^[!-~]+$")] = None,
 ) -> JobRead:
     """Submit one job; 200 with the existing job if the idempotency key was seen."""
-    from app.limits import check_submission
-
     check_submission(session, principal, 1)
     try:
         job, created = jobs.submit(
@@ -177,8 +176,6 @@ def cancel_job(job_id: IdPath, session: SessionDep, principal: PrincipalDep) -> 
 @router.post("/{job_id}/retry", response_model=JobRead, responses=ERRORS)
 def retry_job(job_id: IdPath, session: SessionDep, principal: PrincipalDep) -> JobRead:
     """Queue a dead or cancelled job again, with a fresh allowance of attempts."""
-    from app.limits import check_cap
-
     job = get_job(session, principal, job_id)
     check_cap(session, job.tenant_id, 1)
     if not jobs.retry(session, job.id, actor=principal.actor):
