@@ -42,9 +42,7 @@ def test_poison_job_goes_dead_with_backoff_while_its_chunk_succeeds(
     # The api publishes a batch in one chunk per kind; a poison job shares a chunk with good
     # jobs when the relay or a producer mixes kinds. Build such chunks: while every worker is
     # busy, the batch waits in Redis, and our high-priority mixed chunks overtake it.
-    # Long enough for the upload and the publishing subprocess even on a loaded machine: if
-    # the sleepers end first, workers take the batch's own one-kind chunks instead.
-    sleepers = occupy_workers(client, engine, 8)
+    sleepers = occupy_workers(client, engine, 3)
     batch = submit_batch(client, poison_batch())
     stack.publish(batch_job_ids(engine, batch["id"]), priority=0, chunk_size=CHUNK)
     checks.wait_terminal(engine, since)
