@@ -173,6 +173,12 @@ class Proc:
             os.killpg(self.popen.pid, signal.SIGKILL)
         self.popen.wait()
 
+    def signal_group(self, sig: int) -> None:
+        """Send sig to the whole process group (SIGSTOP/SIGCONT freeze and thaw a worker)."""
+        assert self.popen is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, sig)
+
     def terminate(self) -> None:
         """SIGTERM the main process only, as a supervisor or `docker stop` would."""
         assert self.popen is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from datetime import UTC, datetime
 
@@ -40,12 +41,22 @@ def taken_back(engine: Engine, worker: str, since: int, killed: datetime) -> tup
     return int(row[0]), (row[1] - killed).total_seconds() if row[1] else 0.0
 
 
+def frozen_holding(stack: Stack, engine: Engine, since: int) -> bool:
+    """Freeze w1; True if it holds jobs, else thaw it again and say False."""
+    stack["w1"].signal_group(signal.SIGSTOP)
+    if held_by(engine, "w1", since) > 0:
+        return True
+    stack["w1"].signal_group(signal.SIGCONT)
+    return False
+
+
 def test_sigkill_worker_mid_batch(
     stack: Stack, client: httpx.Client, engine: Engine, since: int, recovery: Recorder
 ) -> None:
     submit_batch(client, encode_lines(BATCH, "crash"))
     wait_progress(engine, since, BATCH // 4)
-    wait_for("w1 to hold jobs mid-batch", lambda: held_by(engine, "w1", since) > 0, 60, 0.02)
+    # Freeze w1 before looking, so the chunk it holds cannot finish between look and kill.
+    wait_for("w1 to hold jobs mid-batch", lambda: frozen_holding(stack, engine, since), 60, 0.02)
     injected, killed = time.monotonic(), datetime.now(UTC)
     stack["w1"].kill()
 
