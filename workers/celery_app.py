@@ -66,15 +66,24 @@ def queue_for(kind: str) -> str:
     return kind if kind in KINDS else "encode"
 
 
-def publish(kind: str, priority: int, ids: Sequence[int], chunk_size: int | None = None) -> int:
-    """Send job ids to the kind's queue in messages of at most chunk_size ids."""
+def publish(
+    kind: str, priority: int, ids: Sequence[int], chunk_size: int | None = None,
+    careful: bool = False,
+) -> int:
+    """Send job ids to the kind's queue in messages of at most chunk_size ids.
+
+    careful marks a republished message: its jobs are claimed before they are computed
+    (see workers.tasks.execute_chunk).
+    """
     size = chunk_size or get_settings().chunk_size
+    kwargs = {"careful": True} if careful else {}
     sent = 0
     with celery_app.producer_or_acquire() as producer:
         for start in range(0, len(ids), size):
             chunk = list(ids[start:start + size])
             celery_app.send_task(
-                TASK_NAME, args=[chunk], queue=queue_for(kind), priority=priority, producer=producer
+                TASK_NAME, args=[chunk], kwargs=kwargs, queue=queue_for(kind), priority=priority,
+                producer=producer,
             )
             sent += 1
     return sent

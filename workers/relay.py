@@ -59,7 +59,7 @@ def relay_pass(actor: str) -> PassReport:
         with session_scope() as session:
             groups = jobs.take_due(session, idle_kinds=idle)
         for (kind, priority), ids in groups.items():
-            publish(kind, priority, ids)
+            publish(kind, priority, ids, careful=True)
             report.published += len(ids)
         if sum(len(v) for v in groups.values()) < 10_000:
             break

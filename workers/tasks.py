@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from celery import shared_task
+from celery.signals import celeryd_after_setup
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
@@ -21,6 +24,16 @@ log = logging.getLogger(__name__)
 FINISH_PATIENCE = 60.0
 
 
+@celeryd_after_setup.connect
+def _name_connections(sender: str, **_: Any) -> None:
+    """Name this worker's database sessions (pg_stat_activity) after the worker node.
+
+    Set before the pool forks, so every pool process's connections carry it; it shows
+    which worker holds an open transaction, e.g. the row locks of an inline chunk.
+    """
+    os.environ["PGAPPNAME"] = f"babelq-worker {sender}"[:63]
+
+
 def compute(job: jobs.Claimed) -> jobs.Outcome:
     """Run one claimed job; an exception becomes the job's error, never the chunk's."""
     try:
@@ -31,16 +44,27 @@ def compute(job: jobs.Claimed) -> jobs.Outcome:
         return jobs.Outcome(job, error=jobs.error_info(exc))
 
 
-def execute_chunk(ids: Sequence[int], *, worker: str, engine: Engine | None = None) -> int:
-    """Claim, compute and persist a chunk of jobs; returns how many this worker ran."""
+def execute_chunk(
+    ids: Sequence[int], *, worker: str, engine: Engine | None = None, careful: bool = False
+) -> int:
+    """Claim, compute and persist a chunk of jobs; returns how many this worker ran.
+
+    Cheap jobs are computed and finished inside the transaction that locks them (see
+    jobs.take); the rest are claimed, computed after that commit, then finished. A
+    careful run claims every job first, so an attempt that kills the worker is counted.
+    """
     with session_scope(engine) as session:
-        claimed = jobs.claim(session, ids, worker=worker)
+        inline, claimed = jobs.take(session, ids, worker=worker, inline_ok=not careful)
+        if inline:
+            jobs.finish(session, [compute(job) for job in inline], worker=worker)
+    if inline:
+        notify.finished([job.id for job in inline])
     if not claimed:
-        return 0
+        return len(inline)
     outcomes = [compute(job) for job in claimed]
     _persist(outcomes, worker=worker, engine=engine)
     notify.finished([o.job.id for o in outcomes])
-    return len(claimed)
+    return len(inline) + len(claimed)
 
 
 def _persist(outcomes: list[jobs.Outcome], *, worker: str, engine: Engine | None) -> None:
@@ -75,7 +99,13 @@ def _persist(outcomes: list[jobs.Outcome], *, worker: str, engine: Engine | None
     retry_backoff_max=30,
     max_retries=8,
 )
-def run_chunk(self, ids: list[int]) -> int:  # type: ignore[no-untyped-def]
-    """Celery entry point of a chunk message."""
+def run_chunk(self, ids: list[int], careful: bool = False) -> int:  # type: ignore[no-untyped-def]
+    """Celery entry point of a chunk message.
+
+    A message the broker redelivers (its worker died or was lost) or that the relay
+    republished may carry a job that kills workers: it runs carefully.
+    """
     worker = self.request.hostname or socket.gethostname()
-    return execute_chunk(ids, worker=worker)
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    careful = careful or redelivered or bool(self.request.retries)
+    return execute_chunk(ids, worker=worker, careful=careful)

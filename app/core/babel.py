@@ -55,7 +55,7 @@ def normalise(text: str) -> tuple[str, int]:
 
 def _address_of(symbols: bytes) -> str:
     """Address of the page that starts with `symbols` (padded with spaces)."""
-    return base29.to_hex(symbols.translate(_TO_DIGIT).ljust(PAGE_SIZE, b"0"))
+    return base29.to_hex(symbols.translate(_TO_DIGIT), PAGE_SIZE)
 
 
 def text_to_address(text: str) -> str:

@@ -32,14 +32,32 @@ _TRIPLES = tuple(
 _LEAF_TRIPLES = 12
 
 
-def to_hex_python(digits: bytes) -> str:
-    """Lower-case hex of a base-29 digit string, in CPython arithmetic."""
-    return format(int(digits, BASE), "x")
+def to_hex_python(digits: bytes, width: int = 0) -> str:
+    """Lower-case hex of a base-29 digit string right-padded with "0" to width, in CPython."""
+    return format(int(digits.ljust(width, b"0"), BASE), "x")
 
 
-def to_hex_gmp(digits: bytes) -> str:
-    """Lower-case hex of a base-29 digit string, in GMP arithmetic."""
-    return str(mpz(digits.decode("ascii"), BASE).digits(16))
+def to_hex_gmp(digits: bytes, width: int = 0) -> str:
+    """Lower-case hex of a base-29 digit string right-padded with "0" to width, in GMP.
+
+    A page is mostly trailing zeros (the space padding of a short text), so the value is
+    that of its significant digits times a power of 29: converting only those digits and
+    multiplying is about 6x faster for a short text, and exactly the same number.
+    """
+    head = digits.rstrip(b"0")
+    if not head:
+        return "0"
+    value = mpz(head.decode("ascii"), BASE)
+    zeros = max(width, len(digits)) - len(head)
+    if zeros:
+        value *= _mpz_power(zeros)
+    return str(value.digits(16))
+
+
+@lru_cache(maxsize=256)
+def _mpz_power(exponent: int) -> object:
+    """29 ** exponent as a GMP integer; short texts share a few hundred exponents."""
+    return mpz(BASE) ** exponent
 
 
 @lru_cache(maxsize=64)

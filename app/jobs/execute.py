@@ -33,7 +33,19 @@ class Claimed:
     attempt: int
     attempts_left: int
     batch_id: int | None
+    #: its "started" event: written by claim(), or with the outcome when inline
     head: Link
+    #: held by a row lock in the open transaction, its row still `queued` (see take())
+    inline: bool = False
+
+
+#: Texts up to this length keep an inline encode to a few milliseconds even with codec hd.
+INLINE_TEXT = 4096
+
+
+def runs_inline(kind: str, params: dict[str, Any]) -> bool:
+    """Whether a job is cheap enough to compute inside the transaction that locks it."""
+    return kind == "encode" and len(params.get("text", "")) <= INLINE_TEXT
 
 
 # A join on unnest, not `id = ANY(...) AND status = 'queued'`: with stale statistics (a
@@ -57,35 +69,55 @@ _CLAIM = text(
 )
 
 
-def claim(session: Session, ids: Sequence[int], *, worker: str) -> list[Claimed]:
-    """queued → running for those of ids still queued and due; fenced by attempt number.
+def take(session: Session, ids: Sequence[int], *, worker: str, inline_ok: bool = True
+         ) -> tuple[list[Claimed], list[Claimed]]:
+    """Lock the due jobs of a chunk: (inline, claimed).
 
-    The rows are locked first (skipping any another transaction holds), so each is
-    updated once, with its new audit head. The claim commits without waiting for the
-    disk: if PostgreSQL crashes and loses it, the job is simply queued again and the
-    fence discards whatever this attempt computes.
+    Cheap jobs (runs_inline) stay `queued` under their row lock, to be computed and
+    finished in this same transaction: one row version, one commit. The lock is their
+    lease: a worker that dies drops its connection and PostgreSQL releases them; one that
+    hangs is cut off by idle_in_transaction_session_timeout, set to the lease. The others
+    are claimed for all to see (queued → running with a lease), to be computed after commit.
+    With inline_ok False (a redelivered or republished message, which may be a job that
+    killed its worker) every job is claimed, so each attempt is counted.
     """
-    session.execute(text("SET LOCAL synchronous_commit = off"))
     rows = session.execute(_LOCK_DUE, {"ids": list(ids)}).all()
     if not rows:
-        return []
+        return [], []
     now = datetime.now(UTC)
     stamp = audit.timestamp(now)
-    claimed = [
+    taken = [
         Claimed(r.id, r.kind, r.params, r.attempt, r.max_attempts - (r.attempt - r.attempt_base),
                 r.batch_id, audit.link_at(r.id, r.audit_seq, r.audit_head, "started", worker,
-                                          {"attempt": r.attempt}, now, stamp))
+                                          {"attempt": r.attempt}, now, stamp),
+                inline_ok and runs_inline(r.kind, r.params))
         for r in rows
     ]
-    session.execute(_CLAIM, {
-        "worker": worker, "lease": get_settings().lease_seconds,
-        "ids": [c.id for c in claimed], "attempts": [c.attempt for c in claimed],
-        "seqs": [c.head.seq for c in claimed], "heads": [c.head.hash for c in claimed],
-    })
-    audit.insert_links(session, [c.head for c in claimed])
-    move_counters(session, Counter((c.batch_id, "queued", "running") for c in claimed
-                                   if c.batch_id is not None))
-    return claimed
+    inline = [c for c in taken if c.inline]
+    claimed = [c for c in taken if not c.inline]
+    lease = get_settings().lease_seconds
+    if inline:
+        ms = int(lease * 1000)
+        session.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {ms}"))
+    else:
+        # Nothing but claims: the commit need not wait for the disk. If PostgreSQL crashes
+        # and loses it, the jobs are simply queued again and fencing discards this attempt.
+        session.execute(text("SET LOCAL synchronous_commit = off"))
+    if claimed:
+        session.execute(_CLAIM, {
+            "worker": worker, "lease": lease,
+            "ids": [c.id for c in claimed], "attempts": [c.attempt for c in claimed],
+            "seqs": [c.head.seq for c in claimed], "heads": [c.head.hash for c in claimed],
+        })
+        audit.insert_links(session, [c.head for c in claimed])
+        move_counters(session, Counter((c.batch_id, "queued", "running") for c in claimed
+                                       if c.batch_id is not None))
+    return inline, claimed
+
+
+def claim(session: Session, ids: Sequence[int], *, worker: str) -> list[Claimed]:
+    """queued → running for those of ids still queued and due; fenced by attempt number."""
+    return take(session, ids, worker=worker, inline_ok=False)[1]
 
 
 @dataclass(slots=True)
@@ -117,58 +149,89 @@ def backoff(attempt: int) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
+#: Fencing: a claimed job must still be `running` on this attempt; an inline one is
+#: `queued` on the attempt before (its row lock is held, so this always holds).
+_FENCE = (
+    "WHERE jobs.id = v.id AND jobs.status = CASE WHEN v.inline THEN 'queued' ELSE 'running' END "
+    "AND jobs.attempt = v.attempt - CASE WHEN v.inline THEN 1 ELSE 0 END "
+)
+#: Columns a claim would have set; for a claimed job they are already these values.
+_CLAIMED = ("attempt = v.attempt, worker = :worker, started_at = coalesce(started_at, now()), "
+            "updated_at = statement_timestamp(), audit_seq = v.seq, audit_head = v.head ")
+
 _SUCCEED = text(
-    "UPDATE jobs SET status = 'succeeded', finished_at = now(), lease_until = NULL, "
-    "error = NULL, updated_at = now(), audit_seq = v.seq, audit_head = v.head "
+    "UPDATE jobs SET status = 'succeeded', finished_at = statement_timestamp(), "
+    "lease_until = NULL, error = NULL, " + _CLAIMED +
     "FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:seqs AS int[]), "
-    "CAST(:heads AS text[])) AS v(id, attempt, seq, head) "
-    "WHERE jobs.id = v.id AND jobs.status = 'running' AND jobs.attempt = v.attempt "
-    "RETURNING jobs.id, jobs.batch_id"
+    "CAST(:heads AS text[]), CAST(:inline AS bool[])) AS v(id, attempt, seq, head, inline) "
+    + _FENCE + "RETURNING jobs.id, jobs.batch_id"
 )
 
 _FAIL = text(
     "UPDATE jobs SET status = v.status, error = v.error, lease_until = NULL, "
-    "run_after = v.run_after, published_at = NULL, updated_at = now(), "
-    "finished_at = CASE WHEN v.status = 'dead' THEN now() ELSE NULL END, "
-    "audit_seq = v.seq, audit_head = v.head "
+    "run_after = v.run_after, published_at = NULL, "
+    "finished_at = CASE WHEN v.status = 'dead' THEN statement_timestamp() ELSE NULL END, "
+    + _CLAIMED +
     "FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:statuses AS text[]), "
     "CAST(:errors AS jsonb[]), CAST(:run_afters AS timestamptz[]), CAST(:seqs AS int[]), "
-    "CAST(:heads AS text[])) AS v(id, attempt, status, error, run_after, seq, head) "
-    "WHERE jobs.id = v.id AND jobs.status = 'running' AND jobs.attempt = v.attempt "
-    "RETURNING jobs.id, jobs.batch_id, v.status"
+    "CAST(:heads AS text[]), CAST(:inline AS bool[])) "
+    "AS v(id, attempt, status, error, run_after, seq, head, inline) "
+    + _FENCE + "RETURNING jobs.id, jobs.batch_id, v.status"
 )
 
 
 def _succeed(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
+    at = datetime.now(UTC)
+    stamp = audit.timestamp(at)
     for o in outcomes:
-        o.canonical = canonical_json(o.result).decode()
-        o.sha = hashlib.sha256(o.canonical.encode()).hexdigest()
-        o.links = _success_links(o, worker)
-    rows = session.execute(_SUCCEED, {
+        encoded = canonical_json(o.result)
+        o.canonical = encoded.decode()
+        o.sha = hashlib.sha256(encoded).hexdigest()
+        o.links = _success_links(o, worker, at, stamp)
+    rows = session.execute(_SUCCEED, {**_fenced(outcomes), "worker": worker}).all()
+    won = {r.id for r in rows}
+    kept = [o for o in outcomes if o.job.id in won]
+    _write_results(session, kept)
+    audit.insert_links(session, _links(kept))
+    return _moves(outcomes, [(r.id, r.batch_id, "succeeded") for r in rows])
+
+
+def _fenced(outcomes: list[Outcome]) -> dict[str, list[Any]]:
+    """The per-job arrays every fenced finishing statement takes."""
+    return {
         "ids": [o.job.id for o in outcomes],
         "attempts": [o.job.attempt for o in outcomes],
         "seqs": [o.links[-1].seq for o in outcomes],
         "heads": [o.links[-1].hash for o in outcomes],
-    }).all()
-    won = {r.id for r in rows}
-    kept = [o for o in outcomes if o.job.id in won]
-    _write_results(session, kept)
-    audit.insert_links(session, [lk for o in kept for lk in o.links])
-    return Counter((r.batch_id, "running", "succeeded") for r in rows if r.batch_id is not None)
+        "inline": [o.job.inline for o in outcomes],
+    }
 
 
-def _success_links(o: Outcome, worker: str) -> list[Link]:
+def _links(kept: list[Outcome]) -> list[Link]:
+    """Events to append: an inline job's "started" event was not written yet."""
+    return [lk for o in kept for lk in ([o.job.head, *o.links] if o.job.inline else o.links)]
+
+
+def _moves(outcomes: list[Outcome], changed: list[tuple[int, int | None, str]]) -> Moves:
+    """Counter moves of the rows a finishing statement changed: (id, batch_id, new status)."""
+    inline = {o.job.id for o in outcomes if o.job.inline}
+    return Counter(
+        (batch_id, "queued" if job_id in inline else "running", status)
+        for job_id, batch_id, status in changed if batch_id is not None
+    )
+
+
+def _success_links(o: Outcome, worker: str, at: datetime, stamp: str) -> list[Link]:
     """One event per governor cycle of an evaluate job, then the succeeded event."""
     assert o.result is not None
     links: list[Link] = []
     seq, head = o.job.head.seq, o.job.head.hash
-    at = datetime.now(UTC)
     events: list[tuple[str, dict[str, Any]]] = []
     if o.job.kind == "evaluate":
         events = [("governor_cycle", cycle) for cycle in o.result["cycles"]]
     events.append(("succeeded", {"attempt": o.job.attempt, "result_sha256": o.sha}))
     for event_type, details in events:
-        lk = audit.link(o.job.id, seq, head, event_type, worker, details, at)
+        lk = audit.link_at(o.job.id, seq, head, event_type, worker, details, at, stamp)
         links.append(lk)
         seq, head = lk.seq, lk.hash
     return links
@@ -220,17 +283,12 @@ def _fail(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
         o.links = [audit.link(o.job.id, o.job.head.seq, o.job.head.hash,
                               "dead" if dead else "retry_scheduled", worker, details, now)]
     rows = session.execute(_FAIL, {
-        "ids": [o.job.id for o in outcomes],
-        "attempts": [o.job.attempt for o in outcomes],
-        "statuses": statuses,
-        "errors": [_json(o.error) for o in outcomes],
-        "run_afters": run_afters,
-        "seqs": [o.links[-1].seq for o in outcomes],
-        "heads": [o.links[-1].hash for o in outcomes],
+        **_fenced(outcomes), "worker": worker, "statuses": statuses,
+        "errors": [_json(o.error) for o in outcomes], "run_afters": run_afters,
     }).all()
     won = {r.id for r in rows}
-    audit.insert_links(session, [lk for o in outcomes if o.job.id in won for lk in o.links])
-    return Counter((r.batch_id, "running", r.status) for r in rows if r.batch_id is not None)
+    audit.insert_links(session, _links([o for o in outcomes if o.job.id in won]))
+    return _moves(outcomes, [(r.id, r.batch_id, r.status) for r in rows])
 
 
 def finish(session: Session, outcomes: Sequence[Outcome], *, worker: str) -> None:

@@ -92,6 +92,29 @@ def test_every_kind_is_deterministic_and_json_safe(job: tuple[str, dict[str, Any
     assert json.loads(canonical_json(first)) == first
 
 
+def _standard_canonical(obj: Any) -> bytes:
+    """The definition: the standard library's sorted, compact, UTF-8 JSON."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(codec="utf-8", exclude_characters="\x00")),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner,
+                                                                 max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_canonical_json_is_the_standard_librarys_bytes(value: Any) -> None:
+    # The fast path (orjson) must never change a stored result's bytes or its sha256.
+    assert canonical_json(value) == _standard_canonical(value)
+
+
 @BOUNDED
 @given(hd_texts)
 def test_hd_matches_the_per_trigram_definition(text: str) -> None:
