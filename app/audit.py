@@ -90,7 +90,45 @@ def link_at(
     return Link(job_id, seq, event_type, actor, at, details, prev, chain_hash(prev, body))
 
 
+class SubmittedEvents:
+    """The first event ("submitted") of many batch jobs of one moment, built from a template.
+
+    Its canonical JSON differs from job to job only in the job id, kind and line, so the
+    bytes are spliced together instead of serialising a dict per job: the same bytes as
+    canonical(event_body(...)) (a test holds it to that), in a third of the time.
+    """
+
+    def __init__(self, actor: str, stamp: str, batch_id: int) -> None:
+        self.actor = pgcopy.text_value(actor)
+        self.stamp = stamp
+        self.batch_id = batch_id
+        self._head = (b'{"actor":' + orjson.dumps(actor) + b',"at":' + orjson.dumps(stamp)
+                      + b',"details":{"batch_id":' + str(batch_id).encode() + b',"kind":')
+        self._genesis = GENESIS.encode()
+
+    def details(self, kind: str, line: int) -> dict[str, Any]:
+        """The event's details."""
+        return {"kind": kind, "batch_id": self.batch_id, "line": line}
+
+    def hash(self, job_id: int, kind: str, line: int) -> str:
+        """sha256(GENESIS ‖ canonical JSON) of the job's submitted event."""
+        body = b"%s%s,\"line\":%d},\"job_id\":%d,\"seq\":1,\"type\":\"submitted\"}" % (
+            self._head, orjson.dumps(kind), line, job_id)
+        return hashlib.sha256(self._genesis + body).hexdigest()
+
+    def copy_line(self, job_id: int, kind: str, line: int, hash_: str) -> str:
+        """The event as a line of COPY audit_events (columns in _COLUMNS order)."""
+        details = f'{{"kind":"{kind}","batch_id":{self.batch_id},"line":{line}}}'
+        return (f"{job_id}\t1\tsubmitted\t{self.actor}\t{self.stamp}\t{details}\t"
+                f"{GENESIS}\t{hash_}\n")
+
+
 _COLUMNS = ("job_id", "seq", "event_type", "actor", "created_at", "details", "prev_hash", "hash")
+
+
+def copy_columns() -> tuple[str, ...]:
+    """The columns of an audit_events COPY line, in order."""
+    return _COLUMNS
 
 
 def insert_links(session: Session, links: Sequence[Link]) -> None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from app import jobs
@@ -96,7 +97,24 @@ class Ingestor:
 
     def feed(self, block: Iterable[tuple[int, bytes | None]]) -> None:
         """Validate and store a block of (line number, raw line); None means too long."""
-        self.store(self.parse(block))
+        self.store(self.prepare(block))
+
+    def prepare(self, block: Iterable[tuple[int, bytes | None]]) -> jobs.PreparedRows | None:
+        """Validate a block and turn it into COPY data; None if no line is good.
+
+        Runs beside store() of the previous block, so it must not use the upload's
+        connection: its ids come from a second one (sequences ignore transactions).
+        """
+        good = self.parse(block)
+        if not good:
+            return None
+        bind = self.session.get_bind()
+        engine = bind if isinstance(bind, Engine) else bind.engine
+        with engine.connect() as conn:
+            ids = jobs.reserve_ids(conn, len(good))
+        return jobs.prepare_rows(good, ids, tenant_id=self.principal.tenant_id,
+                                 batch_id=self.batch_id, actor=self.principal.actor,
+                                 now=datetime.now(UTC))
 
     def parse(self, block: Iterable[tuple[int, bytes | None]]) -> list[jobs.NewJob]:
         """Validate a block, counting its bad lines; touches no database."""
@@ -114,12 +132,12 @@ class Ingestor:
                 self.reject(number, str(exc))
         return good
 
-    def store(self, good: list[jobs.NewJob]) -> None:
-        """Write validated jobs into the batch (inside the upload's transaction)."""
-        if not good:
+    def store(self, block: jobs.PreparedRows | None) -> None:
+        """Write a prepared block into the batch (inside the upload's transaction)."""
+        if block is None:
             return
-        inserted, dups = jobs.submit_rows(self.session, good, tenant_id=self.principal.tenant_id,
-                                          batch_id=self.batch_id, actor=self.principal.actor)
+        inserted, dups = jobs.store_rows(self.session, block, tenant_id=self.principal.tenant_id,
+                                         batch_id=self.batch_id, now=datetime.now(UTC))
         # Counted at commit: store runs beside parse (another thread), which owns reject().
         self.duplicates += [
             {"line": row.line,

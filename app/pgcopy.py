@@ -45,3 +45,13 @@ def copy_rows(session: Session, table: str, columns: Sequence[str], lines: Itera
         with cur.copy(statement, writer=writer) as copy:
             for start in range(0, len(rows), _ROWS_PER_WRITE):
                 copy.write("".join(rows[start:start + _ROWS_PER_WRITE]))
+
+
+def copy_bytes(session: Session, table: str, columns: Sequence[str], data: bytes) -> None:
+    """COPY already-encoded text-format lines into table, in the session's transaction."""
+    if not data:
+        return
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        copy.write(data)

@@ -10,13 +10,24 @@ from app.jobs.counters import Moves, move_counters
 from app.jobs.execute import Claimed, Outcome, backoff, claim, error_info, finish, take
 from app.jobs.manage import cancel, cancel_batch, expire_leases, prune, retry, take_due
 from app.jobs.outbox import schedule_publish
-from app.jobs.submit import NewJob, UnknownKind, reserve_ids, submit, submit_rows, validate
+from app.jobs.submit import (
+    NewJob,
+    PreparedRows,
+    UnknownKind,
+    prepare_rows,
+    reserve_ids,
+    store_rows,
+    submit,
+    submit_rows,
+    validate,
+)
 
 __all__ = [
     "Claimed",
     "Moves",
     "NewJob",
     "Outcome",
+    "PreparedRows",
     "UnknownKind",
     "backoff",
     "cancel",
@@ -26,10 +37,12 @@ __all__ = [
     "expire_leases",
     "finish",
     "move_counters",
+    "prepare_rows",
     "prune",
     "reserve_ids",
     "retry",
     "schedule_publish",
+    "store_rows",
     "submit",
     "submit_rows",
     "take",

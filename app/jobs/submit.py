@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import select, text
+from sqlalchemy import Connection, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -95,12 +95,73 @@ _JOB_COLUMNS = ("id", "tenant_id", "batch_id", "line", "kind", "params", "priori
                 "audit_head")
 
 
-def reserve_ids(session: Session, n: int) -> list[int]:
-    """n fresh job ids from the jobs sequence, so rows can be COPYed with their ids."""
-    return list(session.execute(
-        text("SELECT nextval(pg_get_serial_sequence('jobs', 'id')) "
-             "FROM generate_series(1, :n)"), {"n": n}
-    ).scalars())
+_RESERVE = text("SELECT array_agg(nextval(pg_get_serial_sequence('jobs', 'id'))) "
+               "FROM generate_series(1, :n)")
+
+
+def reserve_ids(conn: Session | Connection, n: int) -> list[int]:
+    """n fresh job ids from the jobs sequence, so rows can be COPYed with their ids.
+
+    Sequence values are never rolled back, so any connection will do: ingestion takes
+    them on a second connection while its own is busy with the previous block's COPY.
+    """
+    return list(conn.execute(_RESERVE, {"n": n}).scalar_one())
+
+
+@dataclass(slots=True)
+class PreparedRows:
+    """A block of validated batch jobs turned into COPY data, ready to store."""
+
+    #: COPY lines of the jobs without an idempotency key, and of their submitted events
+    jobs_copy: bytes
+    audit_copy: bytes
+    plain: list[tuple[NewJob, int]]
+    #: jobs with an idempotency key: inserted one statement per block, skipping conflicts
+    keyed: list[tuple[NewJob, int]]
+    keyed_links: dict[int, Link]
+
+
+def prepare_rows(
+    rows: Sequence[NewJob], ids: Sequence[int], *, tenant_id: int, batch_id: int, actor: str,
+    now: datetime,
+) -> PreparedRows:
+    """Everything about storing rows that needs no database: ids given, events hashed."""
+    stamp = audit.timestamp(now)
+    events = audit.SubmittedEvents(actor, stamp, batch_id)
+    pairs = list(zip(rows, ids[:len(rows)], strict=True))
+    plain = [(r, i) for r, i in pairs if r.idempotency_key is None]
+    keyed = [(r, i) for r, i in pairs if r.idempotency_key is not None]
+    prefix = f"{tenant_id}\t{batch_id}\t"
+    job_lines, event_lines = [], []
+    for r, i in plain:
+        head = events.hash(i, r.kind, r.line)
+        job_lines.append(
+            f"{i}\t{prefix}{r.line}\t{r.kind}\t{pgcopy.json_value(r.params)}\t{r.priority}\t"
+            f"{r.max_attempts}\t\\N\t{pgcopy.text_value(r.ref)}\t{stamp}\t1\t{head}\n")
+        event_lines.append(events.copy_line(i, r.kind, r.line, head))
+    keyed_links = {i: audit.link_at(i, 0, "", "submitted", actor,
+                                    events.details(r.kind, r.line), now, stamp)
+                   for r, i in keyed}
+    return PreparedRows("".join(job_lines).encode(), "".join(event_lines).encode(), plain,
+                        keyed, keyed_links)
+
+
+def store_rows(
+    session: Session, block: PreparedRows, *, tenant_id: int, batch_id: int, now: datetime
+) -> tuple[list[tuple[NewJob, int]], list[tuple[NewJob, int]]]:
+    """Insert a prepared block: (inserted, duplicates) as (row, job id) pairs.
+
+    For a duplicate (its idempotency key was used before) the id is the existing job's.
+    Nothing is published here: the caller publishes after commit.
+    """
+    pgcopy.copy_bytes(session, "jobs", _JOB_COLUMNS, block.jobs_copy)
+    kept = _insert_keyed(session, block.keyed, tenant_id, batch_id, now, block.keyed_links)
+    kept_ids = {i for _, i in kept}
+    duplicates = _existing(session, tenant_id,
+                           [r for r, i in block.keyed if i not in kept_ids])
+    pgcopy.copy_bytes(session, "audit_events", audit.copy_columns(), block.audit_copy)
+    audit.insert_links(session, [block.keyed_links[i] for i in sorted(kept_ids)])
+    return block.plain + kept, duplicates
 
 
 def submit_rows(
@@ -109,30 +170,12 @@ def submit_rows(
     """Insert many jobs of one batch with COPY, each with its "submitted" audit event.
 
     Rows with an idempotency key go through INSERT .. ON CONFLICT instead, since COPY
-    cannot skip conflicts. Returns (inserted, duplicates) as (row, job id) pairs; for a
-    duplicate the id is the existing job's. Nothing is published here: the caller
-    publishes after commit.
+    cannot skip conflicts. Returns (inserted, duplicates) as in store_rows.
     """
-    ids = reserve_ids(session, len(rows))
     now = datetime.now(UTC)
-    stamp = audit.timestamp(now)
-    pairs = list(zip(rows, ids, strict=True))
-    links = {i: audit.link_at(i, 0, "", "submitted", actor,
-                              {"kind": r.kind, "batch_id": batch_id, "line": r.line}, now, stamp)
-             for r, i in pairs}
-    plain = [(r, i) for r, i in pairs if r.idempotency_key is None]
-    keyed = [(r, i) for r, i in pairs if r.idempotency_key is not None]
-    prefix = f"{tenant_id}\t{batch_id}\t"
-    pgcopy.copy_rows(session, "jobs", _JOB_COLUMNS, (
-        f"{i}\t{prefix}{r.line}\t{r.kind}\t{pgcopy.json_value(r.params)}\t{r.priority}\t"
-        f"{r.max_attempts}\t\\N\t{pgcopy.text_value(r.ref)}\t{stamp}\t1\t{links[i].hash}\n"
-        for r, i in plain
-    ))
-    inserted = plain + _insert_keyed(session, keyed, tenant_id, batch_id, now, links)
-    kept = {i for _, i in inserted}
-    duplicates = _existing(session, tenant_id, [r for r, i in keyed if i not in kept])
-    audit.insert_links(session, [links[i] for i in sorted(kept)])
-    return inserted, duplicates
+    block = prepare_rows(rows, reserve_ids(session, len(rows)), tenant_id=tenant_id,
+                         batch_id=batch_id, actor=actor, now=now)
+    return store_rows(session, block, tenant_id=tenant_id, batch_id=batch_id, now=now)
 
 
 def _insert_keyed(

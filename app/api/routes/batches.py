@@ -124,15 +124,19 @@ async def create_batch(
 
 
 async def _stream_into(request: Request, ingestor: Ingestor) -> None:
-    """Parse block k+1 while PostgreSQL stores block k, so the two cores work together."""
+    """Prepare block k+1 while PostgreSQL stores block k, so the two cores work together.
+
+    All of a block's Python work (parsing, validation, hashing, COPY text) is in prepare;
+    store only streams the bytes and waits, leaving the interpreter to prepare.
+    """
     splitter = LineSplitter(get_settings().max_line_bytes)
     storing: asyncio.Future[None] | None = None
     try:
         async for block in _blocks(request, splitter):
-            good = await run_in_threadpool(ingestor.parse, block)
+            ready = await run_in_threadpool(ingestor.prepare, block)
             if storing is not None:
                 await storing
-            storing = asyncio.ensure_future(run_in_threadpool(ingestor.store, good))
+            storing = asyncio.ensure_future(run_in_threadpool(ingestor.store, ready))
     finally:
         if storing is not None:
             await storing
