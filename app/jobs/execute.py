@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from psycopg.types.json import Jsonb
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
@@ -242,9 +243,9 @@ def _write_results(session: Session, kept: list[Outcome]) -> None:
     # succeeds once (a manual retry is only for dead or cancelled jobs).
     if not kept:
         return
-    pgcopy.copy_rows(session, "results", ("job_id", "result", "result_sha256"), (
-        f"{o.job.id}\t{pgcopy.json_text(o.canonical)}\t{o.sha}\n" for o in kept
-    ))
+    pgcopy.copy_binary(session, "results", ("job_id", "result", "result_sha256"),
+                       ("int8", "jsonb", "text"),
+                       ((o.job.id, Jsonb(o.canonical, dumps=str), o.sha) for o in kept))
     decisions = [o for o in kept if o.job.kind == "evaluate"]
     if decisions:
         _write_decisions(session, decisions)
