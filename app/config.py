@@ -49,8 +49,10 @@ class Settings(BaseSettings):
     requeue_after: float = 30.0
     #: Seconds between relay passes.
     relay_interval: float = 1.0
-    #: Redis visibility timeout; above the longest chunk, and above the lease.
-    visibility_timeout: int = 3600
+    #: Redis visibility timeout; above the longest chunk, and above the lease. It is how an
+    #: inline chunk of a killed worker comes back under a backlog (see workers.tasks), so
+    #: not much above: a chunk still running when it ends is redelivered as a no-op.
+    visibility_timeout: int = 300
     worker_max_tasks_per_child: int = 10_000
     default_max_attempts: int = Field(3, ge=1, le=20)
     retry_backoff_base: float = 2.0

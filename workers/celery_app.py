@@ -29,6 +29,9 @@ def configure(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,
+            # Sweep for messages of dead workers every 30 s (kombu's default is ~100 s).
+            "unacked_restore_interval": 30,
+            "unacked_restore_throttle": 1,
             "priority_steps": PRIORITY_STEPS,
             "sep": PRIORITY_SEP,
             "queue_order_strategy": "priority",
