@@ -117,18 +117,14 @@ class SubmittedEvents:
         return hashlib.sha256(self._genesis + body).hexdigest()
 
     def copy_line(self, job_id: int, kind: str, line: int, hash_: str) -> str:
-        """The event as a line of COPY audit_events (columns in _COLUMNS order)."""
+        """The event as a line of COPY audit_events (columns in COLUMNS order)."""
         details = f'{{"kind":"{kind}","batch_id":{self.batch_id},"line":{line}}}'
         return (f"{job_id}\t1\tsubmitted\t{self.actor}\t{self.stamp}\t{details}\t"
                 f"{GENESIS}\t{hash_}\n")
 
 
-_COLUMNS = ("job_id", "seq", "event_type", "actor", "created_at", "details", "prev_hash", "hash")
-
-
-def copy_columns() -> tuple[str, ...]:
-    """The columns of an audit_events COPY line, in order."""
-    return _COLUMNS
+#: The columns of an audit_events COPY line, in order.
+COLUMNS = ("job_id", "seq", "event_type", "actor", "created_at", "details", "prev_hash", "hash")
 
 
 def insert_links(session: Session, links: Sequence[Link]) -> None:
@@ -136,7 +132,7 @@ def insert_links(session: Session, links: Sequence[Link]) -> None:
     if not links:
         return
     stamps: dict[datetime, str] = {}
-    pgcopy.copy_rows(session, "audit_events", _COLUMNS, (
+    pgcopy.copy_rows(session, "audit_events", COLUMNS, (
         f"{lk.job_id}\t{lk.seq}\t{pgcopy.text_value(lk.event_type)}\t"
         f"{pgcopy.text_value(lk.actor)}\t"
         f"{stamps.get(lk.created_at) or stamps.setdefault(lk.created_at, timestamp(lk.created_at))}"

@@ -137,7 +137,7 @@ class Ingestor:
         if block is None:
             return
         inserted, dups = jobs.store_rows(self.session, block, tenant_id=self.principal.tenant_id,
-                                         batch_id=self.batch_id, now=datetime.now(UTC))
+                                         batch_id=self.batch_id)
         # Counted at commit: store runs beside parse (another thread), which owns reject().
         self.duplicates += [
             {"line": row.line,

@@ -119,6 +119,8 @@ class PreparedRows:
     #: jobs with an idempotency key: inserted one statement per block, skipping conflicts
     keyed: list[tuple[NewJob, int]]
     keyed_links: dict[int, Link]
+    #: the moment of submission: every event's time, and published_at of keyed rows
+    now: datetime
 
 
 def prepare_rows(
@@ -128,7 +130,7 @@ def prepare_rows(
     """Everything about storing rows that needs no database: ids given, events hashed."""
     stamp = audit.timestamp(now)
     events = audit.SubmittedEvents(actor, stamp, batch_id)
-    pairs = list(zip(rows, ids[:len(rows)], strict=True))
+    pairs = list(zip(rows, ids, strict=True))
     plain = [(r, i) for r, i in pairs if r.idempotency_key is None]
     keyed = [(r, i) for r, i in pairs if r.idempotency_key is not None]
     prefix = f"{tenant_id}\t{batch_id}\t"
@@ -143,11 +145,11 @@ def prepare_rows(
                                     events.details(r.kind, r.line), now, stamp)
                    for r, i in keyed}
     return PreparedRows("".join(job_lines).encode(), "".join(event_lines).encode(), plain,
-                        keyed, keyed_links)
+                        keyed, keyed_links, now)
 
 
 def store_rows(
-    session: Session, block: PreparedRows, *, tenant_id: int, batch_id: int, now: datetime
+    session: Session, block: PreparedRows, *, tenant_id: int, batch_id: int
 ) -> tuple[list[tuple[NewJob, int]], list[tuple[NewJob, int]]]:
     """Insert a prepared block: (inserted, duplicates) as (row, job id) pairs.
 
@@ -155,11 +157,12 @@ def store_rows(
     Nothing is published here: the caller publishes after commit.
     """
     pgcopy.copy_bytes(session, "jobs", _JOB_COLUMNS, block.jobs_copy)
-    kept = _insert_keyed(session, block.keyed, tenant_id, batch_id, now, block.keyed_links)
+    kept = _insert_keyed(session, block.keyed, tenant_id, batch_id, block.now,
+                         block.keyed_links)
     kept_ids = {i for _, i in kept}
     duplicates = _existing(session, tenant_id,
                            [r for r, i in block.keyed if i not in kept_ids])
-    pgcopy.copy_bytes(session, "audit_events", audit.copy_columns(), block.audit_copy)
+    pgcopy.copy_bytes(session, "audit_events", audit.COLUMNS, block.audit_copy)
     audit.insert_links(session, [block.keyed_links[i] for i in sorted(kept_ids)])
     return block.plain + kept, duplicates
 
@@ -172,10 +175,9 @@ def submit_rows(
     Rows with an idempotency key go through INSERT .. ON CONFLICT instead, since COPY
     cannot skip conflicts. Returns (inserted, duplicates) as in store_rows.
     """
-    now = datetime.now(UTC)
     block = prepare_rows(rows, reserve_ids(session, len(rows)), tenant_id=tenant_id,
-                         batch_id=batch_id, actor=actor, now=now)
-    return store_rows(session, block, tenant_id=tenant_id, batch_id=batch_id, now=now)
+                         batch_id=batch_id, actor=actor, now=datetime.now(UTC))
+    return store_rows(session, block, tenant_id=tenant_id, batch_id=batch_id)
 
 
 def _insert_keyed(
@@ -185,8 +187,7 @@ def _insert_keyed(
     if not keyed:
         return []
     got = set(session.execute(
-        text("INSERT INTO jobs (id, tenant_id, batch_id, line, kind, params, priority, "
-             "max_attempts, idempotency_key, ref, published_at, audit_seq, audit_head) "
+        text(f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) "
              "SELECT v.id, :tenant, :batch, v.line, v.kind, v.params, v.priority, v.attempts, "
              "v.ikey, v.ref, :now, 1, v.head FROM unnest(CAST(:ids AS bigint[]), "
              "CAST(:lines AS int[]), CAST(:kinds AS text[]), CAST(:params AS jsonb[]), "
