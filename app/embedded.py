@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import re
-import socket
 import subprocess
 import time
 import warnings
@@ -26,6 +25,8 @@ import psycopg
 import redis
 from psycopg import sql
 from sqlalchemy.engine import make_url
+
+from app.supervisor import free_port, stop_process
 
 with warnings.catch_warnings():
     # pgserver asks platformdirs for a runtime dir at import, which warns when
@@ -200,7 +201,7 @@ class EmbeddedRedis:
     def stop(self, timeout: float = 10.0) -> None:
         """Shut the server down (SIGTERM: it flushes the AOF) and forget it."""
         if self.process is not None:
-            _stop_child(self.process, timeout)
+            stop_process(self.process, timeout)
         else:
             _stop_pid(self.pid, timeout)
         (self.data_dir / REDIS_STATE_FILE).unlink(missing_ok=True)
@@ -237,10 +238,10 @@ def _spawn_on_free_port(data_dir: Path, attempts: int = 3) -> EmbeddedRedis:
     """Spawn on a port found free; another process may take it before redis binds, so retry."""
     for _ in range(attempts - 1):
         try:
-            return _spawn_redis(data_dir, _free_port())
+            return _spawn_redis(data_dir, free_port())
         except RuntimeError as exc:
             logger.warning("retrying Redis on another port: %s", exc)
-    return _spawn_redis(data_dir, _free_port())
+    return _spawn_redis(data_dir, free_port())
 
 
 def _spawn_redis(data_dir: Path, port: int, timeout: float = 30.0) -> EmbeddedRedis:
@@ -260,7 +261,7 @@ def _spawn_redis(data_dir: Path, port: int, timeout: float = 30.0) -> EmbeddedRe
     deadline = time.monotonic() + timeout
     while not _answers(port, process.pid):
         if process.poll() is not None or time.monotonic() > deadline:
-            _stop_child(process, 5.0)
+            stop_process(process, 5.0)
             raise RuntimeError(
                 f"redis-server on port {port} did not start: {_tail(data_dir / 'redis.log')}"
             )
@@ -298,21 +299,6 @@ def _answers(port: int, pid: int) -> bool:
 def _write_state(server: EmbeddedRedis) -> None:
     state = {"pid": server.pid, "port": server.port}
     (server.data_dir / REDIS_STATE_FILE).write_text(json.dumps(state))
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _stop_child(process: subprocess.Popen[bytes], timeout: float) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _stop_pid(pid: int, timeout: float) -> None:

@@ -32,7 +32,6 @@ from app.bench.system import (
     admin_key,
     api_args,
     child_env,
-    free_port,
     naive_worker_args,
     rss_of,
     servers,
@@ -40,6 +39,7 @@ from app.bench.system import (
     wait_for,
     worker_args,
 )
+from app.supervisor import free_port
 
 #: Issue 4's targets: (metric path, comparison, bound).
 TARGETS: list[tuple[str, str, float]] = [

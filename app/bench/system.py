@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -140,13 +139,6 @@ class Procs:
         chosen = [c for c in self.children if not names or c.name in names]
         stop_children(chosen)
         self.children = [c for c in self.children if c not in chosen]
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def tree(pid: int) -> list[psutil.Process]:

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import redis
 from sqlalchemy import Engine, text
 
 from app.embedded import EmbeddedRedis, start_postgres, start_redis, stop_postgres
+from app.supervisor import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BABELQ = str(Path(sys.executable).with_name("babelq"))
@@ -44,13 +44,6 @@ TIMINGS = {
 QUEUES = "encode,enumerate,evaluate"
 #: The workers of the stack, two prefork processes each.
 WORKERS = ("w1", "w2")
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(what: str, check: Callable[[], object], timeout: float, every: float = 0.1) -> None:

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -26,18 +25,12 @@ import pytest
 import redis
 
 from app.config import Settings
+from app.supervisor import free_port, stop_process
 
 pytestmark = pytest.mark.integration
 
 HELLO_WORLD_ADDRESS = "107310278aacfa5c75fa01d37b96036c"
 CLI = [sys.executable, "-m", "app.cli"]
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float) -> None:
@@ -47,17 +40,6 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.2)
-
-
-def stop(process: subprocess.Popen[Any], timeout: float = 20) -> None:
-    """SIGTERM, then SIGKILL if it has not exited in time."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @dataclass
@@ -120,7 +102,7 @@ def stack(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield Stack(env["BABELQ_API_URL"], env, logs)
     finally:
         for process in procs.values():
-            stop(process)
+            stop_process(process)
 
 
 def _ready(url: str, procs: dict[str, subprocess.Popen[bytes]], logs: Path) -> bool:
@@ -293,7 +275,7 @@ def test_up_runs_the_whole_stack_and_ctrl_c_stops_it() -> None:
         _, alive = psutil.wait_procs(watched, timeout=15)
         assert not alive, f"still running after Ctrl-C: {[p.cmdline() for p in alive]}"
     finally:
-        stop(up, 60)
+        stop_process(up, 60)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -29,6 +29,7 @@ from app.config import Settings, get_settings
 from app.db import session_scope
 from app.keys import create_key
 from app.models import Batch, Job
+from app.supervisor import free_port, stop_process
 from tests.integration.conftest import auth
 
 pytestmark = pytest.mark.integration
@@ -331,21 +332,6 @@ class Server:
     log: Path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture(scope="module")
 def server(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`babelq api` on a free port with small body limits and debug logging."""
@@ -362,7 +348,7 @@ def server(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
             time.sleep(0.2)
         yield Server(f"http://127.0.0.1:{port}", port, log)
     finally:
-        stop(process)
+        stop_process(process)
 
 
 def _serving(port: int) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from app.cli import CliError, parse_params, parse_value
 from app.client import BabelqError, ndjson_body
+from app.supervisor import free_port
 
 
 @pytest.mark.parametrize(
@@ -121,12 +121,6 @@ def test_api_error_bodies_become_babelq_errors() -> None:
 # The command line as a user runs it ----------------------------------------------------
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def babelq(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """Run `babelq ARGS` with only the given BABELQ_* settings (and a private home)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BABELQ_")}
@@ -148,7 +142,7 @@ def test_bad_json_params_exit_2_with_a_message_not_a_traceback(tmp_path: Path) -
 
 
 def test_unreachable_api_says_to_start_it(tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{_closed_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     done = babelq(tmp_path, "status", "1", BABELQ_API_URL=url, BABELQ_API_KEY="k")
     assert done.returncode == 1
     assert "babelq up" in done.stderr and "Traceback" not in done.stderr
