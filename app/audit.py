@@ -174,9 +174,15 @@ def job_events(session: Session, job_id: int) -> list[AuditEvent]:
     return list(session.scalars(stmt))
 
 
-def verify_job(session: Session, job_id: int) -> ChainReport:
-    """Verify one job's chain, and that the job row's head matches its newest link."""
-    events = job_events(session, job_id)
+def verify_job(
+    session: Session, job_id: int, events: Sequence[AuditEvent] | None = None
+) -> ChainReport:
+    """Verify one job's chain, and that the job row's head matches its newest link.
+
+    events: the job's trail if the caller has already read it (job_events).
+    """
+    if events is None:
+        events = job_events(session, job_id)
     report = verify_events(job_id, events)
     if not events:
         return report

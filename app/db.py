@@ -78,8 +78,9 @@ def migrate(database_url: str) -> None:
     command.upgrade(alembic_config(database_url), "head")
 
 
+@lru_cache(maxsize=1)
 def head_revision() -> str | None:
-    """The newest migration this code knows."""
+    """The newest migration this code knows (read once: the files do not change)."""
     script = ScriptDirectory.from_config(alembic_config("postgresql://x"))
     return script.get_current_head()
 

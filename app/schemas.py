@@ -7,22 +7,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from app.core.schemas import storable
 from app.models import PRIORITY_NAMES, Job
 
 Kind = Literal["encode", "enumerate", "evaluate"]
 Priority = Literal["high", "normal", "low"]
 Status = Literal["queued", "running", "succeeded", "dead", "cancelled"]
-
-
-def storable(value: str) -> str:
-    """Reject what PostgreSQL text cannot hold: NUL characters and lone surrogates."""
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode (no lone surrogates)") from None
-    return value
 
 
 #: Free-text fields of requests (refs, names, idempotency keys): bounded and storable.

@@ -14,7 +14,7 @@ BABEL_MAX_CHARS = 3200
 HD_MAX_CHARS = 65_536
 
 
-def _utf8(value: str) -> str:
+def storable(value: str) -> str:
     """Reject lone surrogates and NUL: results, hashes and PostgreSQL need storable UTF-8."""
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
@@ -34,7 +34,8 @@ def _not_blank(value: str) -> str:
 
 
 EngineText = Annotated[
-    str, Field(min_length=1, max_length=20_000), AfterValidator(_utf8), AfterValidator(_not_blank)
+    str, Field(min_length=1, max_length=20_000), AfterValidator(storable),
+    AfterValidator(_not_blank),
 ]
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -50,7 +51,7 @@ class EncodeParams(_Params):
 
     codec: Literal["babel", "hd"] = "babel"
     # The cap of either codec, checked first so huge inputs cost nothing more.
-    text: Annotated[str, Field(max_length=HD_MAX_CHARS), AfterValidator(_utf8)]
+    text: Annotated[str, Field(max_length=HD_MAX_CHARS), AfterValidator(storable)]
 
     @field_validator("text")
     @classmethod
@@ -74,7 +75,8 @@ class EnumerateParams(_Params):
     """Params of `enumerate`."""
 
     query: Annotated[
-        str, Field(min_length=1, max_length=1000), AfterValidator(_utf8), AfterValidator(_not_blank)
+        str, Field(min_length=1, max_length=1000), AfterValidator(storable),
+        AfterValidator(_not_blank),
     ]
     max_results: Annotated[int, Field(ge=1, le=100)] = 10
     depth: Annotated[int, Field(ge=1, le=10)] = 1
@@ -86,7 +88,7 @@ class EngineOutput(_Params):
 
     text: EngineText
     confidence: Unit
-    label: Annotated[str, Field(max_length=100), AfterValidator(_utf8)] | None = None
+    label: Annotated[str, Field(max_length=100), AfterValidator(storable)] | None = None
 
 
 class Cycle(_Params):

@@ -111,7 +111,7 @@ async def create_batch(
         ingestor = await run_in_threadpool(Ingestor, session, principal, priority)
         if ctype == "application/json":
             body = await request.body()
-            await run_in_threadpool(ingestor.feed, _json_lines(body))
+            await run_in_threadpool(lambda: ingestor.feed(_json_lines(body)))
         else:
             await _stream_into(request, ingestor)
         await run_in_threadpool(check_submission, session, principal, ingestor.accepted,
@@ -213,8 +213,10 @@ def read_batch_results(
 @router.post("/{batch_id}/cancel", response_model=BatchRead, responses=ERRORS)
 def cancel_batch(batch_id: IdPath, session: SessionDep, principal: PrincipalDep) -> BatchRead:
     """Cancel every job of the batch that has not started."""
-    get_batch(session, principal, batch_id)
+    batch = get_batch(session, principal, batch_id)
     jobs.cancel_batch(session, batch_id, actor=principal.actor)
     session.commit()
-    return batch_read(get_batch(session, principal, batch_id))
+    # The counters moved in SQL; the loaded row (kept across commit) must be re-read.
+    session.refresh(batch)
+    return batch_read(batch)
 

@@ -64,10 +64,12 @@ def get_job(session: Session, principal: Principal, job_id: int) -> Job:
 
 def job_read(session: Session, job: Job) -> JobRead:
     """The job with its result when it has one."""
-    if job.status != "succeeded":
-        return JobRead.of(job)
-    res = session.get(Result, job.id)
-    return JobRead.of(job, res.result if res else None, res.result_sha256 if res else None)
+    res = session.get(Result, job.id) if job.status == "succeeded" else None
+    return JobRead.of(job, *_result_of(res))
+
+
+def _result_of(res: Result | None) -> tuple[Any, str | None]:
+    return (res.result, res.result_sha256) if res else (None, None)
 
 
 @router.post("", status_code=201, response_model=JobRead, responses=ERRORS)
@@ -157,7 +159,9 @@ def read_jobs(
         stmt = stmt.where(Job.id < int(cursor))
     rows = list(session.scalars(stmt))
     page = rows[:limit]
-    data = [job_read(session, j) for j in page]
+    results = {r.job_id: r for r in session.scalars(select(Result).where(
+        Result.job_id.in_([j.id for j in page if j.status == "succeeded"])))}
+    data = [JobRead.of(j, *_result_of(results.get(j.id))) for j in page]
     more = len(rows) > limit
     return JobsRead(data=data, count=len(data), next_cursor=str(page[-1].id) if more else None)
 
@@ -190,7 +194,7 @@ def read_audit(job_id: IdPath, session: SessionDep, principal: PrincipalDep) -> 
     """The job's audit trail and whether its hash chain verifies."""
     job = get_job(session, principal, job_id)
     events = audit.job_events(session, job.id)
-    report = audit.verify_job(session, job.id)
+    report = audit.verify_job(session, job.id, events)
     return AuditRead(
         job_id=job.id, verified=report.ok, broken_seq=report.broken_seq, reason=report.reason,
         events=[
