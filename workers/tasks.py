@@ -55,8 +55,10 @@ def execute_chunk(
     """
     with session_scope(engine) as session:
         inline, claimed = jobs.take(session, ids, worker=worker, inline_ok=not careful)
-        if inline:
-            jobs.finish(session, [compute(job) for job in inline], worker=worker)
+        done = [compute(job) for job in inline]
+        jobs.hold(session, claimed, worker=worker)
+        if done:
+            jobs.finish(session, done, worker=worker)
     if inline:
         notify.finished([job.id for job in inline])
     if not claimed:

@@ -7,7 +7,7 @@ in the same transaction. Publishing to the broker happens after commit only.
 from __future__ import annotations
 
 from app.jobs.counters import Moves, move_counters
-from app.jobs.execute import Claimed, Outcome, backoff, claim, error_info, finish, take
+from app.jobs.execute import Claimed, Outcome, backoff, claim, error_info, finish, hold, take
 from app.jobs.manage import cancel, cancel_batch, expire_leases, prune, retry, take_due
 from app.jobs.outbox import schedule_publish
 from app.jobs.submit import (
@@ -36,6 +36,7 @@ __all__ = [
     "error_info",
     "expire_leases",
     "finish",
+    "hold",
     "move_counters",
     "prepare_rows",
     "prune",

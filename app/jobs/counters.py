@@ -9,27 +9,33 @@ from sqlalchemy.orm import Session
 
 #: A job moved from one status to another in a batch: (batch_id, from, to) -> count.
 Moves = Counter[tuple[int, str, str]]
+#: Statuses a job reaches only by being run: a batch has started once one of its jobs does.
+RUN = frozenset({"running", "succeeded", "dead"})
 
 
 def move_counters(session: Session, moves: Moves) -> None:
     """Apply status moves to batch counters; stamp started/finished times."""
     delta: dict[int, Counter[str]] = {}
+    started: set[int] = set()
     for (batch_id, src, dst), n in moves.items():
         d = delta.setdefault(batch_id, Counter())
         d[src] -= n
         d[dst] += n
-    for batch_id, d in delta.items():
+        if dst in RUN:
+            started.add(batch_id)
+    # Sorted, so two transactions moving the same batches lock their rows in one order.
+    for batch_id, d in sorted(delta.items()):
         session.execute(
             text(
                 "UPDATE batches SET queued = queued + :queued, running = running + :running, "
                 "succeeded = succeeded + :succeeded, dead = dead + :dead, "
                 "cancelled = cancelled + :cancelled, "
-                "started_at = CASE WHEN :running > 0 THEN coalesce(started_at, now()) "
+                "started_at = CASE WHEN :started THEN coalesce(started_at, now()) "
                 "ELSE started_at END, "
                 "finished_at = CASE WHEN queued + :queued + running + :running = 0 "
                 "THEN coalesce(finished_at, now()) ELSE NULL END "
                 "WHERE id = :id"
             ),
-            {"id": batch_id, **{s: d[s] for s in ("queued", "running", "succeeded", "dead",
-                                                   "cancelled")}},
+            {"id": batch_id, "started": batch_id in started,
+             **{s: d[s] for s in ("queued", "running", "succeeded", "dead", "cancelled")}},
         )

@@ -72,15 +72,18 @@ _CLAIM = text(
 
 def take(session: Session, ids: Sequence[int], *, worker: str, inline_ok: bool = True
          ) -> tuple[list[Claimed], list[Claimed]]:
-    """Lock the due jobs of a chunk: (inline, claimed).
+    """Lock the due jobs of a chunk: (inline, to_claim). Nothing is written yet.
 
     Cheap jobs (runs_inline) stay `queued` under their row lock, to be computed and
     finished in this same transaction: one row version, one commit. The lock is their
     lease: a worker that dies drops its connection and PostgreSQL releases them; one that
     hangs is cut off by idle_in_transaction_session_timeout, set to the lease. The others
-    are claimed for all to see (queued → running with a lease), to be computed after commit.
-    With inline_ok False (a redelivered or republished message, which may be a job that
-    killed its worker) every job is claimed, so each attempt is counted.
+    are for hold(): claimed for all to see (queued → running with a lease), computed after
+    commit. With inline_ok False (a redelivered or republished message, which may be a job
+    that killed its worker) every job is for hold(), so each attempt is counted.
+
+    Compute the inline jobs before hold() and finish(): their writes, the batch counters'
+    row locks among them, then come at the end of the transaction.
     """
     rows = session.execute(_LOCK_DUE, {"ids": list(ids)}).all()
     if not rows:
@@ -96,29 +99,35 @@ def take(session: Session, ids: Sequence[int], *, worker: str, inline_ok: bool =
     ]
     inline = [c for c in taken if c.inline]
     claimed = [c for c in taken if not c.inline]
-    lease = get_settings().lease_seconds
     if inline:
-        ms = int(lease * 1000)
+        ms = int(get_settings().lease_seconds * 1000)
         session.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {ms}"))
     else:
         # Nothing but claims: the commit need not wait for the disk. If PostgreSQL crashes
         # and loses it, the jobs are simply queued again and fencing discards this attempt.
         session.execute(text("SET LOCAL synchronous_commit = off"))
-    if claimed:
-        session.execute(_CLAIM, {
-            "worker": worker, "lease": lease,
-            "ids": [c.id for c in claimed], "attempts": [c.attempt for c in claimed],
-            "seqs": [c.head.seq for c in claimed], "heads": [c.head.hash for c in claimed],
-        })
-        audit.insert_links(session, [c.head for c in claimed])
-        move_counters(session, Counter((c.batch_id, "queued", "running") for c in claimed
-                                       if c.batch_id is not None))
     return inline, claimed
+
+
+def hold(session: Session, claimed: Sequence[Claimed], *, worker: str) -> None:
+    """queued → running with a lease for jobs take() locked: their claim UPDATE and events."""
+    if not claimed:
+        return
+    session.execute(_CLAIM, {
+        "worker": worker, "lease": get_settings().lease_seconds,
+        "ids": [c.id for c in claimed], "attempts": [c.attempt for c in claimed],
+        "seqs": [c.head.seq for c in claimed], "heads": [c.head.hash for c in claimed],
+    })
+    audit.insert_links(session, [c.head for c in claimed])
+    move_counters(session, Counter((c.batch_id, "queued", "running") for c in claimed
+                                   if c.batch_id is not None))
 
 
 def claim(session: Session, ids: Sequence[int], *, worker: str) -> list[Claimed]:
     """queued → running for those of ids still queued and due; fenced by attempt number."""
-    return take(session, ids, worker=worker, inline_ok=False)[1]
+    claimed = take(session, ids, worker=worker, inline_ok=False)[1]
+    hold(session, claimed, worker=worker)
+    return claimed
 
 
 @dataclass(slots=True)
@@ -271,6 +280,7 @@ def _json(value: Any) -> str:
 
 def _fail(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
     now = datetime.now(UTC)
+    stamp = audit.timestamp(now)
     statuses, run_afters = [], []
     for o in outcomes:
         dead = o.job.attempts_left <= 0
@@ -281,8 +291,9 @@ def _fail(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
                                                        if k != "traceback"}}
         if not dead:
             details["retry_in"] = round(delay, 3)
-        o.links = [audit.link(o.job.id, o.job.head.seq, o.job.head.hash,
-                              "dead" if dead else "retry_scheduled", worker, details, now)]
+        o.links = [audit.link_at(o.job.id, o.job.head.seq, o.job.head.hash,
+                                 "dead" if dead else "retry_scheduled", worker, details, now,
+                                 stamp)]
     rows = session.execute(_FAIL, {
         **_fenced(outcomes), "worker": worker, "statuses": statuses,
         "errors": [_json(o.error) for o in outcomes], "run_afters": run_afters,

@@ -123,16 +123,31 @@ def test_idempotency_keys_in_a_batch(api: TestClient, key_a: str) -> None:
     assert "bk-1" in out["rejected_lines"][0]["reason"]
 
 
+def test_finished_batch_reports_its_timing(api: TestClient, key_a: str) -> None:
+    # Encode jobs run inline (queued → succeeded, never `running`); the batch still starts.
+    body = ndjson([{"kind": "encode", "params": {"text": f"t{i}"}} for i in range(300)])
+    batch_id = api.post("/v1/batches", content=body, headers={**auth(key_a), **NDJSON}).json()["id"]
+    batch = wait_done(api, key_a, batch_id)
+    assert batch["counts"]["succeeded"] == 300 and batch["progress"] == 1.0
+    assert batch["started_at"] is not None and batch["finished_at"] is not None
+    assert batch["started_at"] <= batch["finished_at"]
+    assert batch["jobs_per_second"] > 0 and batch["eta_seconds"] == 0.0
+
+
 def test_cancel_batch_counts_add_up(api: TestClient, key_a: str) -> None:
-    body = ndjson([{"kind": "encode", "params": {"text": f"c{i}"}} for i in range(5000)])
+    # Large enough that the cancel lands while most of it waits (encode runs inline, fast).
+    n = 30_000
+    body = ndjson([{"kind": "encode", "params": {"text": f"c{i}"}} for i in range(n)])
     batch_id = api.post("/v1/batches", content=body, headers={**auth(key_a), **NDJSON}).json()["id"]
     r = api.post(f"/v1/batches/{batch_id}/cancel", headers=auth(key_a))
     assert r.status_code == 200
     batch = wait_done(api, key_a, batch_id)
     counts = batch["counts"]
     assert counts["cancelled"] > 0
-    assert counts["cancelled"] + counts["succeeded"] == 5000
+    assert counts["cancelled"] + counts["succeeded"] == n
     assert {k: v for k, v in counts.items() if v} == real_counts(batch_id)
+    # The cancel's own answer already counts what it cancelled (nothing cancels later).
+    assert r.json()["counts"]["cancelled"] == counts["cancelled"]
 
 
 def test_other_tenant_cannot_see_batch(api: TestClient, key_a: str, key_b: str) -> None:
