@@ -111,4 +111,8 @@ def test_truncated_chain_is_found_by_audit_verify_all(tamper_db: tuple[str, Engi
         conn.execute(text("DROP TRIGGER audit_events_append_only ON audit_events"))
         conn.execute(text("DELETE FROM audit_events WHERE job_id = :j AND seq = 3"),
                      {"j": victim})
-    assert audit_verify(url, "--all").returncode == 1
+    found = audit_verify(url, "--all")
+    assert found.returncode == 1, found.stdout + found.stderr
+    broken = json.loads(found.stdout)["broken"]
+    assert [(b["job_id"], b["broken_seq"], b["reason"]) for b in broken] == [
+        (victim, 2, "chain was truncated")]

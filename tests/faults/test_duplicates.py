@@ -11,7 +11,15 @@ from sqlalchemy import Engine
 
 from tests.faults import checks
 from tests.faults.recovery import Recorder
-from tests.faults.stack import Stack, batch_job_ids, encode_lines, sql_count, submit_batch
+from tests.faults.stack import (
+    Stack,
+    batch_job_ids,
+    encode_lines,
+    sql_count,
+    submit_batch,
+    wait_for,
+)
+from workers.celery_app import KINDS, queue_keys
 
 pytestmark = pytest.mark.faults
 
@@ -34,6 +42,7 @@ def test_concurrent_submissions_with_one_idempotency_key_make_one_job(
 def test_chunk_delivered_twice_gives_one_result(
     stack: Stack, client: httpx.Client, engine: Engine, since: int, recovery: Recorder
 ) -> None:
+    stale = messages_left(stack)  # left unacknowledged by a killed worker of another test
     batch = submit_batch(client, encode_lines(400, "twice"))
     ids = batch_job_ids(engine, batch["id"])
     # The api already published these two chunks; the same two messages come twice more.
@@ -41,8 +50,17 @@ def test_chunk_delivered_twice_gives_one_result(
     stack.publish(ids + ids, priority=0)
 
     recovered = checks.wait_terminal(engine, since)
+    # The jobs may be done before the copies are taken: check only once Redis holds none.
+    wait_for("the duplicate messages to be consumed", lambda: messages_left(stack) <= stale, 30)
     counts = checks.assert_consistent(engine, since)
     assert counts == {"succeeded": 400}
     assert sql_count(engine, "SELECT count(*) FROM jobs WHERE id > :s AND attempt <> 1",
                      s=since) == 0, "a duplicate delivery ran a job again"
     recovery.record("same chunks delivered 3 times (400 encode)", injected, recovered, counts)
+
+
+def messages_left(stack: Stack) -> int:
+    """Chunk messages still queued or delivered but unacknowledged, on every queue."""
+    with stack.servers.redis_client() as client:
+        queued = sum(int(client.llen(key)) for kind in KINDS for key in queue_keys(kind))
+        return queued + int(client.hlen("unacked"))

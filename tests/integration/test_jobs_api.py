@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from app.core.canonical import sha256_hex
 from app.db import session_scope
 from app.models import AuditEvent, Decision, Job, Result
 from tests.integration.conftest import auth, make_key
@@ -107,7 +108,8 @@ def test_result_row_written_once_with_sha(api: TestClient, key_a: str) -> None:
         rows = s.scalars(select(Result).where(Result.job_id == job["id"])).all()
         assert len(rows) == 1
         assert rows[0].result_sha256 == job["result_sha256"]
-        assert len(rows[0].result_sha256) == 64
+        # The hash is of the result's canonical JSON (spec), not merely some 64 hex digits.
+        assert rows[0].result_sha256 == sha256_hex(job["result"])
 
 
 def test_idempotency_key_gives_one_job(api: TestClient, key_a: str) -> None:

@@ -43,6 +43,7 @@ def test_long_queries_use_words_only() -> None:
 
 def test_enumerate_with_pages_scores_each_page() -> None:
     result = run("enumerate", {"query": "Hello World", "max_results": 3, "with_pages": True})
+    assert len(result["candidates"]) == 3
     for candidate in result["candidates"]:
         page = address_to_page(candidate["address"])
         assert candidate["page_sha256"] == hashlib.sha256(page.encode()).hexdigest()
