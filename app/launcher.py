@@ -17,8 +17,8 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-import httpx
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
@@ -162,8 +162,9 @@ def _start_redis(data_dir: Path, saved_url: str | None) -> EmbeddedRedis:
 
 
 def _port_of(url: str | None) -> int | None:
+    # urlsplit, not httpx.URL: a hand-edited URL must not end in httpx.InvalidURL's traceback.
     with suppress(ValueError):
-        port = httpx.URL(url or "").port
+        port = urlsplit(url or "").port
         return port if port and _port_free("127.0.0.1", port) else None
     return None
 

@@ -201,6 +201,10 @@ def our_phase(client: httpx.Client, srv: Servers, procs: Procs, rss: RssSampler,
     done = wait_for(lambda: batch_done(client, ingestion["id"]), procs,
                     timeout=max(600, n / 200))
     outcome = batch_outcome(srv.database_url, ingestion["id"])
+    # "Done" counts dead jobs too; the naive side counts only stored results, so must we.
+    if outcome["results"] != n:
+        raise RuntimeError(f"{n - outcome['results']} of {n} jobs ended without a result: "
+                           f"{outcome}")
     return {"ingestion": rate(n, ingestion["seconds"]),
             "end_to_end": {**rate(n, done - ingestion["started"]), **outcome},
             "latency_ms": lat, "api_growth_mb": growth}
