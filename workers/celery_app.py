@@ -9,10 +9,10 @@ from celery import Celery
 from kombu import Queue
 
 from app.config import Settings, get_settings
+from app.core import KINDS
 
 log = logging.getLogger(__name__)
 
-KINDS = ("encode", "enumerate", "evaluate")
 TASK_NAME = "babelq.run_chunk"
 #: kombu's Redis transport keeps one list per priority step; lower is served first.
 PRIORITY_STEPS = [0, 1, 2]

@@ -33,8 +33,6 @@ class Servers:
 
     database_url: str
     redis_url: str
-    admin_url: str
-    db_name: str
     tmp: Path
 
 
@@ -63,7 +61,7 @@ def servers(database_url: str | None, redis_url: str | None) -> Iterator[Servers
             embedded_redis = start_redis(tmp / "redis")
         url = create_database(admin, name)
         migrate(url)
-        yield Servers(url, redis_url or embedded_redis.url, admin, name, tmp)  # type: ignore[union-attr]
+        yield Servers(url, redis_url or embedded_redis.url, tmp)  # type: ignore[union-attr]
     finally:
         if admin:
             with suppress(Exception):
@@ -85,10 +83,10 @@ def admin_key(database_url: str) -> str:
     return secret
 
 
-def child_env(srv: Servers, **extra: str) -> dict[str, str]:
+def child_env(srv: Servers) -> dict[str, str]:
     """The environment of every child: our servers, a private home, the rest inherited."""
     values = {"DATABASE_URL": srv.database_url, "REDIS_URL": srv.redis_url,
-              "HOME": str(srv.tmp / "home"), **extra}
+              "HOME": str(srv.tmp / "home")}
     return {**os.environ, **{f"BABELQ_{k.upper()}": v for k, v in values.items()}}
 
 
@@ -98,10 +96,10 @@ def api_args(port: int) -> list[str]:
             "--log-level", "warning"]
 
 
-def worker_args(concurrency: int, name: str = "bench") -> list[str]:
-    """`babelq worker` on all three queues: one Celery worker, a prefork pool of N."""
-    return ["-m", "app.cli", "worker", "-Q", "encode,enumerate,evaluate", "-c",
-            str(concurrency), "--loglevel", "WARNING", "-n", f"{name}@%h"]
+def worker_args(concurrency: int) -> list[str]:
+    """`babelq worker` (all three queues, its default): one Celery worker, a prefork pool of N."""
+    return ["-m", "app.cli", "worker", "-c", str(concurrency), "--loglevel", "WARNING",
+            "-n", "bench@%h"]
 
 
 def naive_worker_args(concurrency: int) -> list[str]:

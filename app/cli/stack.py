@@ -150,12 +150,8 @@ def bench(ctx: typer.Context) -> None:
     """Benchmark ingestion, end to end and latency against plain Celery (see its --help)."""
     import click
 
-    try:
-        from app.bench.cli import main as bench_main
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("app.bench"):
-            raise
-        raise CliError("the benchmark is not part of this installation (no app.bench)") from exc
+    from app.bench.cli import main as bench_main  # packaged with app (pyproject: app*)
+
     try:
         code = bench_main(list(ctx.args))
     except click.ClickException as exc:  # its own usage errors, e.g. a bad option

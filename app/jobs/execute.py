@@ -60,12 +60,15 @@ _LOCK_DUE = text(
     "ORDER BY j.id FOR UPDATE OF j SKIP LOCKED"
 )
 
+#: What a claim sets besides status and lease; a finishing statement sets the same, which
+#: for a claimed job changes nothing and for an inline one (never claimed) records its run.
+_CLAIMED = ("attempt = v.attempt, worker = :worker, started_at = coalesce(started_at, now()), "
+            "updated_at = statement_timestamp(), audit_seq = v.seq, audit_head = v.head ")
+
 _CLAIM = text(
-    "UPDATE jobs SET status = 'running', attempt = v.attempt, worker = :worker, "
-    "lease_until = now() + make_interval(secs => :lease), "
-    "started_at = coalesce(started_at, now()), updated_at = now(), "
-    "audit_seq = v.seq, audit_head = v.head "
-    "FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:seqs AS int[]), "
+    "UPDATE jobs SET status = 'running', lease_until = now() + make_interval(secs => :lease), "
+    + _CLAIMED
+    + "FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:seqs AS int[]), "
     "CAST(:heads AS text[])) AS v(id, attempt, seq, head) WHERE jobs.id = v.id"
 )
 
@@ -165,9 +168,6 @@ _FENCE = (
     "WHERE jobs.id = v.id AND jobs.status = CASE WHEN v.inline THEN 'queued' ELSE 'running' END "
     "AND jobs.attempt = v.attempt - CASE WHEN v.inline THEN 1 ELSE 0 END "
 )
-#: Columns a claim would have set; for a claimed job they are already these values.
-_CLAIMED = ("attempt = v.attempt, worker = :worker, started_at = coalesce(started_at, now()), "
-            "updated_at = statement_timestamp(), audit_seq = v.seq, audit_head = v.head ")
 
 _SUCCEED = text(
     "UPDATE jobs SET status = 'succeeded', finished_at = statement_timestamp(), "
