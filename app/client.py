@@ -64,7 +64,7 @@ class Client:
         from app.config import load_settings
 
         s = load_settings()
-        return cls(s.api_url or f"http://{s.api_host}:{s.api_port}", s.api_key, timeout)
+        return cls(s.api_base_url(), s.api_key, timeout)
 
     def __enter__(self) -> Client:
         return self

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
         """Where `babelq up` stores generated URLs and secrets."""
         return self.home / "credentials.json"
 
+    def api_base_url(self) -> str:
+        """The api's URL: api_url if set, else its bind address."""
+        return self.api_url or f"http://{self.api_host}:{self.api_port}"
+
     def production_problems(self, service: Literal["api", "flower"]) -> list[str]:
         """Why `service` must not start with these settings; always empty outside production."""
         if self.env != "production":
@@ -114,10 +118,8 @@ def _flower_problems(user: str | None, password: str | None) -> list[str]:
     return problems
 
 
-def _credentials(settings: Settings) -> dict[str, Any]:
-    path = settings.credentials_path()
-    if not path.is_file():
-        return {}
+def read_credentials(path: Path) -> dict[str, Any]:
+    """What `babelq up` saved at path, or {} (missing, unreadable or not an object)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -128,7 +130,7 @@ def _credentials(settings: Settings) -> dict[str, Any]:
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment, with gaps filled from .babelq/credentials.json."""
     settings = Settings(**overrides)
-    saved = _credentials(settings)
+    saved = read_credentials(settings.credentials_path())
     keys = ("database_url", "redis_url", "api_url", "api_key", "flower_user", "flower_password")
     fill = {k: saved[k] for k in keys if getattr(settings, k) is None and saved.get(k)}
     return settings.model_copy(update=fill) if fill else settings

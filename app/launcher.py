@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from app.config import Settings
+from app.config import Settings, read_credentials
 from app.supervisor import (
     Child,
     LaunchError,
@@ -85,15 +85,6 @@ class Stack:
 
 
 # Credentials -------------------------------------------------------------------------
-
-
-def read_credentials(path: Path) -> dict[str, Any]:
-    """What an earlier `up` saved, or {}."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def write_credentials(path: Path, values: dict[str, Any]) -> None:
@@ -271,7 +262,7 @@ def _run(
 ) -> int:
     from app.db import migrate
 
-    saved = read_credentials(home / "credentials.json")
+    saved = read_credentials(home / "credentials.json")  # home: settings.home, resolved
     stack.servers = servers = start_servers(settings, home, saved, console)
     with console.status("migrating the database"):
         migrate(servers.database_url)

@@ -103,8 +103,7 @@ def client() -> Client:
             "(it saves one in .babelq/credentials.json)",
             2,
         )
-    url = settings.api_url or f"http://{settings.api_host}:{settings.api_port}"
-    return Client(url, settings.api_key)
+    return Client(settings.api_base_url(), settings.api_key)
 
 
 # Errors --------------------------------------------------------------------------------
