@@ -33,19 +33,24 @@ class Waiters:
                 await self._task
 
     async def _listen(self, url: str) -> None:
-        while True:
-            try:
-                client = aioredis.Redis.from_url(url)
-                async with client.pubsub() as pubsub:
-                    await pubsub.subscribe(CHANNEL)
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            self._wake(json.loads(message["data"]))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Redis away: waiters fall back to polling
-                log.debug("waiter subscription lost: %s", exc)
-                await asyncio.sleep(1.0)
+        # One client for the process; a lost subscription reconnects through its pool
+        # (a client per attempt was never closed: one leaked pool per Redis outage).
+        client = aioredis.Redis.from_url(url)
+        try:
+            while True:
+                try:
+                    async with client.pubsub() as pubsub:
+                        await pubsub.subscribe(CHANNEL)
+                        async for message in pubsub.listen():
+                            if message.get("type") == "message":
+                                self._wake(json.loads(message["data"]))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # Redis away: waiters fall back to polling
+                    log.debug("waiter subscription lost: %s", exc)
+                    await asyncio.sleep(1.0)
+        finally:
+            await client.aclose()
 
     def _wake(self, ids: list[int]) -> None:
         for job_id in ids:
