@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import select
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from app.config import get_settings
 from app.embedded import normalize_db_url as normalize_url
@@ -22,15 +26,30 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 @lru_cache(maxsize=8)
 def engine_for(url: str) -> Engine:
-    """One pooled engine per URL per process; pre-ping survives database restarts."""
-    return create_engine(
+    """One pooled engine per URL per process; a checkout never hands out a dead connection."""
+    engine = create_engine(
         normalize_url(url),
-        pool_pre_ping=True,
         pool_size=10,
         max_overflow=20,
         pool_recycle=1800,
         connect_args={"connect_timeout": 5},
     )
+    event.listen(engine.pool, "checkout", _refuse_closed)
+    return engine
+
+
+def _refuse_closed(dbapi_connection: Any, record: ConnectionPoolEntry,
+                   proxy: PoolProxiedConnection) -> None:
+    """Swap a pooled connection the server has closed for a fresh one, with no round trip.
+
+    An idle connection has nothing to read: we never LISTEN, and the server speaks only
+    when asked. A restarted, stopped or terminating server closes the socket (after a
+    FATAL message), which makes it readable. Raising DisconnectionError makes the pool
+    reconnect this entry and try again. pool_pre_ping did the same with a SELECT, one
+    round trip on every checkout; the rare false alarm here costs only a reconnect.
+    """
+    if dbapi_connection.closed or select.select([dbapi_connection.fileno()], [], [], 0)[0]:
+        raise DisconnectionError("the server closed this pooled connection")
 
 
 def get_engine() -> Engine:
@@ -42,13 +61,30 @@ def get_engine() -> Engine:
 
 
 @lru_cache(maxsize=8)
-def _sessionmaker(engine: Engine) -> sessionmaker[Session]:
+def _sessionmaker(engine: Engine, autocommit: bool = False) -> sessionmaker[Session]:
+    if autocommit:
+        engine = engine.execution_options(isolation_level="AUTOCOMMIT")
     return sessionmaker(engine, expire_on_commit=False)
 
 
 def new_session(engine: Engine | None = None) -> Session:
     """A fresh session on the given (or configured) engine."""
     return _sessionmaker(engine or get_engine())()
+
+
+@contextmanager
+def reading(engine: Engine | None = None) -> Iterator[Session]:
+    """A session for reads whose statements each run on their own, in autocommit.
+
+    A transaction costs two round trips of its own (psycopg sends BEGIN by itself, and
+    the session ends it with ROLLBACK); a read made of one statement, which sees one
+    snapshot, needs neither. Writes belong in session_scope.
+    """
+    session = _sessionmaker(engine or get_engine(), True)()
+    try:
+        yield session
+    finally:
+        session.close()
 
 
 @contextmanager

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError
-from app.db import new_session
+from app.db import new_session, reading
 from app.keys import Principal, authenticate
 
 
-def get_db() -> Iterator[Session]:
-    """One session per request; the route commits what it means to keep."""
+async def get_db() -> AsyncIterator[Session]:
+    """One session per request; the route commits what it means to keep.
+
+    Async, so FastAPI does not send it to the threadpool twice: making a session does
+    no I/O, and closing one does only while it still holds a transaction.
+    """
     session = new_session()
     try:
         yield session
     finally:
-        session.close()
+        if session.in_transaction():
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_db)]
@@ -40,10 +48,11 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
-def get_principal(request: Request, session: SessionDep) -> Principal:
-    """The live key's principal, or 401."""
-    principal = authenticate(session, _bearer(request))
-    session.rollback()  # end the read transaction; routes open their own
+def get_principal(request: Request) -> Principal:
+    """The live key's principal, or 401: one statement, in autocommit."""
+    token = _bearer(request)
+    with reading() as session:
+        principal = authenticate(session, token)
     if principal is None:
         raise ApiError(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     return principal

@@ -18,7 +18,7 @@ from app import audit, jobs
 from app.api.deps import MAX_ID, IdPath, PrincipalDep, SessionDep
 from app.api.errors import ApiError
 from app.api.metrics import SUBMITTED
-from app.db import new_session
+from app.db import reading
 from app.keys import Principal
 from app.limits import check_cap, check_submission
 from app.models import TERMINAL, Decision, Job, Result
@@ -56,7 +56,10 @@ IsoDatetime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 def get_job(session: Session, principal: Principal, job_id: int) -> Job:
     """The job if the caller may see it; 404 otherwise (also for other tenants' jobs)."""
-    job = session.get(Job, job_id)
+    return _visible(session.get(Job, job_id), principal, job_id)
+
+
+def _visible(job: Job | None, principal: Principal, job_id: int) -> Job:
     if job is None or (job.tenant_id != principal.tenant_id and not principal.is_admin):
         raise ApiError(404, f"job {job_id} not found")
     return job
@@ -104,10 +107,16 @@ def create_job(
     return job_read(session, job)
 
 
+#: A job with its result, if any, in one statement (so in autocommit, one round trip).
+_JOB_AND_RESULT = select(Job, Result).outerjoin(Result, Result.job_id == Job.id)
+
+
 def _read(principal: Principal, job_id: int) -> tuple[JobRead, bool]:
-    with new_session() as session:
-        job = get_job(session, principal, job_id)
-        return job_read(session, job), job.status in TERMINAL
+    with reading() as session:
+        row = session.execute(_JOB_AND_RESULT.where(Job.id == job_id)).first()
+    job = _visible(row[0] if row else None, principal, job_id)
+    res = row[1] if row and job.status == "succeeded" else None
+    return JobRead.of(job, *_result_of(res)), job.status in TERMINAL
 
 
 @router.get("/{job_id}", response_model=JobRead, responses=ERRORS)
