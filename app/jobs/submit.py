@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, select, text
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from app import audit, core, pgcopy, testhooks
@@ -55,26 +55,31 @@ def submit(
     job_id = reserve_ids(session, 1)[0]
     details = {"kind": kind, "priority": priority, "max_attempts": attempts}
     link = audit.link(job_id, 0, "", "submitted", actor, details)
-    stmt = insert(Job).values(
-        id=job_id, tenant_id=tenant_id, kind=kind, params=clean, priority=PRIORITIES[priority],
-        max_attempts=attempts, idempotency_key=idempotency_key, ref=ref,
-        published_at=datetime.now(UTC), audit_seq=link.seq, audit_head=link.hash,
-    )
-    if idempotency_key is not None:
-        stmt = stmt.on_conflict_do_nothing(
-            index_elements=["tenant_id", "idempotency_key"],
-            index_where=text("idempotency_key IS NOT NULL"),
-        )
-    job = session.scalars(stmt.returning(Job), execution_options={"populate_existing": True}
-                          ).first()
+    job = session.scalars(_INSERT_ONE, {
+        "id": job_id, "tenant_id": tenant_id, "kind": kind, "params": Jsonb(clean),
+        "priority": PRIORITIES[priority], "max_attempts": attempts,
+        "idempotency_key": idempotency_key, "ref": ref, "seq": link.seq, "head": link.hash,
+        **audit.arrays([link]),
+    }).first()
     if job is None:
         existing = session.scalars(
             select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key)
         ).one()
         return existing, False
-    audit.insert_links(session, [link])
     schedule_publish(session, kind, PRIORITIES[priority], [job_id])
     return job, True
+
+
+#: One job and its submitted event in one statement; no row (and no event) when the
+#: tenant's idempotency key was seen.
+_INSERT_ONE = select(Job).from_statement(text(
+    "WITH job AS (INSERT INTO jobs (id, tenant_id, kind, params, priority, max_attempts, "
+    "idempotency_key, ref, published_at, audit_seq, audit_head) VALUES (:id, :tenant_id, "
+    ":kind, :params, :priority, :max_attempts, :idempotency_key, :ref, now(), :seq, :head) "
+    "ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
+    f"RETURNING *), event AS ({audit.EVENTS_FROM_ARRAYS} JOIN job ON job.id = e.job_id) "
+    "SELECT * FROM job"
+))
 
 
 @dataclass(slots=True)
