@@ -58,9 +58,10 @@ def runs_inline(kind: str, params: dict[str, Any]) -> bool:
 _LOCK_DUE = text(
     "SELECT j.id, j.kind, j.params, j.attempt + 1 AS attempt, j.attempt_base, "
     "j.max_attempts, j.batch_id, j.audit_seq, j.audit_head "
-    "FROM (SELECT set_config('idle_in_transaction_session_timeout', :idle, true)) AS lease, "
-    "unnest(CAST(:ids AS bigint[])) AS v(id) JOIN jobs j ON j.id = v.id "
+    "FROM unnest(CAST(:ids AS bigint[])) AS v(id) JOIN jobs j ON j.id = v.id "
     "WHERE j.status = 'queued' AND (j.run_after IS NULL OR j.run_after <= now()) "
+    # An uncorrelated subquery: a one-time filter, run once before any row is read.
+    "AND (SELECT set_config('idle_in_transaction_session_timeout', :idle, true)) IS NOT NULL "
     "ORDER BY j.id FOR UPDATE OF j SKIP LOCKED"
 )
 

@@ -1,0 +1,53 @@
+"""An inline chunk's row locks are its lease: a worker that hangs loses them, not an attempt."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from app import jobs
+from app.config import Settings, get_settings
+from app.db import session_scope
+from app.keys import ensure_tenant
+from app.models import Job
+
+#: The outbox entry jobs.submit leaves on the session (app.jobs.outbox).
+OUTBOX = "babelq_outbox"
+
+
+def unpublished_job(text_: str) -> int:
+    """A queued encode job that no worker is told about, so none can race this test."""
+    with session_scope() as s:
+        tenant = ensure_tenant(s, "inline-lease").id
+        job, _ = jobs.submit(s, tenant_id=tenant, kind="encode", params={"text": text_},
+                             actor="test")
+        s.info.pop(OUTBOX)
+        return job.id
+
+
+def test_hung_inline_chunk_is_cut_off_at_the_lease(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(get_settings(), "lease_seconds", 1.0)
+    job_id = unpublished_job("hung")
+    with pytest.raises(DBAPIError, match="idle-in-transaction timeout"), session_scope() as s:
+        inline, claimed = jobs.take(s, [job_id], worker="hung-worker")
+        assert [j.id for j in inline] == [job_id] and claimed == []
+        # The lock query set the lease as this transaction's idle timeout.
+        assert s.execute(text("SHOW idle_in_transaction_session_timeout")).scalar() == "1s"
+        time.sleep(2.5)  # the worker "hangs" past its lease, holding the row lock
+        s.execute(text("SELECT 1"))  # PostgreSQL has ended the session by now
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        # Nothing was written: the job is queued again, with no attempt spent.
+        assert (job.status, job.attempt, job.worker) == ("queued", 0, None)
+        # And it can be taken at once: the lock went with the session.
+        inline, _ = jobs.take(s, [job_id], worker="next-worker")
+        assert [j.id for j in inline] == [job_id]
+        # The timeout belonged to that transaction only.
+        s.rollback()
+        assert s.execute(text("SHOW idle_in_transaction_session_timeout")).scalar() == "0"
