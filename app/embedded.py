@@ -8,6 +8,7 @@ running and reuses them.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -311,3 +312,6 @@ def _stop_pid(pid: int, timeout: float) -> None:
         return
     except psutil.TimeoutExpired:
         proc.kill()
+        # Gone before we return, so a restart cannot find the port or data dir still held.
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
+            proc.wait(5)

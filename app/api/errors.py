@@ -13,6 +13,8 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.jobs.manage import Busy
+
 log = logging.getLogger(__name__)
 
 CODES = {
@@ -86,6 +88,10 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return error_response(exc.status_code, str(exc.detail), None, dict(exc.headers or {}))
 
 
+async def _busy(_: Request, exc: Exception) -> JSONResponse:
+    return error_response(409, str(exc), headers={"Retry-After": "1"})
+
+
 async def _db_down(_: Request, exc: Exception) -> JSONResponse:
     log.warning("database unavailable: %s", exc)
     return error_response(503, "database unavailable; nothing was accepted, try again",
@@ -111,6 +117,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _request_invalid)  # type: ignore[arg-type]
     app.add_exception_handler(ValidationError, _params_invalid)  # type: ignore[arg-type]
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Busy, _busy)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(OperationalError, _db_down)
     app.add_exception_handler(DBAPIError, _dbapi_error)  # type: ignore[arg-type]

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from app.jobs.counters import Moves, move_counters
 from app.jobs.execute import Claimed, Outcome, backoff, claim, error_info, finish, hold, take
-from app.jobs.manage import cancel, cancel_batch, expire_leases, prune, retry, take_due
+from app.jobs.manage import Busy, cancel, cancel_batch, expire_leases, prune, retry, take_due
 from app.jobs.outbox import schedule_publish
 from app.jobs.submit import (
     NewJob,
     PreparedRows,
     UnknownKind,
+    find_keyed,
     prepare_rows,
     reserve_ids,
     store_rows,
@@ -23,6 +24,7 @@ from app.jobs.submit import (
 )
 
 __all__ = [
+    "Busy",
     "Claimed",
     "Moves",
     "NewJob",
@@ -35,6 +37,7 @@ __all__ = [
     "claim",
     "error_info",
     "expire_leases",
+    "find_keyed",
     "finish",
     "hold",
     "move_counters",

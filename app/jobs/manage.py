@@ -7,7 +7,9 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from psycopg.errors import LockNotAvailable
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app import audit
@@ -39,10 +41,32 @@ _EXPIRED = (
 )
 
 
+#: How long a cancel waits for job rows a worker has locked: it holds them while it
+#: computes an inline chunk (milliseconds, about a second at worst), or, if it hangs,
+#: until PostgreSQL cuts it off at the lease. Past this the caller is told to retry.
+CANCEL_LOCK_WAIT = "5s"
+
+
+class Busy(Exception):
+    """A worker holds these jobs' rows while finishing them; try again shortly."""
+
+
 def _lock(session: Session, where: str, params: dict[str, Any], skip: bool = False
           ) -> Sequence[Any]:
     sql = _LOCK.format(where=where, skip=" SKIP LOCKED" if skip else "")
     return session.execute(text(sql), params).all()
+
+
+def _lock_waiting(session: Session, where: str, params: dict[str, Any]) -> Sequence[Any]:
+    """_lock, but raise Busy after CANCEL_LOCK_WAIT instead of waiting for a hung worker."""
+    session.execute(text(f"SET LOCAL lock_timeout = '{CANCEL_LOCK_WAIT}'"))
+    try:
+        return _lock(session, where, params)
+    except OperationalError as exc:
+        if isinstance(exc.orig, LockNotAvailable):
+            raise Busy(f"a worker is finishing these jobs; nothing was cancelled, "
+                       f"try again (waited {CANCEL_LOCK_WAIT})") from None
+        raise
 
 
 def _move(
@@ -75,16 +99,17 @@ def _from(row: Any, _: str) -> dict[str, Any]:
 def cancel(session: Session, job_id: int, *, actor: str) -> bool:
     """queued|running → cancelled; a running job's late result will be discarded.
 
-    Returns False when the job was already terminal (nothing changed).
+    Returns False when the job was already terminal (nothing changed); raises Busy when a
+    worker kept its row locked past CANCEL_LOCK_WAIT.
     """
-    rows = _lock(session, "id = :id AND status IN ('queued', 'running')", {"id": job_id})
+    rows = _lock_waiting(session, "id = :id AND status IN ('queued', 'running')", {"id": job_id})
     _move(session, rows, ["cancelled"] * len(rows), _CANCELLED, "cancelled", actor, _from)
     return bool(rows)
 
 
 def cancel_batch(session: Session, batch_id: int, *, actor: str) -> int:
-    """Cancel every job of a batch that has not started; returns how many."""
-    rows = _lock(session, "batch_id = :id AND status = 'queued'", {"id": batch_id})
+    """Cancel every job of a batch that has not started; returns how many (or raises Busy)."""
+    rows = _lock_waiting(session, "batch_id = :id AND status = 'queued'", {"id": batch_id})
     _move(session, rows, ["cancelled"] * len(rows), _CANCELLED, "cancelled", actor, _from)
     return len(rows)
 

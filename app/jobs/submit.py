@@ -62,12 +62,19 @@ def submit(
         **audit.arrays([link]),
     }).first()
     if job is None:
-        existing = session.scalars(
-            select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key)
-        ).one()
+        assert idempotency_key is not None  # only a keyed insert can skip its row
+        existing = find_keyed(session, tenant_id, idempotency_key)
+        assert existing is not None
         return existing, False
     schedule_publish(session, kind, PRIORITIES[priority], [job_id])
     return job, True
+
+
+def find_keyed(session: Session, tenant_id: int, idempotency_key: str) -> Job | None:
+    """The tenant's job submitted with this idempotency key, if any."""
+    return session.scalars(
+        select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key)
+    ).first()
 
 
 #: One job and its submitted event in one statement; no row (and no event) when the

@@ -5,14 +5,17 @@ from __future__ import annotations
 import time
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from app import jobs
 from app.config import Settings, get_settings
 from app.db import session_scope
+from app.jobs import manage
 from app.keys import ensure_tenant
 from app.models import Job
+from tests.integration.conftest import auth
 
 #: The outbox entry jobs.submit leaves on the session (app.jobs.outbox).
 OUTBOX = "babelq_outbox"
@@ -51,3 +54,21 @@ def test_hung_inline_chunk_is_cut_off_at_the_lease(
         # The timeout belonged to that transaction only.
         s.rollback()
         assert s.execute(text("SHOW idle_in_transaction_session_timeout")).scalar() == "0"
+
+
+def test_cancel_waits_for_a_busy_worker_then_says_409(
+    api: TestClient, admin_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(manage, "CANCEL_LOCK_WAIT", "300ms")
+    job_id = unpublished_job("busy")
+    with session_scope() as worker:
+        inline, _ = jobs.take(worker, [job_id], worker="busy-worker")
+        assert [j.id for j in inline] == [job_id]
+        busy = api.post(f"/v1/jobs/{job_id}/cancel", headers=auth(admin_key))
+        assert busy.status_code == 409, busy.text
+        assert busy.headers["Retry-After"] == "1"
+        assert "a worker is finishing" in busy.json()["error"]["message"]
+        worker.rollback()  # the worker lets go without finishing
+    cancelled = api.post(f"/v1/jobs/{job_id}/cancel", headers=auth(admin_key))
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"

@@ -178,6 +178,26 @@ def test_bucket_refills_at_the_rate(
     assert api.post("/v1/jobs", json=ENCODE, headers=auth(key)).status_code == 201
 
 
+def test_refused_params_and_replays_take_no_token(
+    api: TestClient, tenant: tuple[int, str], limits: Callable[..., None]
+) -> None:
+    tenant_id, key = tenant
+    limits(rate_limit_per_second=0.01, rate_limit_burst=1)
+    bad = api.post("/v1/jobs", json={"kind": "encode", "params": {}}, headers=auth(key))
+    assert bad.status_code == 422
+    assert bad.json()["error"]["details"][0]["field"] == "params.text"
+    unknown = api.post("/v1/jobs", json={"kind": "decode", "params": {}}, headers=auth(key))
+    assert unknown.status_code == 422
+    # The one token is still there for the first real submission...
+    first = api.post("/v1/jobs", json={**ENCODE, "idempotency_key": "once"}, headers=auth(key))
+    assert first.status_code == 201, first.text
+    # ...and a replay of it is answered from PostgreSQL with an empty bucket.
+    replay = api.post("/v1/jobs", json={**ENCODE, "idempotency_key": "once"}, headers=auth(key))
+    assert replay.status_code == 200 and replay.json()["id"] == first.json()["id"]
+    assert_refused(api.post("/v1/jobs", json=ENCODE, headers=auth(key)), 429, "rate_limited")
+    assert stored(tenant_id) == (1, 0)
+
+
 def test_batch_bigger_than_the_burst_waits_for_a_full_bucket_then_leaves_debt(
     api: TestClient, tenant: tuple[int, str], limits: Callable[..., None]
 ) -> None:

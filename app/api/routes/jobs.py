@@ -84,21 +84,28 @@ def create_job(
     idempotency_key: Annotated[str | None, Header(max_length=200, pattern=r"^[!-~]+$")] = None,
 ) -> JobRead:
     """Submit one job; 200 with the existing job if the idempotency key was seen."""
-    check_submission(session, principal, 1)
+    # Refused params and replays of a seen idempotency key take no rate-limit token.
     try:
-        job, created = jobs.submit(
-            session,
-            tenant_id=principal.tenant_id,
-            kind=job_in.kind,
-            params=job_in.params,
-            actor=principal.actor,
-            priority=job_in.priority,
-            max_attempts=job_in.max_attempts,
-            idempotency_key=job_in.idempotency_key or idempotency_key,
-            ref=job_in.ref,
-        )
+        jobs.validate(job_in.kind, job_in.params)
     except jobs.UnknownKind as exc:
         raise ApiError(422, str(exc), [{"field": "kind", "message": str(exc)}]) from None
+    key = job_in.idempotency_key or idempotency_key
+    seen = jobs.find_keyed(session, principal.tenant_id, key) if key else None
+    if seen is not None:
+        response.status_code = 200
+        return job_read(session, seen)
+    check_submission(session, principal, 1)
+    job, created = jobs.submit(
+        session,
+        tenant_id=principal.tenant_id,
+        kind=job_in.kind,
+        params=job_in.params,
+        actor=principal.actor,
+        priority=job_in.priority,
+        max_attempts=job_in.max_attempts,
+        idempotency_key=key,
+        ref=job_in.ref,
+    )
     session.commit()
     if created:
         SUBMITTED.labels(job.kind).inc()
