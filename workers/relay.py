@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from dataclasses import dataclass
 
 import redis
@@ -18,11 +19,15 @@ from sqlalchemy.exc import OperationalError
 from app import jobs
 from app.config import get_settings
 from app.db import session_scope
+from app.jobs.manage import SLICE
 from app.notify import redis_client
 from app.testhooks import TEST_KINDS
 from workers.celery_app import KINDS, publish, queue_keys
 
 log = logging.getLogger(__name__)
+
+#: Seconds between retention prunes (each scans the finished jobs).
+PRUNE_EVERY = 60.0
 
 
 @dataclass
@@ -49,8 +54,8 @@ def idle_kinds() -> list[str]:
     return idle + list(TEST_KINDS) if "encode" in idle else idle
 
 
-def relay_pass(actor: str) -> PassReport:
-    """One pass: expire leases, publish what is due, prune what is past retention."""
+def relay_pass(actor: str, prune: bool = True) -> PassReport:
+    """One pass: expire leases, publish what is due, and (if prune) apply retention."""
     report = PassReport()
     with session_scope() as session:
         report.expired = jobs.expire_leases(session, actor=actor)
@@ -61,10 +66,10 @@ def relay_pass(actor: str) -> PassReport:
         for (kind, priority), ids in groups.items():
             publish(kind, priority, ids, careful=True)
             report.published += len(ids)
-        if sum(len(v) for v in groups.values()) < 10_000:
+        if sum(len(v) for v in groups.values()) < SLICE:
             break
     days = get_settings().retention_days
-    if days > 0:
+    if prune and days > 0:
         with session_scope() as session:
             report.pruned = jobs.prune(session, older_than_days=days)
     return report
@@ -75,9 +80,15 @@ def run(stop: threading.Event | None = None, interval: float | None = None) -> N
     stop = stop or threading.Event()
     pause = interval if interval is not None else get_settings().relay_interval
     actor = f"relay@{socket.gethostname()}"
+    next_prune = 0.0
     while not stop.is_set():
         try:
-            report = relay_pass(actor)
+            # Pruning looks for finished jobs with no index to help (one would cost every
+            # finishing write), so it runs once per PRUNE_EVERY, not every pass.
+            prune = time.monotonic() >= next_prune
+            report = relay_pass(actor, prune=prune)
+            if prune:  # a full slice: more is waiting, so prune again next pass
+                next_prune = time.monotonic() + (0 if report.pruned >= SLICE else PRUNE_EVERY)
             if report.expired or report.published or report.pruned:
                 log.info("relay: %s", report)
         except (OperationalError, redis.RedisError, KombuOperationalError, OSError) as exc:

@@ -152,8 +152,12 @@ _STALE = text(_DUE.text.format(
           "AND kind = ANY(CAST(:idle AS text[]))"))
 
 
+#: Jobs take_due and prune handle per call; a full slice means more may be waiting.
+SLICE = 10_000
+
+
 def take_due(
-    session: Session, *, idle_kinds: Sequence[str], limit: int = 10_000
+    session: Session, *, idle_kinds: Sequence[str], limit: int = SLICE
 ) -> dict[tuple[str, int], list[int]]:
     """Queued jobs to (re)publish, grouped by (kind, priority).
 
@@ -173,15 +177,30 @@ def take_due(
     return groups
 
 
-def prune(session: Session, *, older_than_days: int, limit: int = 10_000) -> int:
-    """Delete finished jobs (and their audit trails) past the retention period."""
+#: What finished before the retention period: an interval parameter of the prune statements.
+_CUTOFF = "now() - make_interval(days => :days)"
+
+#: Finished jobs past retention that belong to no live batch, a slice at a time.
+_PRUNE_JOBS = text(
+    "DELETE FROM jobs WHERE id IN (SELECT j.id FROM jobs j "
+    f"WHERE j.status IN ('succeeded', 'dead', 'cancelled') AND j.finished_at < {_CUTOFF} "
+    "AND (j.batch_id IS NULL OR NOT EXISTS (SELECT 1 FROM batches b WHERE b.id = j.batch_id)) "
+    "LIMIT :limit) RETURNING id"
+)
+
+
+def prune(session: Session, *, older_than_days: int, limit: int = SLICE) -> int:
+    """Delete what finished before the retention period; returns how many jobs went.
+
+    Results and decisions go with their jobs (foreign key cascade), audit trails here.
+    A batch goes whole: its row as soon as the batch itself finished before the cutoff,
+    so it is gone from the api at once, then its jobs, `limit` per call. The jobs of a
+    batch still live are kept, so its counters only ever count jobs that exist.
+    """
     session.execute(text("SET LOCAL babelq.prune = 'on'"))
-    ids = session.execute(
-        text("DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE status IN "
-             "('succeeded', 'dead', 'cancelled') AND finished_at < now() - "
-             "make_interval(days => :days) LIMIT :limit) RETURNING id"),
-        {"days": older_than_days, "limit": limit},
-    ).scalars().all()
+    days = {"days": older_than_days}
+    session.execute(text(f"DELETE FROM batches WHERE finished_at < {_CUTOFF}"), days)
+    ids = session.execute(_PRUNE_JOBS, {**days, "limit": limit}).scalars().all()
     if ids:
         session.execute(text("DELETE FROM audit_events WHERE job_id = ANY(CAST(:ids AS bigint[]))"),
                         {"ids": list(ids)})

@@ -1,0 +1,85 @@
+"""Retention: finished jobs past it go with everything of theirs; batches go whole."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from app import jobs
+from app.db import session_scope
+from tests.integration.conftest import auth
+from tests.integration.test_batches import NDJSON, ndjson, wait_done
+
+pytestmark = pytest.mark.integration
+
+ENCODE = {"kind": "encode", "params": {"text": "kept for a while"}}
+
+
+@pytest.fixture(autouse=True)
+def _stack(worker: Any, relay: Any) -> None:
+    """The jobs here run to the end on the test worker."""
+
+
+def single(api: TestClient, key: str) -> int:
+    job = api.post("/v1/jobs", json=ENCODE, headers=auth(key)).json()
+    done = api.get(f"/v1/jobs/{job['id']}", params={"wait": 30}, headers=auth(key)).json()
+    assert done["status"] == "succeeded"
+    return int(job["id"])
+
+
+def batch(api: TestClient, key: str, n: int) -> tuple[int, list[int]]:
+    made = api.post("/v1/batches", content=ndjson([ENCODE] * n),
+                    headers={**auth(key), **NDJSON}).json()
+    wait_done(api, key, made["id"])
+    with session_scope() as s:
+        ids = s.execute(text("SELECT id FROM jobs WHERE batch_id = :b ORDER BY id"),
+                        {"b": made["id"]}).scalars().all()
+    return made["id"], list(ids)
+
+
+def age(days: int, job_ids: list[int], batch_id: int | None = None) -> None:
+    """Make these jobs (and the batch) look finished `days` ago."""
+    with session_scope() as s:
+        s.execute(text("UPDATE jobs SET finished_at = now() - make_interval(days => :d) "
+                       "WHERE id = ANY(:ids)"), {"d": days, "ids": job_ids})
+        if batch_id is not None:
+            s.execute(text("UPDATE batches SET finished_at = now() - make_interval(days => :d) "
+                           "WHERE id = :b"), {"d": days, "b": batch_id})
+
+
+def left(table: str, column: str, ids: list[int]) -> int:
+    with session_scope() as s:
+        return int(s.execute(text(f"SELECT count(*) FROM {table} WHERE {column} = ANY(:ids)"),
+                             {"ids": ids}).scalar_one())
+
+
+def test_prune_takes_old_jobs_and_finished_batches_whole(api: TestClient, key_a: str) -> None:
+    old_single, new_single = single(api, key_a), single(api, key_a)
+    old_batch, old_batch_jobs = batch(api, key_a, 3)
+    live_batch, live_batch_jobs = batch(api, key_a, 3)
+    age(10, [old_single])
+    age(10, old_batch_jobs, old_batch)
+    # A batch whose jobs are old but which itself did not finish before the cutoff
+    # (as if one of its jobs were still running): none of its jobs may go.
+    age(10, live_batch_jobs)
+
+    with session_scope() as s:
+        pruned = jobs.prune(s, older_than_days=7)
+
+    gone = [old_single, *old_batch_jobs]
+    kept = [new_single, *live_batch_jobs]
+    assert pruned == len(gone)
+    for table, column in (("jobs", "id"), ("results", "job_id"), ("audit_events", "job_id")):
+        assert left(table, column, gone) == 0, table
+    assert left("jobs", "id", kept) == left("results", "job_id", kept) == len(kept)
+    # submitted, started and succeeded of every kept job
+    assert left("audit_events", "job_id", kept) == 3 * len(kept)
+    assert api.get(f"/v1/jobs/{old_single}", headers=auth(key_a)).status_code == 404
+    assert api.get(f"/v1/batches/{old_batch}", headers=auth(key_a)).status_code == 404
+    live = api.get(f"/v1/batches/{live_batch}", headers=auth(key_a)).json()
+    assert live["counts"]["succeeded"] == 3 == left("jobs", "id", live_batch_jobs)
+    # The chains of what is kept still verify.
+    assert api.get(f"/v1/jobs/{new_single}/audit", headers=auth(key_a)).json()["verified"]
