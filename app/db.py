@@ -48,8 +48,15 @@ def _refuse_closed(dbapi_connection: Any, record: ConnectionPoolEntry,
     reconnect this entry and try again. pool_pre_ping did the same with a SELECT, one
     round trip on every checkout; the rare false alarm here costs only a reconnect.
     """
-    if dbapi_connection.closed or select.select([dbapi_connection.fileno()], [], [], 0)[0]:
+    if dbapi_connection.closed or _readable(dbapi_connection.fileno()):
         raise DisconnectionError("the server closed this pooled connection")
+
+
+def _readable(fd: int) -> bool:
+    """Whether a socket has data or a hangup waiting, without blocking (poll: any fd)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def get_engine() -> Engine:

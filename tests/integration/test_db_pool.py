@@ -1,0 +1,34 @@
+"""Pooled connections: one the server closed is replaced at checkout, with no error."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import text
+
+from app.config import Settings
+from app.db import engine_for
+
+
+def backend_alive(settings: Settings, pid: int) -> bool:
+    with engine_for(settings.database_url or "").connect() as conn:
+        return bool(conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"),
+                                 {"p": pid}).scalar_one())
+
+
+def test_checkout_replaces_a_connection_the_server_closed(settings: Settings) -> None:
+    # An engine of its own (another URL), so its pool holds exactly one connection.
+    url = f"{settings.database_url}?application_name=babelq-pool-test"
+    engine = engine_for(url)
+    with engine.connect() as conn:
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    with engine_for(settings.database_url or "").connect() as admin:
+        assert admin.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar_one()
+    deadline = time.monotonic() + 10
+    while backend_alive(settings, pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # The pooled connection is dead; the checkout sees its closed socket and reconnects.
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
+    assert engine.pool.checkedout() == 0
+    engine.dispose()
