@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import httpx
 
@@ -96,6 +96,10 @@ class Client:
         response = self._send(self._http.build_request(method, path, **kwargs))
         return response.json() if response.content else None
 
+    def _object(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """A call whose answer is a JSON object."""
+        return cast(dict[str, Any], self._call(method, path, **kwargs))
+
     # Jobs --------------------------------------------------------------------------
 
     def submit(
@@ -117,19 +121,16 @@ class Client:
             "ref": ref,
         }
         body.update({k: v for k, v in extras.items() if v is not None})
-        job: dict[str, Any] = self._call("POST", "/v1/jobs", json=body)
-        return job
+        return self._object("POST", "/v1/jobs", json=body)
 
     def get(self, job_id: int, wait: float = 0) -> dict[str, Any]:
         """The job; with wait, long-poll up to that many seconds (≤ 60) for a terminal state."""
         if wait <= 0:
-            job: dict[str, Any] = self._call("GET", f"/v1/jobs/{job_id}")
-            return job
+            return self._object("GET", f"/v1/jobs/{job_id}")
         wait = min(wait, MAX_WAIT)
-        job = self._call(
+        return self._object(
             "GET", f"/v1/jobs/{job_id}", params={"wait": f"{wait:.3f}"}, timeout=self.timeout + wait
         )
-        return job
 
     def wait(self, job_id: int, timeout: float | None = None) -> dict[str, Any]:
         """The job once terminal, or as it is when timeout seconds have passed."""
@@ -142,13 +143,11 @@ class Client:
 
     def cancel(self, job_id: int) -> dict[str, Any]:
         """Cancel a queued or running job (409 if it already finished)."""
-        job: dict[str, Any] = self._call("POST", f"/v1/jobs/{job_id}/cancel")
-        return job
+        return self._object("POST", f"/v1/jobs/{job_id}/cancel")
 
     def retry(self, job_id: int) -> dict[str, Any]:
         """Queue a dead or cancelled job again (409 otherwise)."""
-        job: dict[str, Any] = self._call("POST", f"/v1/jobs/{job_id}/retry")
-        return job
+        return self._object("POST", f"/v1/jobs/{job_id}/retry")
 
     def list_jobs(self, *, page_size: int = 100, **filters: Any) -> Iterator[dict[str, Any]]:
         """Every job matching the filters (status, kind, batch_id, ...), newest first."""
@@ -163,13 +162,11 @@ class Client:
 
     def audit(self, job_id: int) -> dict[str, Any]:
         """The job's audit trail and whether its hash chain verifies."""
-        trail: dict[str, Any] = self._call("GET", f"/v1/jobs/{job_id}/audit")
-        return trail
+        return self._object("GET", f"/v1/jobs/{job_id}/audit")
 
     def decision(self, job_id: int) -> dict[str, Any]:
         """The governor decision of a finished evaluate job."""
-        decision: dict[str, Any] = self._call("GET", f"/v1/jobs/{job_id}/decision")
-        return decision
+        return self._object("GET", f"/v1/jobs/{job_id}/decision")
 
     # Batches -----------------------------------------------------------------------
 
@@ -190,20 +187,17 @@ class Client:
         timeout = httpx.Timeout(self.timeout, read=BATCH_READ_TIMEOUT, write=BATCH_READ_TIMEOUT)
         headers = {"Content-Type": "application/x-ndjson"}
         params = {"priority": priority} if priority else None
-        batch: dict[str, Any] = self._call(
+        return self._object(
             "POST", "/v1/batches", content=body, headers=headers, params=params, timeout=timeout
         )
-        return batch
 
     def batch(self, batch_id: int) -> dict[str, Any]:
         """The batch's counts per status, progress, rate and ETA."""
-        batch: dict[str, Any] = self._call("GET", f"/v1/batches/{batch_id}")
-        return batch
+        return self._object("GET", f"/v1/batches/{batch_id}")
 
     def cancel_batch(self, batch_id: int) -> dict[str, Any]:
         """Cancel every job of the batch that has not started."""
-        batch: dict[str, Any] = self._call("POST", f"/v1/batches/{batch_id}/cancel")
-        return batch
+        return self._object("POST", f"/v1/batches/{batch_id}/cancel")
 
     def iter_results(self, batch_id: int, page_size: int | None = None) -> Iterator[dict[str, Any]]:
         """The batch's results in line order, one dict per job, across every page."""
@@ -228,10 +222,9 @@ class Client:
 
     def create_key(self, tenant: str, *, admin: bool = False, name: str = "") -> dict[str, Any]:
         """A new key for the tenant; its secret ("key") is in this answer only."""
-        key: dict[str, Any] = self._call(
+        return self._object(
             "POST", "/v1/keys", json={"tenant": tenant, "admin": admin, "name": name}
         )
-        return key
 
     def list_keys(self, tenant: str | None = None) -> list[dict[str, Any]]:
         """Every key (never a secret), or one tenant's."""
@@ -247,8 +240,7 @@ class Client:
 
     def ready(self) -> dict[str, Any]:
         """The readiness checks (database, Redis, migrations); raises BabelqError on 503."""
-        checks: dict[str, Any] = self._call("GET", "/ready")
-        return checks
+        return self._object("GET", "/ready")
 
 
 def ndjson_body(
