@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from app.config import Settings
 from app.db import engine_for
@@ -18,7 +19,8 @@ def backend_alive(settings: Settings, pid: int) -> bool:
 
 def test_checkout_replaces_a_connection_the_server_closed(settings: Settings) -> None:
     # An engine of its own (another URL), so its pool holds exactly one connection.
-    url = f"{settings.database_url}?application_name=babelq-pool-test"
+    url = make_url(settings.database_url or "").update_query_dict(
+        {"application_name": "babelq-pool-test"}).render_as_string(hide_password=False)
     engine = engine_for(url)
     with engine.connect() as conn:
         pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
