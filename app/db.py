@@ -80,12 +80,13 @@ def new_session(engine: Engine | None = None) -> Session:
 
 
 @contextmanager
-def reading(engine: Engine | None = None) -> Iterator[Session]:
-    """A session for reads whose statements each run on their own, in autocommit.
+def autocommit(engine: Engine | None = None) -> Iterator[Session]:
+    """A session whose statements each commit on their own (no transaction around them).
 
     A transaction costs two round trips of its own (psycopg sends BEGIN by itself, and
-    the session ends it with ROLLBACK); a read made of one statement, which sees one
-    snapshot, needs neither. Writes belong in session_scope.
+    the session ends it with COMMIT or ROLLBACK). Work that is one statement, a read that
+    sees one snapshot or a write that must be atomic alone, needs neither. session.commit()
+    sends nothing here, but still runs the after-commit hooks (the outbox's publish).
     """
     session = _sessionmaker(engine or get_engine(), True)()
     try:
