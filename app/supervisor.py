@@ -14,10 +14,10 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
 #: Seconds a child gets to exit after SIGTERM before it (and its process group) is killed.
 STOP_GRACE = 20.0
@@ -113,6 +113,8 @@ def check_alive(children: list[Child]) -> None:
 
 def wait_until(url: str, children: list[Child], auth: tuple[str, str] | None = None) -> None:
     """Poll url until it answers 200, failing early if a child dies."""
+    import httpx  # here, not at the top: the api and workers import this module's helpers
+
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
         check_alive(children)
@@ -155,8 +157,14 @@ def supervise(children: list[Child], console: Console | None = None) -> int:
     while True:
         for child in children:
             if child.process.poll() is not None:
-                restart(child, console or Console(stderr=True))
+                restart(child, console or _stderr())
         time.sleep(0.5)
+
+
+def _stderr() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def restart(child: Child, console: Console) -> None:
