@@ -57,18 +57,6 @@ def _lock(session: Session, where: str, params: dict[str, Any], skip: bool = Fal
     return session.execute(text(sql), params).all()
 
 
-def _lock_waiting(session: Session, where: str, params: dict[str, Any]) -> Sequence[Any]:
-    """_lock, but raise Busy after CANCEL_LOCK_WAIT instead of waiting for a hung worker."""
-    session.execute(text(f"SET LOCAL lock_timeout = '{CANCEL_LOCK_WAIT}'"))
-    try:
-        return _lock(session, where, params)
-    except OperationalError as exc:
-        if isinstance(exc.orig, LockNotAvailable):
-            raise Busy(f"a worker is finishing these jobs; nothing was cancelled, "
-                       f"try again (waited {CANCEL_LOCK_WAIT})") from None
-        raise
-
-
 def _move(
     session: Session, rows: Sequence[Any], statuses: Sequence[str], columns: str,
     event_type: str, actor: str, details: Callable[[Any, str], dict[str, Any]],
@@ -102,15 +90,29 @@ def cancel(session: Session, job_id: int, *, actor: str) -> bool:
     Returns False when the job was already terminal (nothing changed); raises Busy when a
     worker kept its row locked past CANCEL_LOCK_WAIT.
     """
-    rows = _lock_waiting(session, "id = :id AND status IN ('queued', 'running')", {"id": job_id})
-    _move(session, rows, ["cancelled"] * len(rows), _CANCELLED, "cancelled", actor, _from)
-    return bool(rows)
+    return bool(_cancel(session, "id = :id AND status IN ('queued', 'running')", job_id, actor))
 
 
 def cancel_batch(session: Session, batch_id: int, *, actor: str) -> int:
     """Cancel every job of a batch that has not started; returns how many (or raises Busy)."""
-    rows = _lock_waiting(session, "batch_id = :id AND status = 'queued'", {"id": batch_id})
-    _move(session, rows, ["cancelled"] * len(rows), _CANCELLED, "cancelled", actor, _from)
+    return _cancel(session, "batch_id = :id AND status = 'queued'", batch_id, actor)
+
+
+def _cancel(session: Session, where: str, id_: int, actor: str) -> int:
+    """Lock and cancel the rows, waiting at most CANCEL_LOCK_WAIT for any one lock.
+
+    The wait bounds the job rows and the batch counters' row alike (the setting holds
+    to the end of the transaction); past it nothing is written and Busy is raised.
+    """
+    session.execute(text(f"SET LOCAL lock_timeout = '{CANCEL_LOCK_WAIT}'"))
+    try:
+        rows = _lock(session, where, {"id": id_})
+        _move(session, rows, ["cancelled"] * len(rows), _CANCELLED, "cancelled", actor, _from)
+    except OperationalError as exc:
+        if isinstance(exc.orig, LockNotAvailable):
+            raise Busy(f"a worker is finishing these jobs; nothing was cancelled, "
+                       f"try again (waited {CANCEL_LOCK_WAIT})") from None
+        raise
     return len(rows)
 
 
