@@ -18,6 +18,8 @@ def move_counters(session: Session, moves: Moves) -> None:
     delta: dict[int, Counter[str]] = {}
     started: set[int] = set()
     for (batch_id, src, dst), n in moves.items():
+        if src == dst:  # an inline job queued again for a retry: nothing to count
+            continue
         d = delta.setdefault(batch_id, Counter())
         d[src] -= n
         d[dst] += n

@@ -330,8 +330,7 @@ def _fail(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
         **_fenced(outcomes), "worker": worker, "statuses": statuses,
         "errors": [_json(o.error) for o in outcomes], "run_afters": run_afters,
     }).all()
-    won = {r.id for r in rows}
-    audit.insert_links(session, _links([o for o in outcomes if o.job.id in won]))
+    audit.insert_links(session, _links(_kept(outcomes, rows)))
     return _moves(outcomes, [(r.id, r.batch_id, r.status) for r in rows])
 
 
