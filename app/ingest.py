@@ -22,6 +22,7 @@ from app import jobs
 from app.api.errors import field_errors
 from app.api.metrics import SUBMITTED
 from app.config import get_settings
+from app.db import autocommit
 from app.keys import Principal
 from app.models import PRIORITIES
 from app.schemas import JobCreate
@@ -76,7 +77,8 @@ class Ingestor:
     accepted: int = 0
     rejected: int = 0
     rejected_lines: list[dict[str, Any]] = field(default_factory=list)
-    duplicates: list[dict[str, Any]] = field(default_factory=list)
+    #: (line, reason) of lines whose idempotency key was already used
+    duplicates: list[tuple[int, str]] = field(default_factory=list)
     pending: dict[tuple[str, int], array[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -110,8 +112,8 @@ class Ingestor:
             return None
         bind = self.session.get_bind()
         engine = bind if isinstance(bind, Engine) else bind.engine
-        with engine.connect() as conn:
-            ids = jobs.reserve_ids(conn, len(good))
+        with autocommit(engine) as ids_session:  # one statement: no BEGIN or ROLLBACK
+            ids = jobs.reserve_ids(ids_session, len(good))
         return jobs.prepare_rows(good, ids, tenant_id=self.principal.tenant_id,
                                  batch_id=self.batch_id, actor=self.principal.actor,
                                  now=datetime.now(UTC))
@@ -140,8 +142,7 @@ class Ingestor:
                                          batch_id=self.batch_id)
         # Counted at commit: store runs beside parse (another thread), which owns reject().
         self.duplicates += [
-            {"line": row.line,
-             "reason": f"idempotency_key {row.idempotency_key!r} already used by job {job_id}"}
+            (row.line, f"idempotency_key {row.idempotency_key!r} already used by job {job_id}")
             for row, job_id in dups
         ]
         for row, job_id in inserted:
@@ -150,8 +151,8 @@ class Ingestor:
 
     def commit(self) -> dict[str, Any]:
         """Store the batch's totals, commit, then publish; 422 if nothing was accepted."""
-        for dup in self.duplicates:
-            self.reject(dup["line"], dup["reason"])
+        for line, reason in self.duplicates:
+            self.reject(line, reason)
         self.rejected_lines.sort(key=lambda r: r["line"])
         if self.accepted == 0:
             self.session.rollback()
