@@ -185,7 +185,8 @@ def submit_rows(
     """Insert many jobs of one batch with COPY, each with its "submitted" audit event.
 
     Rows with an idempotency key go through INSERT .. ON CONFLICT instead, since COPY
-    cannot skip conflicts. Returns (inserted, duplicates) as in store_rows.
+    cannot skip conflicts. Returns (inserted, duplicates) as in store_rows. Uploads call
+    prepare_rows and store_rows apart, to overlap them; this is both in one go.
     """
     block = prepare_rows(rows, reserve_ids(session, len(rows)), tenant_id=tenant_id,
                          batch_id=batch_id, actor=actor, now=datetime.now(UTC))

@@ -126,8 +126,9 @@ async def create_batch(
 async def _stream_into(request: Request, ingestor: Ingestor) -> None:
     """Prepare block k+1 while PostgreSQL stores block k, so the two cores work together.
 
-    All of a block's Python work (parsing, validation, hashing, COPY text) is in prepare;
-    store only streams the bytes and waits, leaving the interpreter to prepare.
+    Nearly all of a block's Python work (parsing, validation, hashing, COPY text) is in
+    prepare; store streams the bytes and waits, leaving the interpreter to prepare. Rows
+    with an idempotency key are the exception: store builds their INSERT parameters.
     """
     splitter = LineSplitter(get_settings().max_line_bytes)
     storing: asyncio.Future[None] | None = None

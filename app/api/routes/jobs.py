@@ -183,8 +183,9 @@ def read_jobs(
         stmt = stmt.where(Job.id < int(cursor))
     rows = list(session.scalars(stmt))
     page = rows[:limit]
-    results = {r.job_id: r for r in session.scalars(select(Result).where(
-        Result.job_id.in_([j.id for j in page if j.status == "succeeded"])))}
+    done = [j.id for j in page if j.status == "succeeded"]
+    results = {r.job_id: r for r in session.scalars(
+        select(Result).where(Result.job_id.in_(done)))} if done else {}
     data = [JobRead.of(j, *_result_of(results.get(j.id))) for j in page]
     more = len(rows) > limit
     return JobsRead(data=data, count=len(data), next_cursor=str(page[-1].id) if more else None)
