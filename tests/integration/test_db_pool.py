@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from app.config import Settings
 from app.db import engine_for
+
+pytestmark = pytest.mark.integration
 
 
 def backend_alive(settings: Settings, pid: int) -> bool:
@@ -29,6 +32,7 @@ def test_checkout_replaces_a_connection_the_server_closed(settings: Settings) ->
     deadline = time.monotonic() + 10
     while backend_alive(settings, pid) and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert not backend_alive(settings, pid), "the backend did not end"
     # The pooled connection is dead; the checkout sees its closed socket and reconnects.
     with engine.connect() as conn:
         assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid

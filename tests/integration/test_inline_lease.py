@@ -20,6 +20,8 @@ from tests.integration.conftest import auth
 #: The outbox entry jobs.submit leaves on the session (app.jobs.outbox).
 OUTBOX = "babelq_outbox"
 
+pytestmark = pytest.mark.integration
+
 
 def unpublished_job(text_: str) -> int:
     """A queued encode job that no worker is told about, so none can race this test."""

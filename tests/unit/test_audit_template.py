@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app import audit
+from app import audit, pgcopy
 
 
 @settings(max_examples=200, deadline=None)
@@ -30,3 +31,6 @@ def test_submitted_template_equals_the_generic_link(
     # The COPY line stores the same details, so verification recomputes the same hash.
     fields = events.copy_line(job_id, kind, line, generic.hash).rstrip("\n").split("\t")
     assert fields[0] == str(job_id) and fields[-2:] == [audit.GENESIS, generic.hash]
+    assert len(fields) == len(audit.COLUMNS)
+    assert fields[1:5] == ["1", "submitted", pgcopy.text_value(actor), stamp]
+    assert json.loads(fields[5]) == generic.details
