@@ -185,3 +185,20 @@ def test_results_are_identical_across_processes() -> None:
             env={"PYTHONHASHSEED": seed, "PATH": ""},
         )
         assert json.loads(out.stdout) == expected
+
+
+def test_canonical_json_refuses_what_the_standard_library_refuses() -> None:
+    import dataclasses
+    import datetime
+
+    import pytest
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+
+    for value in ({"at": datetime.datetime(2026, 1, 1)}, {"p": Point(1)}):
+        with pytest.raises(TypeError):
+            json.dumps(value)
+        with pytest.raises(TypeError):
+            canonical_json(value)
