@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Sequence
 
+import orjson
 from celery import Celery
 from kombu import Queue
 
 from app.config import Settings, get_settings
 from app.core import KINDS
+from app.notify import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -76,20 +82,62 @@ def publish(
     """Send job ids to the kind's queue in messages of at most chunk_size ids.
 
     careful marks a republished message: its jobs are claimed before they are computed
-    (see workers.tasks.execute_chunk).
+    (see workers.tasks.execute_chunk). Messages go PUSH_MESSAGES to a command; a worker
+    takes them in the order given, as if each had been published alone.
     """
     size = chunk_size or get_settings().chunk_size
+    key = queue_keys(queue_for(kind))[PRIORITY_STEPS.index(priority)]
+    messages = [chunk_message(list(ids[start:start + size]), priority, queue_for(kind), careful)
+                for start in range(0, len(ids), size)]
+    client = redis_client(celery_app.conf.broker_url)
+    for start in range(0, len(messages), PUSH_MESSAGES):
+        client.lpush(key, *messages[start:start + PUSH_MESSAGES])
+    return len(messages)
+
+
+#: Messages per LPUSH: 256 chunks of 500 ids are about 1.2 MB.
+PUSH_MESSAGES = 256
+
+
+#: Ids shown in full in a message's argsrepr (Flower's "args"); longer chunks are abridged.
+SHOWN_IDS = 64
+
+
+def chunk_message(chunk: list[int], priority: int, queue: str, careful: bool = False) -> bytes:
+    """A run_chunk message as kombu's Redis transport stores it (Celery task protocol 2).
+
+    Built here rather than by send_task, which costs about six times as much CPU per
+    message (700 against 120 µs measured): signals, saferepr of the ids, kombu's routing
+    and a new redis client per publish. tests/unit/test_messages.py holds it to kombu's.
+    """
+    task_id = str(uuid.uuid4())
     kwargs = {"careful": True} if careful else {}
-    sent = 0
-    with celery_app.producer_or_acquire() as producer:
-        for start in range(0, len(ids), size):
-            chunk = list(ids[start:start + size])
-            celery_app.send_task(
-                TASK_NAME, args=[chunk], kwargs=kwargs, queue=queue_for(kind), priority=priority,
-                producer=producer,
-            )
-            sent += 1
-    return sent
+    shown = chunk if len(chunk) <= SHOWN_IDS else [*chunk[:SHOWN_IDS], f"... {len(chunk)} ids"]
+    body = orjson.dumps([[chunk], kwargs, _EMBED])
+    return orjson.dumps({
+        "body": base64.b64encode(body).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            **_HEADERS, "id": task_id, "root_id": task_id, "argsrepr": repr([shown]),
+            "kwargsrepr": repr(kwargs), "origin": f"gen{os.getpid()}@{_HOST}",
+        },
+        "properties": {
+            "correlation_id": task_id, "reply_to": celery_app.thread_oid, "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue}, "priority": priority,
+            "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
+        },
+    })
+
+
+_EMBED: dict[str, None] = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+_HEADERS: dict[str, object] = {
+    "lang": "py", "task": TASK_NAME, "shadow": None, "eta": None, "expires": None,
+    "group": None, "group_index": None, "retries": 0, "timelimit": [None, None],
+    "parent_id": None, "ignore_result": None, "replaced_task_nesting": 0,
+    "stamped_headers": None, "stamps": {},
+}
+_HOST = socket.gethostname()
 
 
 def publish_safely(kind: str, priority: int, ids: Sequence[int]) -> bool:
