@@ -35,6 +35,7 @@ from app.bench.system import (
     naive_worker_args,
     rss_of,
     servers,
+    settle,
     tree,
     wait_for,
     worker_args,
@@ -159,6 +160,7 @@ def naive_phase(srv: Servers, procs: Procs, rss: RssSampler, n: int, workers: in
     engine = engine_for(srv.database_url)
     naive.create_tables(engine)
     naive.configure(srv.redis_url)
+    settle(srv.database_url)
     started = time.monotonic()
     naive.ingest(engine, [f"naive {i}" for i in range(n)])
     ingestion = rate(n, time.monotonic() - started)
@@ -168,6 +170,7 @@ def naive_phase(srv: Servers, procs: Procs, rss: RssSampler, n: int, workers: in
     wait_for(lambda: naive.succeeded(engine) >= n, procs, timeout=600)
     drain = rate(n, time.monotonic() - started)
     first = naive.max_id(engine)
+    settle(srv.database_url)
     started = time.monotonic()
     naive.ingest(engine, [f"naive e2e {i}" for i in range(n)])
     done = wait_for(lambda: naive.succeeded(engine, first) >= n, procs, timeout=600)
@@ -196,7 +199,9 @@ def our_phase(client: httpx.Client, srv: Servers, procs: Procs, rss: RssSampler,
     warm = upload(client, WARMUP_LINES, "warm")
     wait_for(lambda: batch_done(client, warm["id"]), procs, timeout=120)
     latency(client, WARMUP_SINGLES, "warm single")
+    settle(srv.database_url)
     lat = latency(client, samples, "single")
+    settle(srv.database_url)
     ingestion, growth = measured_upload(client, rss, n, "job")
     done = wait_for(lambda: batch_done(client, ingestion["id"]), procs,
                     timeout=max(600, n / 200))
@@ -357,7 +362,8 @@ def table(r: dict[str, Any]) -> Table:
               caption=f"{m['cpus']} CPUs ({m['cpu']}), Python {m['python']}, {m['system']}, "
                       f"load average at start {m['load']}. Naive: one ORM commit + apply_async "
                       "per job; its ingestion timed with its workers stopped, its end to end "
-                      "with them consuming.")
+                      "with them consuming. Each measured phase starts after a CHECKPOINT and "
+                      "a sync.")
     for col in ("measure", "Babel Queue", "naive", "ours/naive", "target", "met"):
         t.add_column(col, justify="left" if col == "measure" else "right")
     for key, label in (("ingestion", "ingestion, jobs/s"), ("end_to_end", "end to end, jobs/s")):
