@@ -56,9 +56,8 @@ def execute_chunk(
     with session_scope(engine) as session:
         inline, claimed = jobs.take(session, ids, worker=worker, inline_ok=not careful)
         done = [compute(job) for job in inline]
-        jobs.hold(session, claimed, worker=worker)
-        if done:
-            jobs.finish(session, done, worker=worker)
+        held = jobs.hold(session, claimed, worker=worker)
+        jobs.finish(session, done, worker=worker, held=held)
     if inline:
         notify.finished([job.id for job in inline])
     if not claimed:

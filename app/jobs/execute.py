@@ -115,24 +115,27 @@ def take(session: Session, ids: Sequence[int], *, worker: str, inline_ok: bool =
     return inline, claimed
 
 
-def hold(session: Session, claimed: Sequence[Claimed], *, worker: str) -> None:
-    """queued → running with a lease for jobs take() locked: their claim UPDATE and events."""
+def hold(session: Session, claimed: Sequence[Claimed], *, worker: str) -> Moves:
+    """queued → running with a lease for jobs take() locked: their claim UPDATE and events.
+
+    Returns their batch counter moves, unapplied: finish() takes them with its own, so a
+    chunk holding both inline and claimed jobs of a batch updates the batch's row once.
+    """
     if not claimed:
-        return
+        return Counter()
     session.execute(_CLAIM, {
         "worker": worker, "lease": get_settings().lease_seconds,
         "ids": [c.id for c in claimed], "attempts": [c.attempt for c in claimed],
         "seqs": [c.head.seq for c in claimed], "heads": [c.head.hash for c in claimed],
     })
     audit.insert_links(session, [c.head for c in claimed])
-    move_counters(session, Counter((c.batch_id, "queued", "running") for c in claimed
-                                   if c.batch_id is not None))
+    return Counter((c.batch_id, "queued", "running") for c in claimed if c.batch_id is not None)
 
 
 def claim(session: Session, ids: Sequence[int], *, worker: str) -> list[Claimed]:
     """queued → running for those of ids still queued and due; fenced by attempt number."""
     claimed = take(session, ids, worker=worker, inline_ok=False)[1]
-    hold(session, claimed, worker=worker)
+    move_counters(session, hold(session, claimed, worker=worker))
     return claimed
 
 
@@ -334,15 +337,17 @@ def _fail(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
     return _moves(outcomes, [(r.id, r.batch_id, r.status) for r in rows])
 
 
-def finish(session: Session, outcomes: Sequence[Outcome], *, worker: str) -> None:
+def finish(session: Session, outcomes: Sequence[Outcome], *, worker: str,
+           held: Moves | None = None) -> None:
     """Write results, decisions, errors, audit events and statuses of a chunk at once.
 
     Only the holder of a job's current attempt writes (fencing): a late or duplicate
     outcome of a job that was cancelled, re-leased or already finished is discarded.
+    held: counter moves of hold() in this transaction, applied with the outcomes' own.
     """
     good = [o for o in outcomes if o.error is None]
     bad = [o for o in outcomes if o.error is not None]
-    moves: Moves = Counter()
+    moves: Moves = Counter(held or {})
     if good:
         moves += _succeed(session, good, worker)
     if bad:

@@ -77,6 +77,25 @@ def test_mixed_upload_reports_bad_lines_and_runs_good_ones(api: TestClient, key_
     assert lines[2]["result"]["address"] == "0"
 
 
+def test_a_chunk_of_inline_and_claimed_jobs_keeps_its_batch_counters(
+    api: TestClient, key_a: str
+) -> None:
+    # Short texts run inside the locking transaction, hd texts over INLINE_TEXT are
+    # claimed first: one chunk moves the batch's counters both ways in one transaction.
+    from app.jobs.execute import INLINE_TEXT
+
+    long = "the quick brown fox " * (INLINE_TEXT // 20 + 1)
+    items = [{"kind": "encode", "params": {"text": f"short {i}"}} if i % 2 else
+             {"kind": "encode", "params": {"text": f"{long}{i}", "codec": "hd"}}
+             for i in range(10)]
+    r = api.post("/v1/batches", content=ndjson(items), headers={**auth(key_a), **NDJSON})
+    assert r.status_code == 202, r.text
+    batch = wait_done(api, key_a, r.json()["id"])
+    assert batch["counts"] == {**batch["counts"], "succeeded": 10, "queued": 0, "running": 0}
+    assert real_counts(batch["id"]) == {"succeeded": 10}
+    assert batch["started_at"] and batch["finished_at"]
+
+
 def test_results_are_cursor_paged_in_line_order(api: TestClient, key_a: str) -> None:
     body = ndjson([{"kind": "encode", "params": {"text": f"line {i}"}} for i in range(1, 26)])
     batch_id = api.post("/v1/batches", content=body, headers={**auth(key_a), **NDJSON}).json()["id"]
