@@ -23,8 +23,13 @@ def _stack(worker: Any, relay: Any) -> None:
     """The jobs here run to the end on the test worker."""
 
 
-def single(api: TestClient, key: str) -> int:
-    job = api.post("/v1/jobs", json=ENCODE, headers=auth(key)).json()
+EVALUATE = {"kind": "evaluate", "params": {"cycles": [{
+    "left": {"text": "The bridge is safe to open.", "confidence": 0.9},
+    "right": {"text": "The bridge is safe to open today.", "confidence": 0.8}}]}}
+
+
+def single(api: TestClient, key: str, body: dict[str, Any] = ENCODE) -> int:
+    job = api.post("/v1/jobs", json=body, headers=auth(key)).json()
     done = api.get(f"/v1/jobs/{job['id']}", params={"wait": 30}, headers=auth(key)).json()
     assert done["status"] == "succeeded"
     return int(job["id"])
@@ -58,20 +63,23 @@ def left(table: str, column: str, ids: list[int]) -> int:
 
 def test_prune_takes_old_jobs_and_finished_batches_whole(api: TestClient, key_a: str) -> None:
     old_single, new_single = single(api, key_a), single(api, key_a)
+    old_evaluate = single(api, key_a, EVALUATE)
     old_batch, old_batch_jobs = batch(api, key_a, 3)
     live_batch, live_batch_jobs = batch(api, key_a, 3)
-    age(10, [old_single])
+    age(10, [old_single, old_evaluate])
     age(10, old_batch_jobs, old_batch)
     # A batch whose jobs are old but which itself did not finish before the cutoff
     # (as if one of its jobs were still running): none of its jobs may go.
     age(10, live_batch_jobs)
+    assert left("decisions", "job_id", [old_evaluate]) == 1
 
     with session_scope() as s:
         pruned = jobs.prune(s, older_than_days=7)
 
-    gone = [old_single, *old_batch_jobs]
+    gone = [old_single, old_evaluate, *old_batch_jobs]
     kept = [new_single, *live_batch_jobs]
     assert pruned == len(gone)
+    assert left("decisions", "job_id", [old_evaluate]) == 0
     for table, column in (("jobs", "id"), ("results", "job_id"), ("audit_events", "job_id")):
         assert left(table, column, gone) == 0, table
     assert left("jobs", "id", kept) == left("results", "job_id", kept) == len(kept)
