@@ -9,9 +9,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from app import jobs
-from app.db import session_scope
+from app.db import get_engine, session_scope
+from tests.faults.stack import sql_count
 from tests.integration.conftest import auth
 from tests.integration.test_batches import NDJSON, ndjson, wait_done
+from tests.integration.test_jobs_api import submit_and_wait
 
 pytestmark = pytest.mark.integration
 
@@ -29,10 +31,9 @@ EVALUATE = {"kind": "evaluate", "params": {"cycles": [{
 
 
 def single(api: TestClient, key: str, body: dict[str, Any] = ENCODE) -> int:
-    job = api.post("/v1/jobs", json=body, headers=auth(key)).json()
-    done = api.get(f"/v1/jobs/{job['id']}", params={"wait": 30}, headers=auth(key)).json()
+    done = submit_and_wait(api, key, body)
     assert done["status"] == "succeeded"
-    return int(job["id"])
+    return int(done["id"])
 
 
 def batch(api: TestClient, key: str, n: int) -> tuple[int, list[int]]:
@@ -56,9 +57,8 @@ def age(days: int, job_ids: list[int], batch_id: int | None = None) -> None:
 
 
 def left(table: str, column: str, ids: list[int]) -> int:
-    with session_scope() as s:
-        return int(s.execute(text(f"SELECT count(*) FROM {table} WHERE {column} = ANY(:ids)"),
-                             {"ids": ids}).scalar_one())
+    return sql_count(get_engine(), f"SELECT count(*) FROM {table} WHERE {column} = ANY(:ids)",
+                     ids=ids)
 
 
 def test_prune_takes_old_jobs_and_finished_batches_whole(api: TestClient, key_a: str) -> None:

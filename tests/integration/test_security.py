@@ -27,10 +27,11 @@ from sqlalchemy import func, select, text
 
 from app import jobs
 from app.config import Settings, get_settings
-from app.db import session_scope
+from app.db import get_engine, session_scope
 from app.keys import create_key
 from app.models import Batch, Job
 from app.supervisor import free_port, stop_process
+from tests.faults.stack import sql_count
 from tests.integration.conftest import auth
 
 pytestmark = pytest.mark.integration
@@ -541,6 +542,5 @@ def test_metrics_need_an_admin_key(
 
 
 def succeeded_encodes() -> int:
-    with session_scope() as s:
-        return int(s.scalar(select(func.count()).select_from(Job).where(
-            Job.kind == "encode", Job.status == "succeeded")) or 0)
+    return sql_count(get_engine(), "SELECT count(*) FROM jobs "
+                                   "WHERE kind = 'encode' AND status = 'succeeded'")
