@@ -19,7 +19,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from app import jobs
-from app.api.errors import field_errors
+from app.api.errors import ApiError, field_errors
 from app.api.metrics import SUBMITTED
 from app.config import get_settings
 from app.db import autocommit
@@ -29,14 +29,6 @@ from app.schemas import JobCreate
 
 #: How many rejected lines are reported in full; the rest are only counted.
 REJECTED_SAMPLE = 1000
-
-
-class IngestError(Exception):
-    """The upload as a whole is refused (nothing was stored)."""
-
-    def __init__(self, status: int, message: str, details: Any = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.details = status, message, details
 
 
 def parse_line(raw: bytes, line: int, default_priority: str, default_attempts: int
@@ -124,7 +116,7 @@ class Ingestor:
         for number, raw in block:
             self.lines = max(self.lines, number)
             if self.lines > self.max_lines:
-                raise IngestError(413, f"batch exceeds {self.max_lines} lines")
+                raise ApiError(413, f"batch exceeds {self.max_lines} lines")
             if raw is None:
                 self.reject(number, f"line exceeds {self.max_line_bytes} bytes")
                 continue
@@ -156,7 +148,7 @@ class Ingestor:
         self.rejected_lines.sort(key=lambda r: r["line"])
         if self.accepted == 0:
             self.session.rollback()
-            raise IngestError(422, "no valid lines: nothing was stored",
+            raise ApiError(422, "no valid lines: nothing was stored",
                               {"rejected": self.rejected, "rejected_lines": self.rejected_lines})
         self.session.execute(
             text("UPDATE batches SET total = :n, queued = :n, rejected = :r, "

@@ -20,7 +20,7 @@ from app.jobs.outbox import schedule_publish
 #: Rows of a transition, locked before anything is written.
 _LOCK = (
     "SELECT id, batch_id, kind, priority, status, attempt, attempt_base, max_attempts, "
-    "worker, audit_seq, audit_head FROM jobs WHERE {where} FOR UPDATE{skip}"
+    "worker, audit_seq, audit_head FROM jobs WHERE {where}{tail} FOR UPDATE{skip}"
 )
 #: One write per row: its new status, the transition's own columns, and its audit head.
 _MOVE = (
@@ -51,19 +51,25 @@ class Busy(Exception):
     """A worker holds these jobs' rows while finishing them; try again shortly."""
 
 
-def _lock(session: Session, where: str, params: dict[str, Any], skip: bool = False
-          ) -> Sequence[Any]:
-    sql = _LOCK.format(where=where, skip=" SKIP LOCKED" if skip else "")
+def _lock(session: Session, where: str, params: dict[str, Any], *, skip: bool = False,
+          tail: str = "") -> Sequence[Any]:
+    """Lock the rows matching where (tail: an ORDER BY / LIMIT), skipping locked ones if skip."""
+    sql = _LOCK.format(where=where, tail=f" {tail}" if tail else "",
+                       skip=" SKIP LOCKED" if skip else "")
     return session.execute(text(sql), params).all()
 
 
 def _move(
-    session: Session, rows: Sequence[Any], statuses: Sequence[str], columns: str,
+    session: Session, rows: Sequence[Any], to: str | Sequence[str], columns: str,
     event_type: str, actor: str, details: Callable[[Any, str], dict[str, Any]],
 ) -> None:
-    """Write each row once (status, columns, audit head), then its event and counters."""
+    """Write each row once (status, columns, audit head), then its event and counters.
+
+    to: the new status of every row, or of each row in order.
+    """
     if not rows:
         return
+    statuses = [to] * len(rows) if isinstance(to, str) else to
     now = datetime.now(UTC)
     stamp = audit.timestamp(now)
     links = [audit.link_at(r.id, r.audit_seq, r.audit_head, event_type, actor,
@@ -107,7 +113,7 @@ def _cancel(session: Session, where: str, id_: int, actor: str) -> int:
     session.execute(text(f"SET LOCAL lock_timeout = '{CANCEL_LOCK_WAIT}'"))
     try:
         rows = _lock(session, where, {"id": id_})
-        _move(session, rows, ["cancelled"] * len(rows), _CANCELLED, "cancelled", actor, _from)
+        _move(session, rows, "cancelled", _CANCELLED, "cancelled", actor, _from)
     except OperationalError as exc:
         if isinstance(exc.orig, LockNotAvailable):
             raise Busy(f"a worker is finishing these jobs; nothing was cancelled, "
@@ -119,7 +125,7 @@ def _cancel(session: Session, where: str, id_: int, actor: str) -> int:
 def retry(session: Session, job_id: int, *, actor: str) -> bool:
     """dead|cancelled → queued by hand, with a fresh allowance of attempts."""
     rows = _lock(session, "id = :id AND status IN ('dead', 'cancelled')", {"id": job_id})
-    _move(session, rows, ["queued"] * len(rows), _RETRIED, "retried", actor, _from)
+    _move(session, rows, "queued", _RETRIED, "retried", actor, _from)
     for r in rows:
         schedule_publish(session, r.kind, r.priority, [r.id])
     return bool(rows)
@@ -130,8 +136,8 @@ def retry(session: Session, job_id: int, *, actor: str) -> bool:
 
 def expire_leases(session: Session, *, actor: str, limit: int = 5000) -> int:
     """running → queued (or dead when out of attempts) for jobs whose lease ran out."""
-    rows = _lock(session, "status = 'running' AND lease_until < now() "
-                          "ORDER BY lease_until LIMIT :limit", {"limit": limit}, skip=True)
+    rows = _lock(session, "status = 'running' AND lease_until < now()", {"limit": limit},
+                 skip=True, tail="ORDER BY lease_until LIMIT :limit")
     statuses = ["dead" if r.attempt - r.attempt_base >= r.max_attempts else "queued"
                 for r in rows]
     _move(session, rows, statuses, _EXPIRED, "lease_expired", actor,

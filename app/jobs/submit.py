@@ -49,7 +49,24 @@ def submit(
     Returns (job, created); created is False when the idempotency key was seen.
     Raises pydantic.ValidationError / ValueError for invalid params: nothing is written.
     """
-    clean = validate(kind, params)
+    return insert(session, tenant_id=tenant_id, kind=kind, clean=validate(kind, params),
+                  actor=actor, priority=priority, max_attempts=max_attempts,
+                  idempotency_key=idempotency_key, ref=ref)
+
+
+def insert(
+    session: Session,
+    *,
+    tenant_id: int,
+    kind: str,
+    clean: dict[str, Any],
+    actor: str,
+    priority: str = "normal",
+    max_attempts: int | None = None,
+    idempotency_key: str | None = None,
+    ref: str | None = None,
+) -> tuple[Job, bool]:
+    """submit() for params validate() already returned: its second half, the writes."""
     attempts = max_attempts or get_settings().default_max_attempts
     # The id comes first so the row is inserted with its audit head, never updated for it.
     job_id = reserve_ids(session, 1)[0]

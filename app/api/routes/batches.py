@@ -20,7 +20,7 @@ from app.api.errors import ApiError
 from app.api.routes.jobs import ERRORS
 from app.config import get_settings
 from app.db import new_session
-from app.ingest import IngestError, Ingestor, LineSplitter
+from app.ingest import Ingestor, LineSplitter
 from app.keys import Principal
 from app.limits import check_submission, precheck_batch
 from app.models import Batch
@@ -117,8 +117,6 @@ async def create_batch(
         await run_in_threadpool(check_submission, session, principal, ingestor.accepted,
                                 batch_id=ingestor.batch_id)
         return BatchCreated(**await run_in_threadpool(ingestor.commit))
-    except IngestError as exc:
-        raise ApiError(exc.status, exc.message, exc.details) from None
     finally:
         await run_in_threadpool(session.close)
 

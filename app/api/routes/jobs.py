@@ -99,7 +99,7 @@ def create_job(
     """Submit one job; 200 with the existing job if the idempotency key was seen."""
     # Refused params and replays of a seen idempotency key take no rate-limit token.
     try:
-        jobs.validate(job_in.kind, job_in.params)
+        clean = jobs.validate(job_in.kind, job_in.params)
     except jobs.UnknownKind as exc:
         raise ApiError(422, str(exc), [{"field": "kind", "message": str(exc)}]) from None
     key = job_in.idempotency_key or idempotency_key
@@ -109,8 +109,8 @@ def create_job(
             response.status_code = 200
             return job_read(session, seen)
         check_submission(session, principal, 1)
-        job, created = jobs.submit(
-            session, tenant_id=principal.tenant_id, kind=job_in.kind, params=job_in.params,
+        job, created = jobs.insert(
+            session, tenant_id=principal.tenant_id, kind=job_in.kind, clean=clean,
             actor=principal.actor, priority=job_in.priority, max_attempts=job_in.max_attempts,
             idempotency_key=key, ref=job_in.ref,
         )
