@@ -6,11 +6,14 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
+import psycopg
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from app.db import driver
 from app.models import ApiKey, Tenant
 
 #: Every key starts with this, so leaked keys are easy to recognise and scan for.
@@ -60,23 +63,24 @@ def create_key(
     return row, secret
 
 
-def authenticate(session: Session, key: str) -> Principal | None:
+#: A live key and its tenant, by the key's hash (an index seek).
+_LIVE_KEY = ("SELECT k.id, k.tenant_id, k.is_admin, k.key_hash, t.name FROM api_keys k "
+             "JOIN tenants t ON t.id = k.tenant_id WHERE k.key_hash = %s AND k.revoked_at IS NULL")
+
+
+def authenticate(db: Session | psycopg.Connection[Any], key: str) -> Principal | None:
     """The principal of a live key, or None.
 
-    The lookup is by hash (an index seek), and the stored hash is compared again with
-    hmac.compare_digest so the check itself takes the same time for any near miss.
+    db is a session, or (the api, on every request) a connection of driver_autocommit.
+    The stored hash is compared again with hmac.compare_digest so the check itself takes
+    the same time for any near miss.
     """
     digest = hash_key(key)
-    row = session.execute(
-        text(
-            "SELECT k.id, k.tenant_id, k.is_admin, k.key_hash, t.name FROM api_keys k "
-            "JOIN tenants t ON t.id = k.tenant_id WHERE k.key_hash = :h AND k.revoked_at IS NULL"
-        ),
-        {"h": digest},
-    ).first()
-    if row is None or not hmac.compare_digest(row.key_hash, digest):
+    conn = db if isinstance(db, psycopg.Connection) else driver(db)
+    row = conn.execute(_LIVE_KEY, (digest,)).fetchone()
+    if row is None or not hmac.compare_digest(row[3], digest):
         return None
-    return Principal(row.id, row.tenant_id, row.name, row.is_admin)
+    return Principal(row[0], row[1], row[4], row[2])
 
 
 def list_keys(session: Session, tenant: str | None = None) -> list[tuple[ApiKey, str]]:

@@ -65,8 +65,8 @@ class JobRead(BaseModel):
     run_after: datetime | None = None
 
     @classmethod
-    def of(cls, job: Job, result: Any = None, sha: str | None = None) -> JobRead:
-        """Build from a Job row and its result, if any."""
+    def of(cls, job: Job | Any, result: Any = None, sha: str | None = None) -> JobRead:
+        """Build from a Job (or a row with its columns as attributes) and its result."""
         return cls(
             id=job.id, kind=job.kind, status=job.status,  # type: ignore[arg-type]
             priority=PRIORITY_NAMES[job.priority],  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError
-from app.db import autocommit, new_session
+from app.db import driver_autocommit, new_session
 from app.keys import Principal, authenticate
 
 
@@ -51,8 +51,8 @@ def _bearer(request: Request) -> str:
 def get_principal(request: Request) -> Principal:
     """The live key's principal, or 401: one statement, in autocommit."""
     token = _bearer(request)
-    with autocommit() as session:
-        principal = authenticate(session, token)
+    with driver_autocommit() as conn:
+        principal = authenticate(conn, token)
     if principal is None:
         raise ApiError(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     return principal

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from psycopg.rows import namedtuple_row
 from pydantic import BeforeValidator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -20,7 +21,7 @@ from app.api.deps import MAX_ID, IdPath, PrincipalDep, SessionDep
 from app.api.errors import ApiError
 from app.api.metrics import SUBMITTED
 from app.config import get_settings
-from app.db import autocommit, new_session
+from app.db import autocommit, driver_autocommit, new_session
 from app.keys import Principal
 from app.limits import check_cap, check_submission
 from app.models import TERMINAL, Decision, Job, Result
@@ -61,7 +62,7 @@ def get_job(session: Session, principal: Principal, job_id: int) -> Job:
     return _visible(session.get(Job, job_id), principal, job_id)
 
 
-def _visible(job: Job | None, principal: Principal, job_id: int) -> Job:
+def _visible(job: Job | Any, principal: Principal, job_id: int) -> Job | Any:
     if job is None or (job.tenant_id != principal.tenant_id and not principal.is_admin):
         raise ApiError(404, f"job {job_id} not found")
     return job
@@ -123,15 +124,21 @@ def create_job(
 
 
 #: A job with its result, if any, in one statement (so in autocommit, one round trip).
-_JOB_AND_RESULT = select(Job, Result).outerjoin(Result, Result.job_id == Job.id)
+_JOB_AND_RESULT = (
+    f"SELECT {', '.join(f'j.{c}' for c in JobRead.model_fields if hasattr(Job, c))}, "
+    "j.tenant_id, r.result, r.result_sha256 "
+    "FROM jobs j LEFT JOIN results r ON r.job_id = j.id WHERE j.id = %s"
+)
 
 
 def _read(principal: Principal, job_id: int) -> tuple[JobRead, bool]:
-    with autocommit() as session:
-        row = session.execute(_JOB_AND_RESULT.where(Job.id == job_id)).first()
-    job = _visible(row[0] if row else None, principal, job_id)
-    res = row[1] if row and job.status == "succeeded" else None
-    return JobRead.of(job, *_result_of(res)), job.status in TERMINAL
+    """A poll of one job: the hottest read, so by the driver (see driver_autocommit)."""
+    with driver_autocommit() as conn:
+        row = conn.cursor(row_factory=namedtuple_row).execute(_JOB_AND_RESULT, (job_id,)).fetchone()
+    job: Any = _visible(row, principal, job_id)  # a row with the columns as attributes
+    done = job.status == "succeeded"
+    return (JobRead.of(job, job.result if done else None, job.result_sha256 if done else None),
+            job.status in TERMINAL)
 
 
 @router.get("/{job_id}", response_model=JobRead, responses=ERRORS)
