@@ -14,7 +14,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, TextClause, create_engine, event
+from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
@@ -99,6 +100,11 @@ def autocommit(engine: Engine | None = None) -> Iterator[Session]:
 def driver(session: Session) -> psycopg.Connection[Any]:
     """The psycopg connection under a session, in its transaction (begun if need be)."""
     return session.connection().connection.driver_connection  # type: ignore[return-value]
+
+
+def driver_sql(statement: TextClause) -> str:
+    """A text() statement in psycopg's own placeholders (%(name)s), for a driver connection."""
+    return str(statement.compile(dialect=psycopg_dialect()))
 
 
 @contextmanager

@@ -8,13 +8,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from psycopg.rows import namedtuple_row
 from psycopg.types.json import Jsonb
-from sqlalchemy import Connection, select, text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from app import audit, core, pgcopy, testhooks
 from app.audit import Link
 from app.config import get_settings
+from app.db import driver, driver_sql
 from app.jobs.outbox import schedule_publish
 from app.models import PRIORITIES, Job
 
@@ -43,10 +45,11 @@ def submit(
     max_attempts: int | None = None,
     idempotency_key: str | None = None,
     ref: str | None = None,
-) -> tuple[Job, bool]:
+) -> tuple[Job | Any, bool]:
     """Insert one job (the enqueue) in the caller's transaction; publish after commit.
 
-    Returns (job, created); created is False when the idempotency key was seen.
+    Returns (job, created); created is False when the idempotency key was seen. A new job
+    comes as a row of its columns (read like a Job), an existing one as its Job.
     Raises pydantic.ValidationError / ValueError for invalid params: nothing is written.
     """
     return insert(session, tenant_id=tenant_id, kind=kind, clean=validate(kind, params),
@@ -65,19 +68,19 @@ def insert(
     max_attempts: int | None = None,
     idempotency_key: str | None = None,
     ref: str | None = None,
-) -> tuple[Job, bool]:
+) -> tuple[Job | Any, bool]:
     """submit() for params validate() already returned: its second half, the writes."""
     attempts = max_attempts or get_settings().default_max_attempts
     # The id comes first so the row is inserted with its audit head, never updated for it.
     job_id = reserve_ids(session, 1)[0]
     details = {"kind": kind, "priority": priority, "max_attempts": attempts}
     link = audit.link(job_id, 0, "", "submitted", actor, details)
-    job = session.scalars(_INSERT_ONE, {
+    job = driver(session).cursor(row_factory=namedtuple_row).execute(_INSERT_ONE, {
         "id": job_id, "tenant_id": tenant_id, "kind": kind, "params": Jsonb(clean),
         "priority": PRIORITIES[priority], "max_attempts": attempts,
         "idempotency_key": idempotency_key, "ref": ref, "seq": link.seq, "head": link.hash,
         **audit.arrays([link]),
-    }).first()
+    }).fetchone()
     if job is None:
         assert idempotency_key is not None  # only a keyed insert can skip its row
         existing = find_keyed(session, tenant_id, idempotency_key)
@@ -95,8 +98,9 @@ def find_keyed(session: Session, tenant_id: int, idempotency_key: str) -> Job | 
 
 
 #: One job and its submitted event in one statement; no row (and no event) when the
-#: tenant's idempotency key was seen.
-_INSERT_ONE = select(Job).from_statement(text(
+#: tenant's idempotency key was seen. Run by the driver itself (a single submission is the
+#: api's hottest write; see db.driver_autocommit), so compiled to its placeholders once.
+_INSERT_ONE = driver_sql(text(
     "WITH job AS (INSERT INTO jobs (id, tenant_id, kind, params, priority, max_attempts, "
     "idempotency_key, ref, published_at, audit_seq, audit_head) VALUES (:id, :tenant_id, "
     ":kind, :params, :priority, :max_attempts, :idempotency_key, :ref, now(), :seq, :head) "
@@ -124,17 +128,19 @@ _JOB_COLUMNS = ("id", "tenant_id", "batch_id", "line", "kind", "params", "priori
                 "audit_head")
 
 
-_RESERVE = text("SELECT array_agg(nextval(pg_get_serial_sequence('jobs', 'id'))) "
-               "FROM generate_series(1, :n)")
+_RESERVE = ("SELECT array_agg(nextval(pg_get_serial_sequence('jobs', 'id'))) "
+            "FROM generate_series(1, %s)")
 
 
-def reserve_ids(conn: Session | Connection, n: int) -> list[int]:
+def reserve_ids(session: Session, n: int) -> list[int]:
     """n fresh job ids from the jobs sequence, so rows can be COPYed with their ids.
 
     Sequence values are never rolled back, so any connection will do: ingestion takes
     them on a second connection while its own is busy with the previous block's COPY.
     """
-    return list(conn.execute(_RESERVE, {"n": n}).scalar_one())
+    row = driver(session).execute(_RESERVE, (n,)).fetchone()
+    assert row is not None
+    return list(row[0])
 
 
 @dataclass(slots=True)
