@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from psycopg.rows import namedtuple_row
 from psycopg.types.json import Jsonb
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
@@ -20,6 +21,7 @@ from app import audit, pgcopy
 from app.audit import Link
 from app.config import get_settings
 from app.core.canonical import canonical_json
+from app.db import driver, driver_sql
 from app.jobs.counters import Moves, move_counters
 from app.models import Decision
 
@@ -55,7 +57,7 @@ def runs_inline(kind: str, params: dict[str, Any]) -> bool:
 #
 # It also sets idle_in_transaction_session_timeout to the lease for this transaction (in
 # the same round trip as the lock, not a SET LOCAL of its own): see take().
-_LOCK_DUE = text(
+_LOCK_DUE = driver_sql(text(
     "SELECT j.id, j.kind, j.params, j.attempt + 1 AS attempt, j.attempt_base, "
     "j.max_attempts, j.batch_id, j.audit_seq, j.audit_head "
     "FROM unnest(CAST(:ids AS bigint[])) AS v(id) JOIN jobs j ON j.id = v.id "
@@ -63,7 +65,7 @@ _LOCK_DUE = text(
     # An uncorrelated subquery: a one-time filter, run once before any row is read.
     "AND (SELECT set_config('idle_in_transaction_session_timeout', :idle, true)) IS NOT NULL "
     "ORDER BY j.id FOR UPDATE OF j SKIP LOCKED"
-)
+))
 
 #: What a claim sets besides status and lease; a finishing statement sets the same, which
 #: for a claimed job changes nothing and for an inline one (never claimed) records its run.
@@ -76,6 +78,11 @@ _CLAIM = text(
     + "FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:seqs AS int[]), "
     "CAST(:heads AS text[])) AS v(id, attempt, seq, head) WHERE jobs.id = v.id"
 )
+
+
+def _driver_rows(session: Session, sql: str, params: dict[str, Any]) -> list[Any]:
+    """Run sql on the session's psycopg connection, in its transaction: rows as namedtuples."""
+    return driver(session).cursor(row_factory=namedtuple_row).execute(sql, params).fetchall()
 
 
 def take(session: Session, ids: Sequence[int], *, worker: str, inline_ok: bool = True
@@ -94,7 +101,9 @@ def take(session: Session, ids: Sequence[int], *, worker: str, inline_ok: bool =
     row locks among them, then come at the end of the transaction.
     """
     idle = str(int(get_settings().lease_seconds * 1000))
-    rows = session.execute(_LOCK_DUE, {"ids": list(ids), "idle": idle}).all()
+    # By the driver, as _SUCCEED_WITH_ROWS: a one-job chunk's statements are mostly
+    # SQLAlchemy's own overhead (see db.driver_autocommit).
+    rows = _driver_rows(session, _LOCK_DUE, {"ids": list(ids), "idle": idle})
     if not rows:
         return [], []
     now = datetime.now(UTC)
@@ -186,7 +195,7 @@ _SUCCEED = text(_SUCCEED_ROWS)
 
 #: _SUCCEED with the winners' results and events in the same statement: one round trip
 #: where UPDATE, then COPY results, then COPY events take five.
-_SUCCEED_WITH_ROWS = text(
+_SUCCEED_WITH_ROWS = driver_sql(text(
     f"WITH won AS ({_SUCCEED_ROWS}), "
     "res AS (INSERT INTO results (job_id, result, result_sha256) "
     "SELECT r.id, r.result, r.sha FROM unnest(CAST(:ids AS bigint[]), "
@@ -194,7 +203,7 @@ _SUCCEED_WITH_ROWS = text(
     "JOIN won ON won.id = r.id), "
     f"ev AS ({audit.EVENTS_FROM_ARRAYS} JOIN won ON won.id = e.job_id) "
     "SELECT id, batch_id FROM won"
-)
+))
 
 #: Up to this many outcomes are written with _SUCCEED_WITH_ROWS; more by COPY, which
 #: costs a third as much per 4 KB result as arrays of parameters do.
@@ -222,10 +231,11 @@ def _succeed(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
         o.sha = hashlib.sha256(encoded).hexdigest()
         o.links = _success_links(o, worker, at, stamp)
     params = {**_fenced(outcomes), "worker": worker}
+    rows: Sequence[Any]
     if len(outcomes) <= FEW_OUTCOMES:
-        rows = session.execute(_SUCCEED_WITH_ROWS, {
+        rows = _driver_rows(session, _SUCCEED_WITH_ROWS, {
             **params, "results": [o.canonical for o in outcomes],
-            "shas": [o.sha for o in outcomes], **audit.arrays(_links(outcomes))}).all()
+            "shas": [o.sha for o in outcomes], **audit.arrays(_links(outcomes))})
         kept = _kept(outcomes, rows)
     else:
         rows = session.execute(_SUCCEED, params).all()
