@@ -8,6 +8,7 @@ import os
 import socket
 import uuid
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import orjson
 from celery import Celery
@@ -32,6 +33,11 @@ def configure(settings: Settings) -> Celery:
     """Point the app at the configured Redis with the delivery guarantees we rely on."""
     celery_app.conf.update(
         broker_url=settings.redis_url,
+        # Our channel for plain redis:// and rediss:// URLs (kombu picks its own for the
+        # others, e.g. sentinel://): see workers/transport.py.
+        broker_transport=("workers.transport:Transport"
+                          if urlsplit(settings.redis_url or "").scheme in ("redis", "rediss")
+                          else None),
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,
