@@ -12,6 +12,8 @@ from app.models import PRIORITY_NAMES, Job
 
 Kind = Literal["encode", "enumerate", "evaluate"]
 Priority = Literal["high", "normal", "low"]
+#: Longest kind name a job may be submitted with (the known ones are shorter).
+KIND_MAX = 64
 Status = Literal["queued", "running", "succeeded", "dead", "cancelled"]
 
 
@@ -25,7 +27,7 @@ class JobCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: str = Field(description="encode, enumerate or evaluate", max_length=64)
+    kind: str = Field(description="encode, enumerate or evaluate", max_length=KIND_MAX)
     params: dict[str, Any] = Field(default_factory=dict)
     priority: Priority = "normal"
     max_attempts: int | None = Field(default=None, ge=1, le=20)
