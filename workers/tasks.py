@@ -10,12 +10,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from celery import shared_task
-from celery.signals import celeryd_after_setup
+from celery.signals import celeryd_after_setup, worker_process_init
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from app import core, jobs, notify, testhooks
 from app.db import session_scope
+from app.memory import tune_gc
 from workers.celery_app import TASK_NAME
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,12 @@ def _name_connections(sender: str, **_: Any) -> None:
     which worker holds an open transaction, e.g. the row locks of an inline chunk.
     """
     os.environ["PGAPPNAME"] = f"babelq-worker {sender}"[:63]
+
+
+@worker_process_init.connect
+def _tune_gc(**_: Any) -> None:
+    """Each pool process handles chunks of hundreds of jobs: see app.memory.tune_gc."""
+    tune_gc()
 
 
 def compute(job: jobs.Claimed) -> jobs.Outcome:

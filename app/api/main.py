@@ -14,6 +14,7 @@ from app.api.limits import BodyLimit
 from app.api.routes import batches, jobs, keys, system
 from app.api.waiters import Waiters
 from app.config import Settings, get_settings
+from app.memory import tune_gc
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app() -> FastAPI:
     """Build the api."""
+    tune_gc()
     settings = get_settings()
     refuse_unsafe(settings)
     app = FastAPI(
