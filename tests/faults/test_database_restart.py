@@ -32,10 +32,12 @@ def test_postgres_restart_mid_batch(
                                           "ref": f"outage-{i}"})
         refused.append((r.status_code, r.json()["error"]["code"]))
     batch = client.post("/v1/batches", json={"jobs": encode_lines(3, "outage-batch")})
+    poll = client.get("/v1/jobs/1", params={"wait": 1})
     stack.servers.start_postgres()
 
     assert refused == [(503, "unavailable")] * 5
     assert batch.status_code == 503, batch.text
+    assert (poll.status_code, poll.json()["error"]["code"]) == (503, "unavailable")
     after = client.post("/v1/jobs", json={"kind": "encode", "params": {"text": "after"}})
     assert after.status_code == 201, after.text
     recovered = checks.wait_terminal(engine, since)
