@@ -121,12 +121,13 @@ def driver_autocommit(engine: Engine | None = None) -> Iterator[psycopg.Connecti
     try:
         conn.autocommit = True
         yield conn
-        conn.autocommit = False
     except psycopg.Error as exc:
         if conn.closed or conn.broken:
             pooled.invalidate(exc)
         raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
     finally:
+        if not conn.closed:  # whatever happened: sessions after us expect transactions
+            conn.autocommit = False
         pooled.close()
 
 

@@ -7,9 +7,10 @@ import time
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ProgrammingError
 
 from app.config import Settings
-from app.db import engine_for
+from app.db import driver, driver_autocommit, engine_for, session_scope
 
 pytestmark = pytest.mark.integration
 
@@ -37,4 +38,21 @@ def test_checkout_replaces_a_connection_the_server_closed(settings: Settings) ->
     with engine.connect() as conn:
         assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
     assert engine.pool.checkedout() == 0
+    engine.dispose()
+
+
+def test_a_driver_connection_goes_back_to_the_pool_out_of_autocommit(settings: Settings) -> None:
+    # An engine of its own, so the failed connection is the one the session gets next.
+    url = make_url(settings.database_url or "").update_query_dict(
+        {"application_name": "babelq-driver-test"}).render_as_string(hide_password=False)
+    engine = engine_for(url)
+    with pytest.raises(ProgrammingError, match="nope"), driver_autocommit(engine) as conn:
+        conn.execute("SELECT nope")
+    assert engine.pool.checkedout() == 0
+    # A session on that same connection must still get a real transaction.
+    with session_scope(engine) as session:
+        session.execute(text("CREATE TEMP TABLE t (x int) ON COMMIT DROP"))
+        assert not driver(session).autocommit
+        session.rollback()
+        assert session.execute(text("SELECT to_regclass('pg_temp.t')")).scalar_one() is None
     engine.dispose()
