@@ -14,6 +14,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from psycopg.rows import namedtuple_row
 from sqlalchemy import Engine, TextClause, create_engine, event
 from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 from sqlalchemy.exc import DBAPIError, DisconnectionError
@@ -102,6 +103,27 @@ def driver(session: Session) -> psycopg.Connection[Any]:
     return session.connection().connection.driver_connection  # type: ignore[return-value]
 
 
+def driver_rows(session: Session, sql: str, params: Any) -> list[Any]:
+    """Run sql (driver_sql) on the session's psycopg connection: rows as namedtuples.
+
+    psycopg's errors are raised as SQLAlchemy's, as session.execute would, so callers
+    that ride out an outage (except OperationalError) or answer 503 see no difference.
+    """
+    conn = driver(session)
+    with _sqlalchemy_errors(conn):
+        return conn.cursor(row_factory=namedtuple_row).execute(sql, params).fetchall()
+
+
+@contextmanager
+def _sqlalchemy_errors(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    try:
+        yield
+    except psycopg.Error as exc:
+        # The parameters are clients' data: they stay out of messages and logs.
+        raise DBAPIError.instance(None, None, exc, psycopg.Error, hide_parameters=True,
+                                  connection_invalidated=conn.closed or conn.broken) from exc
+
+
 def driver_sql(statement: TextClause) -> str:
     """A text() statement in psycopg's own placeholders (%(name)s), for a driver connection."""
     return str(statement.compile(dialect=psycopg_dialect()))
@@ -120,11 +142,12 @@ def driver_autocommit(engine: Engine | None = None) -> Iterator[psycopg.Connecti
     conn: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
     try:
         conn.autocommit = True
-        yield conn
-    except psycopg.Error as exc:
-        if conn.closed or conn.broken:
+        with _sqlalchemy_errors(conn):
+            yield conn
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
             pooled.invalidate(exc)
-        raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
+        raise
     finally:
         if not conn.closed:  # whatever happened: sessions after us expect transactions
             conn.autocommit = False

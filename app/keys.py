@@ -13,7 +13,7 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from app.db import driver
+from app.db import driver_rows
 from app.models import ApiKey, Tenant
 
 #: Every key starts with this, so leaked keys are easy to recognise and scan for.
@@ -76,8 +76,9 @@ def authenticate(db: Session | psycopg.Connection[Any], key: str) -> Principal |
     the same time for any near miss.
     """
     digest = hash_key(key)
-    conn = db if isinstance(db, psycopg.Connection) else driver(db)
-    row = conn.execute(_LIVE_KEY, (digest,)).fetchone()
+    rows = (db.execute(_LIVE_KEY, (digest,)).fetchall() if isinstance(db, psycopg.Connection)
+            else driver_rows(db, _LIVE_KEY, (digest,)))
+    row = rows[0] if rows else None
     if row is None or not hmac.compare_digest(row[3], digest):
         return None
     return Principal(row[0], row[1], row[4], row[2])

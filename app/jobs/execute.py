@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from psycopg.rows import namedtuple_row
 from psycopg.types.json import Jsonb
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
@@ -21,7 +20,7 @@ from app import audit, pgcopy
 from app.audit import Link
 from app.config import get_settings
 from app.core.canonical import canonical_json
-from app.db import driver, driver_sql
+from app.db import driver_rows, driver_sql
 from app.jobs.counters import Moves, move_counters
 from app.models import Decision
 
@@ -80,11 +79,6 @@ _CLAIM = text(
 )
 
 
-def _driver_rows(session: Session, sql: str, params: dict[str, Any]) -> list[Any]:
-    """Run sql on the session's psycopg connection, in its transaction: rows as namedtuples."""
-    return driver(session).cursor(row_factory=namedtuple_row).execute(sql, params).fetchall()
-
-
 def take(session: Session, ids: Sequence[int], *, worker: str, inline_ok: bool = True
          ) -> tuple[list[Claimed], list[Claimed]]:
     """Lock the due jobs of a chunk: (inline, to_claim). Nothing is written yet.
@@ -103,7 +97,7 @@ def take(session: Session, ids: Sequence[int], *, worker: str, inline_ok: bool =
     idle = str(int(get_settings().lease_seconds * 1000))
     # By the driver, as _SUCCEED_WITH_ROWS: a one-job chunk's statements are mostly
     # SQLAlchemy's own overhead (see db.driver_autocommit).
-    rows = _driver_rows(session, _LOCK_DUE, {"ids": list(ids), "idle": idle})
+    rows = driver_rows(session, _LOCK_DUE, {"ids": list(ids), "idle": idle})
     if not rows:
         return [], []
     now = datetime.now(UTC)
@@ -233,7 +227,7 @@ def _succeed(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
     params = {**_fenced(outcomes), "worker": worker}
     rows: Sequence[Any]
     if len(outcomes) <= FEW_OUTCOMES:
-        rows = _driver_rows(session, _SUCCEED_WITH_ROWS, {
+        rows = driver_rows(session, _SUCCEED_WITH_ROWS, {
             **params, "results": [o.canonical for o in outcomes],
             "shas": [o.sha for o in outcomes], **audit.arrays(_links(outcomes))})
         kept = _kept(outcomes, rows)

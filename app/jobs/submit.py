@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from psycopg.rows import namedtuple_row
 from psycopg.types.json import Jsonb
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
@@ -16,7 +15,7 @@ from sqlalchemy.orm import Session
 from app import audit, core, pgcopy, testhooks
 from app.audit import Link
 from app.config import get_settings
-from app.db import driver, driver_sql
+from app.db import driver_rows, driver_sql
 from app.jobs.outbox import schedule_publish
 from app.models import PRIORITIES, Job
 
@@ -75,12 +74,13 @@ def insert(
     job_id = reserve_ids(session, 1)[0]
     details = {"kind": kind, "priority": priority, "max_attempts": attempts}
     link = audit.link(job_id, 0, "", "submitted", actor, details)
-    job = driver(session).cursor(row_factory=namedtuple_row).execute(_INSERT_ONE, {
+    rows = driver_rows(session, _INSERT_ONE, {
         "id": job_id, "tenant_id": tenant_id, "kind": kind, "params": Jsonb(clean),
         "priority": PRIORITIES[priority], "max_attempts": attempts,
         "idempotency_key": idempotency_key, "ref": ref, "seq": link.seq, "head": link.hash,
         **audit.arrays([link]),
-    }).fetchone()
+    })
+    job = rows[0] if rows else None
     if job is None:
         assert idempotency_key is not None  # only a keyed insert can skip its row
         existing = find_keyed(session, tenant_id, idempotency_key)
@@ -138,9 +138,7 @@ def reserve_ids(session: Session, n: int) -> list[int]:
     Sequence values are never rolled back, so any connection will do: ingestion takes
     them on a second connection while its own is busy with the previous block's COPY.
     """
-    row = driver(session).execute(_RESERVE, (n,)).fetchone()
-    assert row is not None
-    return list(row[0])
+    return list(driver_rows(session, _RESERVE, (n,))[0][0])
 
 
 @dataclass(slots=True)

@@ -7,10 +7,10 @@ import time
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from app.config import Settings
-from app.db import driver, driver_autocommit, engine_for, session_scope
+from app.db import driver, driver_autocommit, driver_rows, engine_for, session_scope
 
 pytestmark = pytest.mark.integration
 
@@ -55,4 +55,24 @@ def test_a_driver_connection_goes_back_to_the_pool_out_of_autocommit(settings: S
         assert not driver(session).autocommit
         session.rollback()
         assert session.execute(text("SELECT to_regclass('pg_temp.t')")).scalar_one() is None
+    engine.dispose()
+
+
+def test_a_driver_statement_on_a_lost_connection_raises_sqlalchemys_error(
+    settings: Settings,
+) -> None:
+    # Workers ride out an outage on sqlalchemy's OperationalError (tasks._persist, the
+    # task's autoretry), and the api answers it with 503: driver statements raise it too.
+    url = make_url(settings.database_url or "").update_query_dict(
+        {"application_name": "babelq-driver-lost"}).render_as_string(hide_password=False)
+    engine = engine_for(url)
+    with pytest.raises(OperationalError) as caught, session_scope(engine) as session:
+        pid = driver_rows(session, "SELECT pg_backend_pid()", ())[0][0]
+        with engine_for(settings.database_url or "").connect() as admin:
+            admin.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        deadline = time.monotonic() + 10
+        while backend_alive(settings, pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        driver_rows(session, "SELECT 1", ())
+    assert caught.value.connection_invalidated
     engine.dispose()
