@@ -8,6 +8,7 @@ and relay run as separate OS processes, each in its own process group, exactly a
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -27,6 +28,7 @@ from sqlalchemy import Engine, text
 
 from app.embedded import EmbeddedRedis, start_postgres, start_redis, stop_postgres
 from app.supervisor import free_port
+from workers.celery_app import KINDS, queue_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 BABELQ = str(Path(sys.executable).with_name("babelq"))
@@ -273,6 +275,26 @@ class Stack:
                         str(chunk_size))
         assert done.returncode == 0, done.stderr
 
+    def queued_chunks(self) -> list[tuple[str, bytes, list[int]]]:
+        """Every chunk message waiting in Redis: its list, the message, its job ids."""
+        with self.servers.redis_client() as client:
+            return [(key, m, _chunk_ids(m)) for kind in KINDS for key in queue_keys(kind)
+                    for m in client.lrange(key, 0, -1)]
+
+    def chunks_in_redis(self) -> list[list[int]]:
+        """The job ids of every chunk message queued, or delivered but unacknowledged."""
+        with self.servers.redis_client() as client:
+            # kombu keeps an unacknowledged message as [message, exchange, routing key].
+            unacked = [json.dumps(json.loads(v)[0]) for v in client.hvals("unacked")]
+        return [ids for _, _, ids in self.queued_chunks()] + [_chunk_ids(m) for m in unacked]
+
+    def withdraw(self, ids: list[int]) -> int:
+        """Take back the queued messages carrying any of these job ids; how many there were."""
+        mine = set(ids)
+        with self.servers.redis_client() as client:
+            return sum(int(client.lrem(key, 1, m)) for key, m, chunk in self.queued_chunks()
+                       if mine & set(chunk))
+
     def tails(self) -> str:
         """The end of every process log, for a failing test's report."""
         return "\n".join(f"--- {p.name} ---\n{p.tail()}" for p in self.procs.values())
@@ -339,3 +361,9 @@ def submit_batch(client: httpx.Client, lines: list[dict[str, Any]]) -> dict[str,
     body: dict[str, Any] = r.json()
     assert body["rejected"] == 0, body
     return body
+
+
+def _chunk_ids(message: bytes | str) -> list[int]:
+    """The job ids a chunk message carries (its body holds [[ids], kwargs, embed])."""
+    ids: list[int] = json.loads(base64.b64decode(json.loads(message)["body"]))[0][0]
+    return ids

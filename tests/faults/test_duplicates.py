@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,7 +19,6 @@ from tests.faults.stack import (
     submit_batch,
     wait_for,
 )
-from workers.celery_app import KINDS, queue_keys
 
 pytestmark = pytest.mark.faults
 
@@ -55,18 +52,9 @@ def test_chunk_delivered_twice_gives_one_result(
     # of this batch's messages, queued or delivered and unacknowledged.
     mine = set(ids)
     wait_for("the duplicate messages to be consumed",
-             lambda: not any(mine & set(chunk) for chunk in chunks_in_redis(stack)), 30)
+             lambda: not any(mine & set(chunk) for chunk in stack.chunks_in_redis()), 30)
     counts = checks.assert_consistent(engine, since)
     assert counts == {"succeeded": 400}
     assert sql_count(engine, "SELECT count(*) FROM jobs WHERE id > :s AND attempt <> 1",
                      s=since) == 0, "a duplicate delivery ran a job again"
     recovery.record("same chunks delivered 3 times (400 encode)", injected, recovered, counts)
-
-
-def chunks_in_redis(stack: Stack) -> list[list[int]]:
-    """The job ids of every chunk message still queued or delivered but unacknowledged."""
-    with stack.servers.redis_client() as client:
-        raw = [m for kind in KINDS for key in queue_keys(kind) for m in client.lrange(key, 0, -1)]
-        # kombu keeps an unacknowledged message as [message, exchange, routing key].
-        raw += [json.dumps(json.loads(v)[0]) for v in client.hvals("unacked")]
-    return [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0] for m in raw]

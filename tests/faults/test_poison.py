@@ -41,10 +41,13 @@ def test_poison_job_goes_dead_with_backoff_while_its_chunk_succeeds(
 ) -> None:
     # The api publishes a batch in one chunk per kind; a poison job shares a chunk with good
     # jobs when the relay or a producer mixes kinds. Build such chunks: while every worker is
-    # busy, the batch waits in Redis, and our high-priority mixed chunks overtake it.
+    # busy, the batch's own messages are taken back from Redis and mixed chunks sent instead
+    # (left there, one could claim a poison job alone while its mixed chunk still waits).
     sleepers = occupy_workers(client, engine, 3)
     batch = submit_batch(client, poison_batch())
-    stack.publish(batch_job_ids(engine, batch["id"]), priority=0, chunk_size=CHUNK)
+    ids = batch_job_ids(engine, batch["id"])
+    assert stack.withdraw(ids) >= 2, "the batch's own messages were not waiting in Redis"
+    stack.publish(ids, priority=0, chunk_size=CHUNK)
     checks.wait_terminal(engine, since)
     counts = checks.assert_consistent(engine, since)
     assert counts == {"succeeded": BATCH - len(POISON_LINES) + len(sleepers),
