@@ -110,18 +110,19 @@ def driver_rows(session: Session, sql: str, params: Any) -> list[Any]:
     that ride out an outage (except OperationalError) or answer 503 see no difference.
     """
     conn = driver(session)
-    with _sqlalchemy_errors(conn):
+    with sqlalchemy_errors(conn):
         return conn.cursor(row_factory=namedtuple_row).execute(sql, params).fetchall()
 
 
 @contextmanager
-def _sqlalchemy_errors(conn: psycopg.Connection[Any]) -> Iterator[None]:
+def sqlalchemy_errors(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Raise psycopg's errors as SQLAlchemy's, as work through a session would."""
     try:
         yield
     except psycopg.Error as exc:
         # The parameters are clients' data: they stay out of messages and logs.
         raise DBAPIError.instance(None, None, exc, psycopg.Error, hide_parameters=True,
-                                  connection_invalidated=conn.closed or conn.broken) from exc
+                                  connection_invalidated=conn.closed) from exc
 
 
 def driver_sql(statement: TextClause) -> str:
@@ -142,16 +143,20 @@ def driver_autocommit(engine: Engine | None = None) -> Iterator[psycopg.Connecti
     conn: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
     try:
         conn.autocommit = True
-        with _sqlalchemy_errors(conn):
+        with sqlalchemy_errors(conn):
             yield conn
     except DBAPIError as exc:
         if exc.connection_invalidated:
             pooled.invalidate(exc)
         raise
     finally:
-        if not conn.closed:  # whatever happened: sessions after us expect transactions
-            conn.autocommit = False
-        pooled.close()
+        try:  # whatever happened: sessions after us expect transactions
+            if not conn.closed:
+                conn.autocommit = False
+        except psycopg.Error as exc:  # left mid-transaction: not fit for the pool
+            pooled.invalidate(exc)
+        finally:
+            pooled.close()
 
 
 @contextmanager

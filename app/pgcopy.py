@@ -14,6 +14,8 @@ import orjson
 from psycopg.copy import Copy, QueuedLibpqWriter
 from sqlalchemy.orm import Session
 
+from app.db import driver, sqlalchemy_errors
+
 #: COPY text format escapes: backslash first, then the characters that end fields/rows.
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 #: How many rows are joined into one write.
@@ -40,12 +42,15 @@ def json_value(value: Any) -> str:
 @contextmanager
 def _copy(session: Session, table: str, columns: Sequence[str], options: str = "",
           writer: bool = False) -> Iterator[Copy]:
-    """A COPY FROM STDIN on the session's connection, inside its transaction."""
-    raw = session.connection().connection.driver_connection
-    assert raw is not None
+    """A COPY FROM STDIN on the session's connection, inside its transaction.
+
+    Its errors are SQLAlchemy's, as the session's own: workers ride out an outage on
+    sqlalchemy's OperationalError, and the api answers it with 503.
+    """
+    raw = driver(session)
     statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN{options}"
-    with raw.cursor() as cur, cur.copy(statement,
-                                       writer=QueuedLibpqWriter(cur) if writer else None) as copy:
+    with sqlalchemy_errors(raw), raw.cursor() as cur, cur.copy(
+            statement, writer=QueuedLibpqWriter(cur) if writer else None) as copy:
         yield copy
 
 

@@ -33,11 +33,10 @@ def configure(settings: Settings) -> Celery:
     """Point the app at the configured Redis with the delivery guarantees we rely on."""
     celery_app.conf.update(
         broker_url=settings.redis_url,
-        # Our channel for plain redis:// and rediss:// URLs (kombu picks its own for the
-        # others, e.g. sentinel://): see workers/transport.py.
+        # Our channel (workers/transport.py) for plain redis:// only: kombu turns TLS on
+        # by the transport's name, so rediss:// keeps kombu's own.
         broker_transport=("workers.transport:Transport"
-                          if urlsplit(settings.redis_url or "").scheme in ("redis", "rediss")
-                          else None),
+                          if urlsplit(settings.redis_url or "").scheme == "redis" else None),
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,
@@ -58,8 +57,8 @@ def configure(settings: Settings) -> Celery:
         result_backend=None,
         task_serializer="json",
         accept_content=["json"],
-        # Flower sees received/started/succeeded from the workers' events; a "sent" event
-        # per message would double the Redis round trips of every publish.
+        # Flower sees received/started/succeeded from the workers' events; chunk messages
+        # are written by publish(), not send_task, so a "sent" event would never be sent.
         worker_send_task_events=True,
         task_send_sent_event=False,
         worker_hijack_root_logger=False,

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 
 import redis
-from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy.exc import OperationalError
 
 from app import jobs
@@ -91,6 +90,6 @@ def run(stop: threading.Event | None = None, interval: float | None = None) -> N
                 next_prune = time.monotonic() + (0 if report.pruned >= SLICE else PRUNE_EVERY)
             if report.expired or report.published or report.pruned:
                 log.info("relay: %s", report)
-        except (OperationalError, redis.RedisError, KombuOperationalError, OSError) as exc:
+        except (OperationalError, redis.RedisError, OSError) as exc:
             log.warning("relay pass failed, will retry: %s", exc)
         stop.wait(pause)

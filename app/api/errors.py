@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -122,6 +121,3 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(OperationalError, _db_down)
     app.add_exception_handler(DBAPIError, _dbapi_error)  # type: ignore[arg-type]
     app.add_exception_handler(DataError, _data_refused)
-    # psycopg's own errors reach here unwrapped from raw-connection work (COPY).
-    app.add_exception_handler(psycopg.DataError, _data_refused)
-    app.add_exception_handler(psycopg.OperationalError, _db_down)
