@@ -136,6 +136,8 @@ EVENTS_FROM_ARRAYS = (
     f"AS e({', '.join(COLUMNS)})"
 )
 
+_EVENTS_FROM_ARRAYS = text(EVENTS_FROM_ARRAYS)
+
 #: Up to this many events go in one INSERT (one round trip); more by COPY (two, but
 #: far less work per row).
 FEW_EVENTS = 16
@@ -157,7 +159,7 @@ def insert_links(session: Session, links: Sequence[Link]) -> None:
     if not links:
         return
     if len(links) <= FEW_EVENTS:
-        session.execute(text(EVENTS_FROM_ARRAYS), arrays(links))
+        session.execute(_EVENTS_FROM_ARRAYS, arrays(links))
         return
     stamps: dict[datetime, str] = {}
     pgcopy.copy_rows(session, "audit_events", COLUMNS, (

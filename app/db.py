@@ -109,7 +109,11 @@ def driver_rows(session: Session, sql: str, params: Any) -> list[Any]:
     psycopg's errors are raised as SQLAlchemy's, as session.execute would, so callers
     that ride out an outage (except OperationalError) or answer 503 see no difference.
     """
-    conn = driver(session)
+    return conn_rows(driver(session), sql, params)
+
+
+def conn_rows(conn: psycopg.Connection[Any], sql: str, params: Any) -> list[Any]:
+    """driver_rows on a psycopg connection itself (e.g. one of driver_autocommit)."""
     with sqlalchemy_errors(conn):
         return conn.cursor(row_factory=namedtuple_row).execute(sql, params).fetchall()
 

@@ -311,7 +311,7 @@ def _stop_pid(pid: int, timeout: float) -> None:
     except psutil.NoSuchProcess:
         return
     except psutil.TimeoutExpired:
-        proc.kill()
         # Gone before we return, so a restart cannot find the port or data dir still held.
         with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
+            proc.kill()
             proc.wait(5)

@@ -166,7 +166,7 @@ class Ingestor:
         if self.accepted == 0:
             self.session.rollback()
             raise ApiError(422, "no valid lines: nothing was stored",
-                              {"rejected": self.rejected, "rejected_lines": self.rejected_lines})
+                           {"rejected": self.rejected, "rejected_lines": self.rejected_lines})
         self.session.execute(
             text("UPDATE batches SET total = :n, queued = :n, rejected = :r, "
                  "errors = CAST(:e AS jsonb) WHERE id = :id"),

@@ -13,7 +13,7 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from app.db import driver_rows
+from app.db import conn_rows, driver
 from app.models import ApiKey, Tenant
 
 #: Every key starts with this, so leaked keys are easy to recognise and scan for.
@@ -76,12 +76,12 @@ def authenticate(db: Session | psycopg.Connection[Any], key: str) -> Principal |
     the same time for any near miss.
     """
     digest = hash_key(key)
-    rows = (db.execute(_LIVE_KEY, (digest,)).fetchall() if isinstance(db, psycopg.Connection)
-            else driver_rows(db, _LIVE_KEY, (digest,)))
-    row = rows[0] if rows else None
-    if row is None or not hmac.compare_digest(row[3], digest):
+    conn = db if isinstance(db, psycopg.Connection) else driver(db)
+    rows = conn_rows(conn, _LIVE_KEY, (digest,))
+    if not rows or not hmac.compare_digest(rows[0].key_hash, digest):
         return None
-    return Principal(row[0], row[1], row[4], row[2])
+    row = rows[0]
+    return Principal(row.id, row.tenant_id, row.name, row.is_admin)
 
 
 def list_keys(session: Session, tenant: str | None = None) -> list[tuple[ApiKey, str]]:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.jobs.manage import Busy
+from app.jobs import Busy
 
 log = logging.getLogger(__name__)
 

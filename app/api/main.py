@@ -38,7 +38,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app() -> FastAPI:
     """Build the api."""
-    tune_gc()
     settings = get_settings()
     refuse_unsafe(settings)
     app = FastAPI(
@@ -55,6 +54,7 @@ def create_app() -> FastAPI:
     app.include_router(batches.router)
     app.add_middleware(BodyLimit, default=settings.max_body_bytes,
                        overrides={"/v1/batches": settings.max_batch_body_bytes})
+    tune_gc()  # start-up is done: freeze what it made
     return app
 
 

@@ -19,8 +19,8 @@ def canonical_json(obj: Any) -> bytes:
     The standard library's form is the definition. orjson writes the same bytes for
     strings, 64-bit integers, booleans and null (a property test holds it to that) in a
     tenth of the time, so it takes every value without floats, whose repr it spells
-    differently (1e-05 against 1e-5). (One gap: orjson writes a UUID, which the standard
-    library refuses; results are JSON values, so none ever holds one.)
+    differently (1e-05 against 1e-5). (Gaps: orjson writes a UUID or an Enum, which the
+    standard library refuses; results are JSON values, so none ever holds one.)
     """
     if not _has_float(obj):
         try:

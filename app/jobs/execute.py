@@ -233,7 +233,7 @@ def _succeed(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
         kept = _kept(outcomes, rows)
     else:
         rows = session.execute(_SUCCEED, params).all()
-        kept = _kept(outcomes, rows)
+        kept = _kept(outcomes, rows)  # then their results and events, by COPY
         _write_results(session, kept)
         audit.insert_links(session, _links(kept))
     _write_decisions(session, [o for o in kept if o.job.kind == "evaluate"])
@@ -351,7 +351,7 @@ def finish(session: Session, outcomes: Sequence[Outcome], *, worker: str,
     """
     good = [o for o in outcomes if o.error is None]
     bad = [o for o in outcomes if o.error is not None]
-    moves: Moves = Counter(held or {})
+    moves: Moves = Counter(held)
     if good:
         moves += _succeed(session, good, worker)
     if bad:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from contextlib import AbstractContextManager, closing
+from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from psycopg.rows import namedtuple_row
 from pydantic import BeforeValidator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -21,7 +20,7 @@ from app.api.deps import MAX_ID, IdPath, PrincipalDep, SessionDep
 from app.api.errors import ApiError
 from app.api.metrics import SUBMITTED
 from app.config import get_settings
-from app.db import autocommit, driver_autocommit, new_session
+from app.db import autocommit, conn_rows, driver_autocommit, new_session
 from app.keys import Principal
 from app.limits import check_cap, check_submission
 from app.models import TERMINAL, Decision, Job, Result
@@ -36,6 +35,9 @@ from app.schemas import (
     Kind,
     Status,
 )
+
+#: A Job, or a row read like one (see _read).
+T = TypeVar("T", bound=Any)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -62,7 +64,7 @@ def get_job(session: Session, principal: Principal, job_id: int) -> Job:
     return _visible(session.get(Job, job_id), principal, job_id)
 
 
-def _visible(job: Job | Any, principal: Principal, job_id: int) -> Job | Any:
+def _visible(job: T | None, principal: Principal, job_id: int) -> T:
     if job is None or (job.tenant_id != principal.tenant_id and not principal.is_admin):
         raise ApiError(404, f"job {job_id} not found")
     return job
@@ -86,7 +88,7 @@ def _submitting() -> AbstractContextManager[Session]:
     must be held from the count to the insert.
     """
     if get_settings().max_queued_per_tenant > 0:
-        return closing(new_session())
+        return new_session()  # a Session closes itself at the end of a with block
     return autocommit()
 
 
@@ -134,8 +136,8 @@ _JOB_AND_RESULT = (
 def _read(principal: Principal, job_id: int) -> tuple[JobRead, bool]:
     """A poll of one job: the hottest read, so by the driver (see driver_autocommit)."""
     with driver_autocommit() as conn:
-        row = conn.cursor(row_factory=namedtuple_row).execute(_JOB_AND_RESULT, (job_id,)).fetchone()
-    job: Any = _visible(row, principal, job_id)  # a row with the columns as attributes
+        rows = conn_rows(conn, _JOB_AND_RESULT, (job_id,))
+    job: Any = _visible(rows[0] if rows else None, principal, job_id)  # a row, read like a Job
     done = job.status == "succeeded"
     return (JobRead.of(job, job.result if done else None, job.result_sha256 if done else None),
             job.status in TERMINAL)
