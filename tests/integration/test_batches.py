@@ -95,12 +95,14 @@ def test_a_chunk_of_inline_and_claimed_jobs_keeps_its_batch_counters(
 ) -> None:
     # Short texts run inside the locking transaction, hd texts over INLINE_TEXT are
     # claimed first: one chunk moves the batch's counters both ways in one transaction.
-    from app.jobs.execute import INLINE_TEXT
+    from app.jobs.execute import INLINE_TEXT, runs_inline
 
     long = "the quick brown fox " * (INLINE_TEXT // 20 + 1)
     items = [{"kind": "encode", "params": {"text": f"short {i}"}} if i % 2 else
              {"kind": "encode", "params": {"text": f"{long}{i}", "codec": "hd"}}
              for i in range(10)]
+    inline = [runs_inline(i["kind"], i["params"]) for i in items]
+    assert inline == [bool(i % 2) for i in range(10)]
     r = api.post("/v1/batches", content=ndjson(items), headers={**auth(key_a), **NDJSON})
     assert r.status_code == 202, r.text
     batch = wait_done(api, key_a, r.json()["id"])

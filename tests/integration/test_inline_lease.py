@@ -37,6 +37,8 @@ def test_hung_inline_chunk_is_cut_off_at_the_lease(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(get_settings(), "lease_seconds", 1.0)
+    # Unpublished, the job would still be republished by the relay after requeue_after.
+    monkeypatch.setattr(get_settings(), "requeue_after", 600)
     job_id = unpublished_job("hung")
     with pytest.raises(DBAPIError, match="idle-in-transaction timeout"), session_scope() as s:
         inline, claimed = jobs.take(s, [job_id], worker="hung-worker")
