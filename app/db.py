@@ -119,14 +119,17 @@ def conn_rows(conn: psycopg.Connection[Any], sql: str, params: Any) -> list[Any]
 
 
 @contextmanager
-def sqlalchemy_errors(conn: psycopg.Connection[Any]) -> Iterator[None]:
-    """Raise psycopg's errors as SQLAlchemy's, as work through a session would."""
+def sqlalchemy_errors(conn: psycopg.Connection[Any] | None) -> Iterator[None]:
+    """Raise psycopg's errors as SQLAlchemy's, as work through a session would.
+
+    conn None: there is no connection yet (a pool checkout, which may have to connect).
+    """
     try:
         yield
     except psycopg.Error as exc:
         # The parameters are clients' data: they stay out of messages and logs.
         raise DBAPIError.instance(None, None, exc, psycopg.Error, hide_parameters=True,
-                                  connection_invalidated=conn.closed) from exc
+                                  connection_invalidated=conn is None or conn.closed) from exc
 
 
 def driver_sql(statement: TextClause) -> str:
@@ -143,7 +146,8 @@ def driver_autocommit(engine: Engine | None = None) -> Iterator[psycopg.Connecti
     autocommit session (measured here). The connection goes back to the pool as it came,
     out of autocommit; psycopg's errors are raised as SQLAlchemy's, as a session would.
     """
-    pooled = (engine or get_engine()).raw_connection()
+    with sqlalchemy_errors(None):  # raw_connection raises the driver's own error
+        pooled = (engine or get_engine()).raw_connection()
     conn: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
     try:
         conn.autocommit = True
