@@ -29,7 +29,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 @lru_cache(maxsize=8)
 def engine_for(url: str) -> Engine:
-    """One pooled engine per URL per process; a checkout never hands out a dead connection."""
+    """One pooled engine per URL per process; a checkout replaces a connection the server closed."""
     engine = create_engine(
         normalize_url(url),
         pool_size=10,

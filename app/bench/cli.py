@@ -362,8 +362,8 @@ def table(r: dict[str, Any]) -> Table:
               caption=f"{m['cpus']} CPUs ({m['cpu']}), Python {m['python']}, {m['system']}, "
                       f"load average at start {m['load']}. Naive: one ORM commit + apply_async "
                       "per job; its ingestion timed with its workers stopped, its end to end "
-                      "with them consuming. Each measured phase starts after a CHECKPOINT and "
-                      "a sync.")
+                      "with them consuming. Each measured phase starts after a CHECKPOINT (where "
+                      "the database user may run one) and a sync.")
     for col in ("measure", "Babel Queue", "naive", "ours/naive", "target", "met"):
         t.add_column(col, justify="left" if col == "measure" else "right")
     for key, label in (("ingestion", "ingestion, jobs/s"), ("end_to_end", "end to end, jobs/s")):
