@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds between retention prunes (each scans the finished jobs).
 PRUNE_EVERY = 60.0
+#: Stale checks per requeue_after.
+STALE_CHECKS = 3
 
 
 @dataclass
@@ -53,12 +55,13 @@ def idle_kinds() -> list[str]:
     return idle + list(TEST_KINDS) if "encode" in idle else idle
 
 
-def relay_pass(actor: str, prune: bool = True) -> PassReport:
-    """One pass: expire leases, publish what is due, and (if prune) apply retention."""
+def relay_pass(actor: str, prune: bool = True, stale: bool = True) -> PassReport:
+    """One pass: expire leases, publish what is due, and (if asked) apply retention and
+    republish stale queued jobs of idle kinds."""
     report = PassReport()
     with session_scope() as session:
         report.expired = jobs.expire_leases(session, actor=actor)
-    idle = idle_kinds()
+    idle = idle_kinds() if stale else []
     while True:
         with session_scope() as session:
             groups = jobs.take_due(session, idle_kinds=idle)
@@ -79,13 +82,19 @@ def run(stop: threading.Event | None = None, interval: float | None = None) -> N
     stop = stop or threading.Event()
     pause = interval if interval is not None else get_settings().relay_interval
     actor = f"relay@{socket.gethostname()}"
-    next_prune = 0.0
+    next_prune = next_stale = 0.0
     while not stop.is_set():
         try:
             # Pruning looks for finished jobs with no index to help (one would cost every
             # finishing write), so it runs once per PRUNE_EVERY, not every pass.
             prune = time.monotonic() >= next_prune
-            report = relay_pass(actor, prune=prune)
+            # The stale check reads every queued job while a backlog waits (no index
+            # serves it; one would cost every ingested line), so it runs a few times per
+            # requeue_after, not every pass: a lost message waits a third longer at most.
+            stale = time.monotonic() >= next_stale
+            if stale:
+                next_stale = time.monotonic() + get_settings().requeue_after / STALE_CHECKS
+            report = relay_pass(actor, prune=prune, stale=stale)
             if prune:  # a full slice: more is waiting, so prune again next pass
                 next_prune = time.monotonic() + (0 if report.pruned >= SLICE else PRUNE_EVERY)
             if report.expired or report.published or report.pruned:
