@@ -7,6 +7,7 @@ output in a log file, and stopped (with its pool processes) when the bench ends.
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 import shutil
@@ -215,18 +216,27 @@ class RssSampler:
                     self.window[name] = max(self.window.get(name, 0), rss)
 
 
-def settle(database_url: str) -> None:
-    """Let a measured phase start on quiet disks: PostgreSQL's dirty buffers, then the OS's.
+def settle(database_url: str) -> bool:
+    """Let a measured phase start on quiet disks and a quiet client; whether CHECKPOINT ran.
 
     Otherwise a phase pays for the write-back of the one before: here, our upload right
     after the naive phase ran at 18,094 jobs/s, and at 35,555 after a CHECKPOINT and a
     sync (0.16 s). CHECKPOINT needs a superuser (or pg_checkpoint); without one, only sync.
+
+    The bench's own heap (160,000 objects once its imports are done) is then left out of
+    its garbage collections: a full one took 57-107 ms here and landed in whatever was
+    being timed, every run the same single-job sample (the 317th) at 65-70 ms.
     """
     from app.db import engine_for
 
+    checkpointed = False
     with suppress(DBAPIError), engine_for(database_url).connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("CHECKPOINT"))
+        checkpointed = True
     os.sync()
+    gc.collect()
+    gc.freeze()
+    return checkpointed
 
 
 #: Seconds between completion checks. Each check is a request the system under test

@@ -27,6 +27,7 @@ def test_small_run_finishes_every_job_of_both_systems(
     assert report["latency_ms"]["samples"] == 10
     assert report["ratios"]["ingestion"] > 0 and report["ratios"]["end_to_end"] > 0
     assert report["memory_mb"]["api_peak"] > 0 and report["memory_mb"]["worker_peak"] > 0
+    assert report["checkpointed"] is True  # the admin URL may run CHECKPOINT
 
 
 def test_memory_check_ingests_every_line(pg_admin_url: str) -> None:
