@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import select
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -130,6 +130,15 @@ def sqlalchemy_errors(conn: psycopg.Connection[Any] | None) -> Iterator[None]:
         # The parameters are clients' data: they stay out of messages and logs.
         raise DBAPIError.instance(None, None, exc, psycopg.Error, hide_parameters=True,
                                   connection_invalidated=conn is None or conn.closed) from exc
+
+
+def array_literal(values: Iterable[int | bool | str]) -> str:
+    """A PostgreSQL array literal of values that need no quoting: ints, bools, hex strings.
+
+    Passed as one text parameter and CAST to the array type in SQL. psycopg dumps a list
+    element by element in Python: on 500-job chunks that was 5% of a worker's CPU.
+    """
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 def driver_sql(statement: TextClause) -> str:

@@ -20,7 +20,7 @@ from app import audit, pgcopy
 from app.audit import Link
 from app.config import get_settings
 from app.core.canonical import canonical_json
-from app.db import driver_rows, driver_sql
+from app.db import array_literal, driver_rows, driver_sql
 from app.jobs.counters import Moves, move_counters
 from app.models import Decision
 
@@ -97,7 +97,7 @@ def take(session: Session, ids: Sequence[int], *, worker: str, inline_ok: bool =
     idle = str(int(get_settings().lease_seconds * 1000))
     # By the driver, as _SUCCEED_WITH_ROWS: a one-job chunk's statements are mostly
     # SQLAlchemy's own overhead (see db.driver_autocommit).
-    rows = driver_rows(session, _LOCK_DUE, {"ids": list(ids), "idle": idle})
+    rows = driver_rows(session, _LOCK_DUE, {"ids": array_literal(ids), "idle": idle})
     if not rows:
         return [], []
     now = datetime.now(UTC)
@@ -128,8 +128,10 @@ def hold(session: Session, claimed: Sequence[Claimed], *, worker: str) -> Moves:
         return Counter()
     session.execute(_CLAIM, {
         "worker": worker, "lease": get_settings().lease_seconds,
-        "ids": [c.id for c in claimed], "attempts": [c.attempt for c in claimed],
-        "seqs": [c.head.seq for c in claimed], "heads": [c.head.hash for c in claimed],
+        "ids": array_literal(c.id for c in claimed),
+        "attempts": array_literal(c.attempt for c in claimed),
+        "seqs": array_literal(c.head.seq for c in claimed),
+        "heads": array_literal(c.head.hash for c in claimed),
     })
     audit.insert_links(session, [c.head for c in claimed])
     return Counter((c.batch_id, "queued", "running") for c in claimed if c.batch_id is not None)
@@ -246,14 +248,14 @@ def _kept(outcomes: list[Outcome], rows: Sequence[Any]) -> list[Outcome]:
     return [o for o in outcomes if o.job.id in won]
 
 
-def _fenced(outcomes: list[Outcome]) -> dict[str, list[Any]]:
-    """The per-job arrays every fenced finishing statement takes."""
+def _fenced(outcomes: list[Outcome]) -> dict[str, str]:
+    """The per-job arrays every fenced finishing statement takes (hashes are hex)."""
     return {
-        "ids": [o.job.id for o in outcomes],
-        "attempts": [o.job.attempt for o in outcomes],
-        "seqs": [o.links[-1].seq for o in outcomes],
-        "heads": [o.links[-1].hash for o in outcomes],
-        "inline": [o.job.inline for o in outcomes],
+        "ids": array_literal(o.job.id for o in outcomes),
+        "attempts": array_literal(o.job.attempt for o in outcomes),
+        "seqs": array_literal(o.links[-1].seq for o in outcomes),
+        "heads": array_literal(o.links[-1].hash for o in outcomes),
+        "inline": array_literal(o.job.inline for o in outcomes),
     }
 
 
