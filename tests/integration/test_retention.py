@@ -9,11 +9,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from app import jobs
+from app.config import get_settings
 from app.db import get_engine, session_scope
 from tests.faults.stack import sql_count
 from tests.integration.conftest import auth
 from tests.integration.test_batches import NDJSON, ndjson, wait_done
 from tests.integration.test_jobs_api import submit_and_wait
+from workers import relay
 
 pytestmark = pytest.mark.integration
 
@@ -66,18 +68,23 @@ def test_prune_takes_old_jobs_and_finished_batches_whole(api: TestClient, key_a:
     old_evaluate = single(api, key_a, EVALUATE)
     old_batch, old_batch_jobs = batch(api, key_a, 3)
     live_batch, live_batch_jobs = batch(api, key_a, 3)
+    open_batch, open_batch_jobs = batch(api, key_a, 2)
     age(10, [old_single, old_evaluate])
     age(10, old_batch_jobs, old_batch)
     # A batch whose jobs are old but which itself did not finish before the cutoff
     # (as if one of its jobs were still running): none of its jobs may go.
     age(10, live_batch_jobs)
+    # And one not finished at all (finished_at NULL, as while a job of it still runs).
+    age(10, open_batch_jobs)
+    with session_scope() as s:
+        s.execute(text("UPDATE batches SET finished_at = NULL WHERE id = :b"), {"b": open_batch})
     assert left("decisions", "job_id", [old_evaluate]) == 1
 
     with session_scope() as s:
         pruned = jobs.prune(s, older_than_days=7)
 
     gone = [old_single, old_evaluate, *old_batch_jobs]
-    kept = [new_single, *live_batch_jobs]
+    kept = [new_single, *live_batch_jobs, *open_batch_jobs]
     assert pruned == len(gone)
     assert left("decisions", "job_id", [old_evaluate]) == 0
     for table, column in (("jobs", "id"), ("results", "job_id"), ("audit_events", "job_id")):
@@ -89,5 +96,20 @@ def test_prune_takes_old_jobs_and_finished_batches_whole(api: TestClient, key_a:
     assert api.get(f"/v1/batches/{old_batch}", headers=auth(key_a)).status_code == 404
     live = api.get(f"/v1/batches/{live_batch}", headers=auth(key_a)).json()
     assert live["counts"]["succeeded"] == 3 == left("jobs", "id", live_batch_jobs)
+    assert api.get(f"/v1/batches/{open_batch}", headers=auth(key_a)).status_code == 200
     # The chains of what is kept still verify.
     assert api.get(f"/v1/jobs/{new_single}/audit", headers=auth(key_a)).json()["verified"]
+
+
+def test_relay_prunes_by_retention_days(
+    api: TestClient, key_a: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BABELQ_RETENTION_DAYS reaches the relay's pass; 0 keeps everything."""
+    old = single(api, key_a)
+    age(10, [old])
+    monkeypatch.setattr(get_settings(), "retention_days", 0)
+    assert relay.relay_pass("test-relay").pruned == 0
+    assert left("jobs", "id", [old]) == 1
+    monkeypatch.setattr(get_settings(), "retention_days", 7)
+    assert relay.relay_pass("test-relay").pruned >= 1  # other tests' old jobs may go too
+    assert left("jobs", "id", [old]) == left("results", "job_id", [old]) == 0
