@@ -8,10 +8,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from app import jobs
 from app.config import Settings, get_settings
-from app.db import session_scope
+from app.db import get_engine, session_scope
 from app.jobs import manage
 from app.keys import ensure_tenant
 from app.models import Job
@@ -47,7 +48,8 @@ def test_hung_inline_chunk_is_cut_off_at_the_lease(
         assert s.execute(text("SHOW idle_in_transaction_session_timeout")).scalar() == "1s"
         time.sleep(2.5)  # the worker "hangs" past its lease, holding the row lock
         s.execute(text("SELECT 1"))  # PostgreSQL has ended the session by now
-    with session_scope() as s:
+    # One connection throughout, so the last SHOW asks the connection the lock ran on.
+    with get_engine().connect() as conn, Session(bind=conn) as s:
         job = s.get(Job, job_id)
         assert job is not None
         # Nothing was written: the job is queued again, with no attempt spent.
@@ -55,8 +57,10 @@ def test_hung_inline_chunk_is_cut_off_at_the_lease(
         # And it can be taken at once: the lock went with the session.
         inline, _ = jobs.take(s, [job_id], worker="next-worker")
         assert [j.id for j in inline] == [job_id]
+        backend = s.execute(text("SELECT pg_backend_pid()")).scalar()
         # The timeout belonged to that transaction only.
         s.rollback()
+        assert s.execute(text("SELECT pg_backend_pid()")).scalar() == backend
         assert s.execute(text("SHOW idle_in_transaction_session_timeout")).scalar() == "0"
 
 
