@@ -58,8 +58,9 @@ def test_hung_inline_chunk_is_cut_off_at_the_lease(
         inline, _ = jobs.take(s, [job_id], worker="next-worker")
         assert [j.id for j in inline] == [job_id]
         backend = s.execute(text("SELECT pg_backend_pid()")).scalar()
-        # The timeout belonged to that transaction only.
-        s.rollback()
+        # The timeout belonged to that transaction only: gone after it commits (a
+        # rollback would undo even a session-wide setting made inside it).
+        s.commit()
         assert s.execute(text("SELECT pg_backend_pid()")).scalar() == backend
         assert s.execute(text("SHOW idle_in_transaction_session_timeout")).scalar() == "0"
 
