@@ -11,8 +11,9 @@ from typing import Any
 
 from celery import shared_task
 from celery.signals import celeryd_after_setup, worker_process_init
+from psycopg.errors import IdleInTransactionSessionTimeout
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app import core, jobs, notify, testhooks
 from app.db import session_scope
@@ -116,4 +117,13 @@ def run_chunk(self, ids: list[int], careful: bool = False) -> int:  # type: igno
     worker = self.request.hostname or socket.gethostname()
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     careful = careful or redelivered or bool(self.request.retries)
-    return execute_chunk(ids, worker=worker, careful=careful)
+    try:
+        return execute_chunk(ids, worker=worker, careful=careful)
+    except DBAPIError as exc:
+        if not isinstance(exc.orig, IdleInTransactionSessionTimeout):
+            raise
+        # The lease cut off an inline chunk that hung: nothing of it was written and its
+        # jobs are queued. Failing here would ack the message and leave them to the
+        # relay, which republishes only once their queue is empty. Run it again, now
+        # carefully: claimed (with a lease) before anything is computed.
+        raise self.retry(exc=exc, countdown=0) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,6 +18,8 @@ from app.jobs import manage
 from app.keys import ensure_tenant
 from app.models import Job
 from tests.integration.conftest import auth
+from tests.integration.test_jobs_api import submit_and_wait
+from workers import tasks
 
 #: The outbox entry jobs.submit leaves on the session (app.jobs.outbox).
 OUTBOX = "babelq_outbox"
@@ -81,3 +84,28 @@ def test_cancel_waits_for_a_busy_worker_then_says_409(
     cancelled = api.post(f"/v1/jobs/{job_id}/cancel", headers=auth(admin_key))
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["status"] == "cancelled"
+
+
+def test_chunk_cut_off_at_the_lease_runs_again_claimed_first(
+    api: TestClient, admin_key: str, worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker task whose inline chunk the lease cut off retries it, carefully."""
+    monkeypatch.setattr(get_settings(), "lease_seconds", 1.0)
+    # The relay must not rescue the job: only the task's own retry may.
+    monkeypatch.setattr(get_settings(), "requeue_after", 600)
+    hung: list[int] = []
+    real_compute = tasks.compute
+
+    def compute_hanging_once(job: jobs.Claimed) -> jobs.Outcome:
+        if not hung:
+            hung.append(job.id)
+            time.sleep(2.5)  # inside the inline chunk's transaction, past its lease
+        return real_compute(job)
+
+    monkeypatch.setattr(tasks, "compute", compute_hanging_once)
+    done = submit_and_wait(api, admin_key, {"kind": "encode", "params": {"text": "hung once"}})
+    assert done["status"] == "succeeded" and hung == [done["id"]]
+    # The cut-off run wrote nothing and spent no attempt; the rerun claimed it first.
+    assert done["attempt"] == 1
+    trail = api.get(f"/v1/jobs/{done['id']}/audit", headers=auth(admin_key)).json()
+    assert [e["type"] for e in trail["events"]] == ["submitted", "started", "succeeded"]
