@@ -92,9 +92,9 @@ def run(stop: threading.Event | None = None, interval: float | None = None) -> N
             # serves it; one would cost every ingested line), so it runs a few times per
             # requeue_after, not every pass: a lost message waits a third longer at most.
             stale = time.monotonic() >= next_stale
+            report = relay_pass(actor, prune=prune, stale=stale)
             if stale:
                 next_stale = time.monotonic() + get_settings().requeue_after / STALE_CHECKS
-            report = relay_pass(actor, prune=prune, stale=stale)
             if prune:  # a full slice: more is waiting, so prune again next pass
                 next_prune = time.monotonic() + (0 if report.pruned >= SLICE else PRUNE_EVERY)
             if report.expired or report.published or report.pruned:

@@ -97,7 +97,8 @@ def take(session: Session, ids: Sequence[int], *, worker: str, inline_ok: bool =
     idle = str(int(get_settings().lease_seconds * 1000))
     # By the driver, as _SUCCEED_WITH_ROWS: a one-job chunk's statements are mostly
     # SQLAlchemy's own overhead (see db.driver_autocommit).
-    rows = driver_rows(session, _LOCK_DUE, {"ids": array_literal(ids), "idle": idle})
+    # int(): ids come from a broker message; anything else fails here, not in the SQL array.
+    rows = driver_rows(session, _LOCK_DUE, {"ids": array_literal(map(int, ids)), "idle": idle})
     if not rows:
         return [], []
     now = datetime.now(UTC)
