@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -536,9 +537,18 @@ def test_metrics_need_an_admin_key(
     counted = samples[("babelq_jobs", (("kind", "encode"), ("status", "succeeded")))]
     assert before <= counted <= after
     assert samples[("babelq_job_latency_seconds_count", (("kind", "encode"),))] == counted
-    buckets = [v for (name, labels), v in samples.items()
-               if name == "babelq_job_latency_seconds_bucket" and ("kind", "encode") in labels]
-    assert len(buckets) == 16 and max(buckets) == counted  # 15 bounds and +Inf
+    buckets = sorted((float(dict(labels)["le"]), v) for (name, labels), v in samples.items()
+                     if name == "babelq_job_latency_seconds_bucket"
+                     and ("kind", "encode") in labels)
+    assert len(buckets) == 16 and buckets[-1] == (float("inf"), counted)  # 15 bounds, +Inf
+    values = [v for _, v in buckets]
+    assert values == sorted(values)  # cumulative
+    # This test's own job is in every bucket from the first bound above its latency on.
+    done = api.get(f"/v1/jobs/{job['id']}", headers=auth(key_a)).json()
+    took = (datetime.fromisoformat(done["finished_at"])
+            - datetime.fromisoformat(done["created_at"])).total_seconds()
+    assert all(v >= 1 for bound, v in buckets if bound >= took)
+    assert samples[("babelq_job_latency_seconds_sum", (("kind", "encode"),))] >= took
 
 
 def succeeded_encodes() -> int:
