@@ -16,7 +16,8 @@ from app.db import session_scope
 from app.models import Batch, Job
 from tests.integration.conftest import auth
 
-pytestmark = pytest.mark.integration
+# Every test here needs the test worker and the relay running.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker", "relay")]
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
@@ -53,10 +54,6 @@ def paused(celery_app: Any, worker: Any, queue: str) -> Iterator[None]:
     finally:
         assert celery_app.control.add_consumer(queue, **where), "the worker did not answer"
 
-
-@pytest.fixture(autouse=True)
-def _stack(worker: Any, relay: Any) -> None:
-    """Every test here needs the worker and relay running."""
 
 
 def test_mixed_upload_reports_bad_lines_and_runs_good_ones(api: TestClient, key_a: str) -> None:

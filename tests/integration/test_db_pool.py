@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
@@ -22,29 +21,32 @@ from app.db import (
     new_session,
     session_scope,
 )
+from tests.faults.stack import sql_count, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def backend_alive(settings: Settings, pid: int) -> bool:
-    with engine_for(settings.database_url or "").connect() as conn:
-        return bool(conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"),
-                                 {"p": pid}).scalar_one())
+def own_engine(settings: Settings, name: str) -> Engine:
+    """An engine with a pool of its own (another URL: application_name), so a test knows
+    which connection its next checkout gets."""
+    url = make_url(settings.database_url or "").update_query_dict({"application_name": name})
+    return engine_for(url.render_as_string(hide_password=False))
+
+
+def terminate(settings: Settings, pid: int) -> None:
+    """End a backend from another connection and wait until it is gone."""
+    admin = engine_for(settings.database_url or "")
+    with admin.connect() as conn:
+        assert conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar_one()
+    wait_for("the backend to end", lambda: not sql_count(
+        admin, "SELECT count(*) FROM pg_stat_activity WHERE pid = :p", p=pid), 10, 0.05)
 
 
 def test_checkout_replaces_a_connection_the_server_closed(settings: Settings) -> None:
-    # An engine of its own (another URL), so its pool holds exactly one connection.
-    url = make_url(settings.database_url or "").update_query_dict(
-        {"application_name": "babelq-pool-test"}).render_as_string(hide_password=False)
-    engine = engine_for(url)
+    engine = own_engine(settings, "babelq-pool-test")  # its pool holds one connection
     with engine.connect() as conn:
         pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
-    with engine_for(settings.database_url or "").connect() as admin:
-        assert admin.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar_one()
-    deadline = time.monotonic() + 10
-    while backend_alive(settings, pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not backend_alive(settings, pid), "the backend did not end"
+    terminate(settings, pid)
     # The pooled connection is dead; the checkout sees its closed socket and reconnects.
     with engine.connect() as conn:
         assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
@@ -53,10 +55,8 @@ def test_checkout_replaces_a_connection_the_server_closed(settings: Settings) ->
 
 
 def test_a_driver_connection_goes_back_to_the_pool_out_of_autocommit(settings: Settings) -> None:
-    # An engine of its own, so the failed connection is the one the session gets next.
-    url = make_url(settings.database_url or "").update_query_dict(
-        {"application_name": "babelq-driver-test"}).render_as_string(hide_password=False)
-    engine = engine_for(url)
+    # The failed connection is the one the session gets next.
+    engine = own_engine(settings, "babelq-driver-test")
     with pytest.raises(ProgrammingError, match="nope"), driver_autocommit(engine) as conn:
         conn.execute("SELECT nope")
     assert engine.pool.checkedout() == 0
@@ -84,16 +84,9 @@ def test_driver_work_on_a_lost_connection_raises_sqlalchemys_error(
     # Workers ride out an outage on sqlalchemy's OperationalError (tasks._persist, the
     # task's autoretry), and the api answers it with 503: driver statements and COPY
     # raise it too.
-    url = make_url(settings.database_url or "").update_query_dict(
-        {"application_name": f"babelq-driver-lost-{work}"}).render_as_string(hide_password=False)
-    engine = engine_for(url)
+    engine = own_engine(settings, f"babelq-driver-lost-{work}")
     session = new_session(engine)
-    pid = driver_rows(session, "SELECT pg_backend_pid()", ())[0][0]
-    with engine_for(settings.database_url or "").connect() as admin:
-        admin.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
-    deadline = time.monotonic() + 10
-    while backend_alive(settings, pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    terminate(settings, driver_rows(session, "SELECT pg_backend_pid()", ())[0][0])
     # Caught at once: a rollback after it would raise sqlalchemy's error by itself.
     with pytest.raises(OperationalError) as caught:
         DRIVER_WORK[work](session)

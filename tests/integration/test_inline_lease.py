@@ -14,15 +14,12 @@ from sqlalchemy.orm import Session
 from app import jobs
 from app.config import Settings, get_settings
 from app.db import get_engine, session_scope
-from app.jobs import manage
+from app.jobs import manage, outbox
 from app.keys import ensure_tenant
 from app.models import Job
 from tests.integration.conftest import auth
 from tests.integration.test_jobs_api import submit_and_wait
 from workers import tasks
-
-#: The outbox entry jobs.submit leaves on the session (app.jobs.outbox).
-OUTBOX = "babelq_outbox"
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +30,7 @@ def unpublished_job(text_: str) -> int:
         tenant = ensure_tenant(s, "inline-lease").id
         job, _ = jobs.submit(s, tenant_id=tenant, kind="encode", params={"text": text_},
                              actor="test")
-        s.info.pop(OUTBOX)
+        s.info.pop(outbox._OUTBOX)  # no publish after commit
         return job.id
 
 

@@ -13,7 +13,8 @@ from app.db import session_scope
 from app.models import AuditEvent, Decision, Job, Result
 from tests.integration.conftest import auth, make_key
 
-pytestmark = pytest.mark.integration
+# Every test here needs the test worker and the relay running.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker", "relay")]
 
 EVALUATE_RISK = {
     "cycles": [{
@@ -35,10 +36,6 @@ def submit_and_wait(api: TestClient, key: str, body: dict[str, Any]) -> dict[str
             return job
     raise AssertionError(f"job {job_id} did not finish: {job}")
 
-
-@pytest.fixture(autouse=True)
-def _stack(worker: Any, relay: Any) -> None:
-    """Every test here needs the worker and relay running."""
 
 
 def test_encode_babel_known_answer(api: TestClient, key_a: str) -> None:

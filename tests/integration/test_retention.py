@@ -11,20 +11,17 @@ from sqlalchemy import text
 from app import jobs
 from app.config import get_settings
 from app.db import get_engine, session_scope
-from tests.faults.stack import sql_count
+from tests.faults.stack import batch_job_ids, sql_count
 from tests.integration.conftest import auth
 from tests.integration.test_batches import NDJSON, ndjson, wait_done
 from tests.integration.test_jobs_api import submit_and_wait
 from workers import relay
 
-pytestmark = pytest.mark.integration
+# Every test here needs the test worker and the relay running.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker", "relay")]
 
 ENCODE = {"kind": "encode", "params": {"text": "kept for a while"}}
 
-
-@pytest.fixture(autouse=True)
-def _stack(worker: Any, relay: Any) -> None:
-    """The jobs here run to the end on the test worker."""
 
 
 EVALUATE = {"kind": "evaluate", "params": {"cycles": [{
@@ -42,16 +39,18 @@ def batch(api: TestClient, key: str, n: int) -> tuple[int, list[int]]:
     made = api.post("/v1/batches", content=ndjson([ENCODE] * n),
                     headers={**auth(key), **NDJSON}).json()
     wait_done(api, key, made["id"])
-    with session_scope() as s:
-        ids = s.execute(text("SELECT id FROM jobs WHERE batch_id = :b ORDER BY id"),
-                        {"b": made["id"]}).scalars().all()
-    return made["id"], list(ids)
+    return made["id"], batch_job_ids(get_engine(), made["id"])
 
 
 def age(days: int, job_ids: list[int], batch_id: int | None = None) -> None:
-    """Make these jobs (and the batch) look finished `days` ago."""
+    """Make these jobs (and the batch) look finished `days` ago.
+
+    Their whole lives move back, so what other tests read of them (the latency metrics
+    sum finished_at - created_at) stays as it was.
+    """
     with session_scope() as s:
-        s.execute(text("UPDATE jobs SET finished_at = now() - make_interval(days => :d) "
+        s.execute(text("UPDATE jobs SET created_at = created_at - make_interval(days => :d), "
+                       "finished_at = finished_at - make_interval(days => :d) "
                        "WHERE id = ANY(:ids)"), {"d": days, "ids": job_ids})
         if batch_id is not None:
             s.execute(text("UPDATE batches SET finished_at = now() - make_interval(days => :d) "
