@@ -6,12 +6,19 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 
 import redis.asyncio as aioredis
 
 from app.notify import CHANNEL
 
 log = logging.getLogger(__name__)
+
+#: Idle seconds before the first probe, seconds between probes, probes before giving up
+#: (the options this platform has; elsewhere the system's defaults apply).
+KEEPALIVE = {getattr(socket, name): value for name, value in
+             (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
+             if hasattr(socket, name)}
 
 
 class Waiters:
@@ -35,7 +42,11 @@ class Waiters:
     async def _listen(self, url: str) -> None:
         # One client for the process; a lost subscription reconnects through its pool
         # (a client per attempt was never closed: one leaked pool per Redis outage).
-        client = aioredis.Redis.from_url(url)
+        # TCP keepalive: a subscription blocks reading with nothing to send, so a peer
+        # gone without a word (a half-open connection) is found only by the kernel's
+        # probes; then listen() raises and we resubscribe. About 60 s, not 2 hours.
+        client = aioredis.Redis.from_url(url, socket_keepalive=True,
+                                         socket_keepalive_options=KEEPALIVE)
         try:
             while True:
                 try:
