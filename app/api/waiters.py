@@ -6,19 +6,12 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 
 import redis.asyncio as aioredis
 
 from app.notify import CHANNEL
 
 log = logging.getLogger(__name__)
-
-#: Idle seconds before the first probe, seconds between probes, probes before giving up
-#: (the options this platform has; elsewhere the system's defaults apply).
-KEEPALIVE = {getattr(socket, name): value for name, value in
-             (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
-             if hasattr(socket, name)}
 
 
 class Waiters:
@@ -42,11 +35,10 @@ class Waiters:
     async def _listen(self, url: str) -> None:
         # One client for the process; a lost subscription reconnects through its pool
         # (a client per attempt was never closed: one leaked pool per Redis outage).
-        # TCP keepalive: a subscription blocks reading with nothing to send, so a peer
-        # gone without a word (a half-open connection) is found only by the kernel's
-        # probes; then listen() raises and we resubscribe. About 60 s, not 2 hours.
-        client = aioredis.Redis.from_url(url, socket_keepalive=True,
-                                         socket_keepalive_options=KEEPALIVE)
+        # A subscription only reads, so a half-open connection is found by TCP keepalive,
+        # on by default since redis-py 8.1 (redis-py#4082: idle 30 s, then 3 probes 5 s
+        # apart); listen() then raises and we resubscribe. Meanwhile waiters re-read.
+        client = aioredis.Redis.from_url(url)
         try:
             while True:
                 try:
