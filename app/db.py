@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import select
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -132,13 +133,28 @@ def sqlalchemy_errors(conn: psycopg.Connection[Any] | None) -> Iterator[None]:
                                   connection_invalidated=conn is None or conn.closed) from exc
 
 
-def array_literal(values: Iterable[int | bool | str]) -> str:
-    """A PostgreSQL array literal of values that need no quoting: ints, bools, hex strings.
+def array_literal(values: Iterable[int]) -> str:
+    """A PostgreSQL array literal of ints (or bools), to pass as text and CAST in SQL.
 
-    Passed as one text parameter and CAST to the array type in SQL. psycopg dumps a list
-    element by element in Python: on 500-job chunks that was 5% of a worker's CPU.
+    psycopg dumps a list element by element in Python: for the five 500-element arrays
+    of a chunk's finishing UPDATE, 1.7 ms of worker CPU against 0.25 ms for str.join.
     """
     return "{" + ",".join(map(str, values)) + "}"
+
+
+def hex_array_literal(values: Iterable[str]) -> str:
+    """array_literal of hex strings (hashes): checked, since any other text may need quoting."""
+    items = list(values)
+    joined = ",".join(items)
+    # One scan of the joined text (36 us for 500 hashes), then no element may be empty
+    # or have brought a comma of its own.
+    if not _HEX_OR_COMMA.fullmatch(joined) or "" in items or joined.count(",") != max(
+            len(items) - 1, 0):
+        raise ValueError("hex_array_literal takes non-empty hex strings only")
+    return "{" + joined + "}"
+
+
+_HEX_OR_COMMA = re.compile(r"[0-9a-f,]*")
 
 
 def driver_sql(statement: TextClause) -> str:

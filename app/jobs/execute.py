@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import operator
 import random
 import traceback
 from collections import Counter
@@ -20,7 +21,7 @@ from app import audit, pgcopy
 from app.audit import Link
 from app.config import get_settings
 from app.core.canonical import canonical_json
-from app.db import array_literal, driver_rows, driver_sql
+from app.db import array_literal, driver_rows, driver_sql, hex_array_literal
 from app.jobs.counters import Moves, move_counters
 from app.models import Decision
 
@@ -97,8 +98,9 @@ def take(session: Session, ids: Sequence[int], *, worker: str, inline_ok: bool =
     idle = str(int(get_settings().lease_seconds * 1000))
     # By the driver, as _SUCCEED_WITH_ROWS: a one-job chunk's statements are mostly
     # SQLAlchemy's own overhead (see db.driver_autocommit).
-    # int(): ids come from a broker message; anything else fails here, not in the SQL array.
-    rows = driver_rows(session, _LOCK_DUE, {"ids": array_literal(map(int, ids)), "idle": idle})
+    # ids come from a broker message: anything but ints fails here (operator.index).
+    rows = driver_rows(session, _LOCK_DUE, {"ids": array_literal(map(operator.index, ids)),
+                                            "idle": idle})
     if not rows:
         return [], []
     now = datetime.now(UTC)
@@ -132,7 +134,7 @@ def hold(session: Session, claimed: Sequence[Claimed], *, worker: str) -> Moves:
         "ids": array_literal(c.id for c in claimed),
         "attempts": array_literal(c.attempt for c in claimed),
         "seqs": array_literal(c.head.seq for c in claimed),
-        "heads": array_literal(c.head.hash for c in claimed),
+        "heads": hex_array_literal(c.head.hash for c in claimed),
     })
     audit.insert_links(session, [c.head for c in claimed])
     return Counter((c.batch_id, "queued", "running") for c in claimed if c.batch_id is not None)
@@ -255,7 +257,7 @@ def _fenced(outcomes: list[Outcome]) -> dict[str, str]:
         "ids": array_literal(o.job.id for o in outcomes),
         "attempts": array_literal(o.job.attempt for o in outcomes),
         "seqs": array_literal(o.links[-1].seq for o in outcomes),
-        "heads": array_literal(o.links[-1].hash for o in outcomes),
+        "heads": hex_array_literal(o.links[-1].hash for o in outcomes),
         "inline": array_literal(o.job.inline for o in outcomes),
     }
 
