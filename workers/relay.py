@@ -38,6 +38,8 @@ class PassReport:
     expired: int = 0
     published: int = 0
     pruned: int = 0
+    #: whether it looked for stale jobs (asked to, and some kind's queue was empty)
+    stale_checked: bool = False
 
 
 def idle_kinds() -> list[str]:
@@ -62,6 +64,7 @@ def relay_pass(actor: str, prune: bool = True, stale: bool = True) -> PassReport
     with session_scope() as session:
         report.expired = jobs.expire_leases(session, actor=actor)
     idle = idle_kinds() if stale else []
+    report.stale_checked = bool(idle)
     while True:
         with session_scope() as session:
             groups = jobs.take_due(session, idle_kinds=idle)
@@ -82,7 +85,7 @@ def run(stop: threading.Event | None = None, interval: float | None = None) -> N
     stop = stop or threading.Event()
     pause = interval if interval is not None else get_settings().relay_interval
     actor = f"relay@{socket.gethostname()}"
-    next_prune = next_stale = 0.0
+    next_prune, last_stale = 0.0, float("-inf")
     while not stop.is_set():
         try:
             # Pruning looks for finished jobs with no index to help (one would cost every
@@ -91,10 +94,12 @@ def run(stop: threading.Event | None = None, interval: float | None = None) -> N
             # The stale check reads every queued job while a backlog waits (no index
             # serves it; one would cost every ingested line), so it runs a few times per
             # requeue_after, not every pass: a lost message waits a third longer at most.
-            stale = time.monotonic() >= next_stale
-            report = relay_pass(actor, prune=prune, stale=stale)
-            if stale:
-                next_stale = time.monotonic() + get_settings().requeue_after / STALE_CHECKS
+            # Until it has run, every pass asks again whether a queue is empty (cheap).
+            every = get_settings().requeue_after / STALE_CHECKS
+            report = relay_pass(actor, prune=prune,
+                                stale=time.monotonic() - last_stale >= every)
+            if report.stale_checked:
+                last_stale = time.monotonic()
             if prune:  # a full slice: more is waiting, so prune again next pass
                 next_prune = time.monotonic() + (0 if report.pruned >= SLICE else PRUNE_EVERY)
             if report.expired or report.published or report.pruned:
