@@ -8,6 +8,7 @@ table (or JSON) and returns the numbers.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import os
@@ -249,6 +250,7 @@ def run_bench(
                 ours = our_phase(client, srv, procs, rss, n, latency_samples)
         finally:
             procs.stop()
+            gc.unfreeze()  # settle() froze this process's heap; a caller may run on
         report = assemble(ours, base, rss, at_start, n=n, naive_n=naive_n, workers=workers)
     show(report, as_json)
     return report

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from psycopg.errors import InsufficientPrivilege
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
@@ -224,15 +225,20 @@ def settle(database_url: str) -> bool:
     sync (0.16 s). CHECKPOINT needs a superuser (or pg_checkpoint); without one, only sync.
 
     The bench's own heap (160,000 objects once its imports are done) is then left out of
-    its garbage collections: a full one took 57-107 ms here and landed in whatever was
-    being timed, every run the same single-job sample (the 317th) at 65-70 ms.
+    its garbage collections until run_bench ends: a full one took 57-107 ms here and
+    landed in whatever was being timed, every run the same single-job sample (the 317th)
+    at 65-70 ms.
     """
     from app.db import engine_for
 
-    checkpointed = False
-    with suppress(DBAPIError), engine_for(database_url).connect() as conn:
-        conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("CHECKPOINT"))
-        checkpointed = True
+    checkpointed = True
+    try:
+        with engine_for(database_url).connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("CHECKPOINT"))
+    except DBAPIError as exc:
+        if not isinstance(exc.orig, InsufficientPrivilege):
+            raise
+        checkpointed = False
     os.sync()
     gc.collect()
     gc.freeze()
