@@ -36,7 +36,7 @@ class Waiters:
         # One client for the process; a lost subscription reconnects through its pool
         # (a client per attempt was never closed: one leaked pool per Redis outage).
         # A subscription only reads, so a half-open connection is found by TCP keepalive,
-        # on by default since redis-py 8.1 (redis-py#4082: idle 30 s, then 3 probes 5 s
+        # on by default in redis-py 8.1 (redis-py#4082: idle 30 s, then 3 probes 5 s
         # apart); listen() then raises and we resubscribe. Meanwhile waiters re-read.
         client = aioredis.Redis.from_url(url)
         try:

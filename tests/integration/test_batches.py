@@ -55,7 +55,6 @@ def paused(celery_app: Any, worker: Any, queue: str) -> Iterator[None]:
         assert celery_app.control.add_consumer(queue, **where), "the worker did not answer"
 
 
-
 def test_mixed_upload_reports_bad_lines_and_runs_good_ones(api: TestClient, key_a: str) -> None:
     body = ndjson([
         {"kind": "encode", "params": {"text": "hello world"}},

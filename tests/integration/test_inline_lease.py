@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -99,9 +100,18 @@ def test_chunk_cut_off_at_the_lease_runs_again_claimed_first(
             time.sleep(2.5)  # inside the inline chunk's transaction, past its lease
         return real_compute(job)
 
+    careful: list[bool] = []
+    real_execute = tasks.execute_chunk
+
+    def execute_recorded(ids: Sequence[int], **kw: Any) -> int:
+        careful.append(kw["careful"])
+        return real_execute(ids, **kw)
+
     monkeypatch.setattr(tasks, "compute", compute_hanging_once)
+    monkeypatch.setattr(tasks, "execute_chunk", execute_recorded)
     done = submit_and_wait(api, admin_key, {"kind": "encode", "params": {"text": "hung once"}})
     assert done["status"] == "succeeded" and hung == [done["id"]]
+    assert careful == [False, True]  # inline first; the retry claims before computing
     # The cut-off run wrote nothing and spent no attempt; the rerun claimed it first.
     assert done["attempt"] == 1
     trail = api.get(f"/v1/jobs/{done['id']}/audit", headers=auth(admin_key)).json()

@@ -37,7 +37,6 @@ def submit_and_wait(api: TestClient, key: str, body: dict[str, Any]) -> dict[str
     raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
-
 def test_encode_babel_known_answer(api: TestClient, key_a: str) -> None:
     job = submit_and_wait(api, key_a, {"kind": "encode", "params": {"text": "hello world"}})
     assert job["status"] == "succeeded"

@@ -23,7 +23,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker", "relay"
 ENCODE = {"kind": "encode", "params": {"text": "kept for a while"}}
 
 
-
 EVALUATE = {"kind": "evaluate", "params": {"cycles": [{
     "left": {"text": "The bridge is safe to open.", "confidence": 0.9},
     "right": {"text": "The bridge is safe to open today.", "confidence": 0.8}}]}}
@@ -103,12 +102,14 @@ def test_prune_takes_old_jobs_and_finished_batches_whole(api: TestClient, key_a:
 def test_relay_prunes_by_retention_days(
     api: TestClient, key_a: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """BABELQ_RETENTION_DAYS reaches the relay's pass; 0 keeps everything."""
+    """The retention_days setting (BABELQ_RETENTION_DAYS) reaches the relay's pass; 0
+    keeps everything."""
     old = single(api, key_a)
     age(10, [old])
     monkeypatch.setattr(get_settings(), "retention_days", 0)
     assert relay.relay_pass("test-relay").pruned == 0
     assert left("jobs", "id", [old]) == 1
     monkeypatch.setattr(get_settings(), "retention_days", 7)
-    assert relay.relay_pass("test-relay").pruned >= 1  # other tests' old jobs may go too
+    # The suite's own relay thread may prune it first: either way, a relay pass did.
+    relay.relay_pass("test-relay")
     assert left("jobs", "id", [old]) == left("results", "job_id", [old]) == 0
