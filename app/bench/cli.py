@@ -11,8 +11,6 @@ from __future__ import annotations
 import gc
 import itertools
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Iterator
@@ -22,9 +20,9 @@ from typing import Annotated, Any
 import httpx
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from app.bench import naive
+from app.bench.report import STAGES, assemble, machine, show
 from app.bench.system import (
     MB,
     Procs,
@@ -43,15 +41,6 @@ from app.bench.system import (
 )
 from app.supervisor import free_port
 
-#: Issue 4's targets: (metric path, comparison, bound).
-TARGETS: list[tuple[str, str, float]] = [
-    ("ingestion.jobs_per_s", ">=", 50_000),
-    ("ratios.ingestion", ">=", 25),
-    ("end_to_end.jobs_per_s", ">=", 10_000),
-    ("ratios.end_to_end", ">=", 15),
-    ("latency_ms.p50", "<=", 10),
-    ("latency_ms.p99", "<=", 40),
-]
 #: Lines of the warm-up batch and single jobs sent before anything is measured.
 WARMUP_LINES, WARMUP_SINGLES = 2000, 20
 #: Lines per chunk of the streamed upload body.
@@ -89,10 +78,6 @@ def batch_done(client: httpx.Client, batch_id: int) -> bool:
     reply = client.get(f"/v1/batches/{batch_id}")
     reply.raise_for_status()
     return bool(reply.json()["done"])
-
-
-#: Stretches of a single job's life, between the client's clock and the job's timestamps.
-STAGES = ("submit_to_created", "created_to_started", "started_to_finished", "finished_to_seen")
 
 
 def single_job(client: httpx.Client, text: str) -> tuple[float, dict[str, float]]:
@@ -288,103 +273,6 @@ def run_memory_check(
 
 def _auth(srv: Servers) -> dict[str, str]:
     return {"Authorization": f"Bearer {admin_key(srv.database_url)}"}
-
-
-# Report --------------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on, with the load average (1, 5, 15 min) now."""
-    model = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as info:
-            model = next((ln.split(":", 1)[1].strip() for ln in info
-                          if ln.startswith("model name")), model)
-    except OSError:
-        pass
-    return {"cpus": os.cpu_count(), "cpu": model, "python": platform.python_version(),
-            "system": f"{platform.system()} {platform.release()}",
-            "load": " ".join(f"{x:.1f}" for x in os.getloadavg())}
-
-
-def assemble(ours: dict[str, Any], base: dict[str, Any], rss: RssSampler,
-             host: dict[str, Any], *, n: int, naive_n: int, workers: int) -> dict[str, Any]:
-    """The numbers of one run, with ratios and targets."""
-    from app.config import get_settings
-
-    report: dict[str, Any] = {
-        "machine": host,
-        "config": {"n": n, "naive_n": naive_n, "workers": workers,
-                   "worker_layout": f"1 Celery worker, prefork pool of {workers}",
-                   "chunk_size": get_settings().chunk_size},
-        "ingestion": ours["ingestion"], "end_to_end": ours["end_to_end"],
-        "latency_ms": ours["latency_ms"], "naive": base,
-        # Whether every measured phase began after a CHECKPOINT (see settle), not only a sync.
-        "checkpointed": ours["checkpointed"] and base["checkpointed"],
-        "ratios": {k: ours[k]["jobs_per_s"] / base[k]["jobs_per_s"]
-                   for k in ("ingestion", "end_to_end")},
-        "memory_mb": {"api_peak": rss.peak.get("api", 0) / MB,
-                      "worker_peak": rss.peak.get("worker", 0) / MB,
-                      "naive_worker_peak": rss.peak.get("naive_worker", 0) / MB,
-                      "api_growth_over_ingestion": ours["api_growth_mb"]},
-    }
-    report["targets"] = [_target(report, *t) for t in TARGETS]
-    return report
-
-
-def _target(report: dict[str, Any], path: str, op: str, bound: float) -> dict[str, Any]:
-    value: Any = report
-    for part in path.split("."):
-        value = value[part]
-    met = value >= bound if op == ">=" else value <= bound
-    unit = "x" if path.startswith("ratios") else ""
-    return {"metric": path, "target": f"{op} {bound:,}{unit}", "value": value, "met": met}
-
-
-def show(report: dict[str, Any], as_json: bool) -> None:
-    """Print the report: JSON, or a rich table (120 columns wide when not on a terminal)."""
-    if as_json:
-        print(json.dumps(report, indent=2))
-        return
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=120)
-    console.print(table(report))
-
-
-def table(r: dict[str, Any]) -> Table:
-    """The report as a rich table."""
-    cfg, nv, lat, mem, m = r["config"], r["naive"], r["latency_ms"], r["memory_mb"], r["machine"]
-    goal = {x["metric"]: x for x in r["targets"]}
-
-    def target(*metrics: str) -> tuple[str, str]:
-        return ("; ".join(goal[k]["target"] for k in metrics),
-                " ".join("✓" if goal[k]["met"] else "✗" for k in metrics))
-
-    t = Table(title=f"babelq bench: {cfg['n']:,} light encode jobs (naive {cfg['naive_n']:,}); "
-                    f"{cfg['worker_layout']}; chunk_size {cfg['chunk_size']}",
-              caption=f"{m['cpus']} CPUs ({m['cpu']}), Python {m['python']}, {m['system']}, "
-                      f"load average at start {m['load']}. Naive: one ORM commit + apply_async "
-                      "per job; its ingestion timed with its workers stopped, its end to end "
-                      "with them consuming. Each measured phase starts after "
-                      + ("a CHECKPOINT and a sync." if r["checkpointed"] else
-                         "a sync only: this database user may not run CHECKPOINT."))
-    for col in ("measure", "Babel Queue", "naive", "ours/naive", "target", "met"):
-        t.add_column(col, justify="left" if col == "measure" else "right")
-    for key, label in (("ingestion", "ingestion, jobs/s"), ("end_to_end", "end to end, jobs/s")):
-        t.add_row(label, f"{r[key]['jobs_per_s']:,.0f}", f"{nv[key]['jobs_per_s']:,.0f}",
-                  f"{r['ratios'][key]:.1f}x", *target(f"{key}.jobs_per_s", f"ratios.{key}"))
-    t.add_row("latency p50 / p95 / p99, ms",
-              f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f}", "", "",
-              *target("latency_ms.p50", "latency_ms.p99"))
-    t.add_row("  median ms: →row →claimed →finished →seen",
-              " / ".join(f"{lat['median_stages'][k]:.1f}" for k in STAGES), "", "", "", "")
-    t.add_row("peak RSS api, MB", f"{mem['api_peak']:.0f}", "", "", "", "")
-    t.add_row("peak RSS worker + pool, MB", f"{mem['worker_peak']:.0f}",
-              f"{mem['naive_worker_peak']:.0f}", "", "", "")
-    t.add_row("api RSS growth over ingestion, MB", f"{mem['api_growth_over_ingestion']:.1f}",
-              "", "", "", "")
-    return t
 
 
 # Command line --------------------------------------------------------------------------
