@@ -51,24 +51,7 @@ def submit(
     comes as a row of its columns (read like a Job), an existing one as its Job.
     Raises pydantic.ValidationError / ValueError for invalid params: nothing is written.
     """
-    return insert(session, tenant_id=tenant_id, kind=kind, clean=validate(kind, params),
-                  actor=actor, priority=priority, max_attempts=max_attempts,
-                  idempotency_key=idempotency_key, ref=ref)
-
-
-def insert(
-    session: Session,
-    *,
-    tenant_id: int,
-    kind: str,
-    clean: dict[str, Any],
-    actor: str,
-    priority: str = "normal",
-    max_attempts: int | None = None,
-    idempotency_key: str | None = None,
-    ref: str | None = None,
-) -> tuple[Job | Any, bool]:
-    """submit() for params validate() already returned: its second half, the writes."""
+    clean = validate(kind, params)
     attempts = max_attempts or get_settings().default_max_attempts
     # The id comes first so the row is inserted with its audit head, never updated for it.
     job_id = reserve_ids(session, 1)[0]

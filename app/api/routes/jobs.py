@@ -37,7 +37,7 @@ from app.schemas import (
 )
 
 #: A Job, or a row read like one (see _read).
-T = TypeVar("T", bound=Any)
+T = TypeVar("T", bound=Any)  # bound=Any: mypy lets _visible read its attributes
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -100,9 +100,10 @@ def create_job(
     idempotency_key: Annotated[str | None, Header(max_length=200, pattern=r"^[!-~]+$")] = None,
 ) -> JobRead:
     """Submit one job; 200 with the existing job if the idempotency key was seen."""
-    # Refused params and replays of a seen idempotency key take no rate-limit token.
+    # Refused params and replays of a seen idempotency key take no rate-limit token, so
+    # params are checked here first (and again by submit: 2-6 us, of about 3 ms).
     try:
-        clean = jobs.validate(job_in.kind, job_in.params)
+        jobs.validate(job_in.kind, job_in.params)
     except jobs.UnknownKind as exc:
         raise ApiError(422, str(exc), [{"field": "kind", "message": str(exc)}]) from None
     key = job_in.idempotency_key or idempotency_key
@@ -112,8 +113,8 @@ def create_job(
             response.status_code = 200
             return job_read(session, seen)
         check_submission(session, principal, 1)
-        job, created = jobs.insert(
-            session, tenant_id=principal.tenant_id, kind=job_in.kind, clean=clean,
+        job, created = jobs.submit(
+            session, tenant_id=principal.tenant_id, kind=job_in.kind, params=job_in.params,
             actor=principal.actor, priority=job_in.priority, max_attempts=job_in.max_attempts,
             idempotency_key=key, ref=job_in.ref,
         )
