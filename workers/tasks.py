@@ -11,7 +11,6 @@ from typing import Any
 
 from celery import shared_task
 from celery.signals import celeryd_after_setup, worker_process_init
-from psycopg.errors import IdleInTransactionSessionTimeout
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -120,10 +119,10 @@ def run_chunk(self, ids: list[int], careful: bool = False) -> int:  # type: igno
     try:
         return execute_chunk(ids, worker=worker, careful=careful)
     except DBAPIError as exc:
-        if not isinstance(exc.orig, IdleInTransactionSessionTimeout):
+        if isinstance(exc, OperationalError) or not exc.connection_invalidated:
             raise
-        # The lease cut off an inline chunk that hung: nothing of it was written and its
-        # jobs are queued. Failing here would ack the message and leave them to the
-        # relay, which republishes only once their queue is empty. Run it again, now
-        # carefully: claimed (with a lease) before anything is computed.
-        raise self.retry(exc=exc, countdown=0) from None
+        # The server ended the session (e.g. IdleInTransactionSessionTimeout, an
+        # InternalError, when the lease cut off an inline chunk that hung): a lost
+        # connection like any other, so retried as one (autoretry_for), carefully.
+        raise OperationalError(exc.statement, exc.params, exc.orig or exc,
+                               connection_invalidated=True) from exc

@@ -6,10 +6,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from psycopg.errors import IdleInTransactionSessionTimeout
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from app import jobs
@@ -100,15 +102,8 @@ def test_chunk_cut_off_at_the_lease_runs_again_claimed_first(
             time.sleep(2.5)  # inside the inline chunk's transaction, past its lease
         return real_compute(job)
 
-    careful: list[bool] = []
-    real_execute = tasks.execute_chunk
-
-    def execute_recorded(ids: Sequence[int], **kw: Any) -> int:
-        careful.append(kw["careful"])
-        return real_execute(ids, **kw)
-
     monkeypatch.setattr(tasks, "compute", compute_hanging_once)
-    monkeypatch.setattr(tasks, "execute_chunk", execute_recorded)
+    careful = record_careful(monkeypatch)
     done = submit_and_wait(api, admin_key, {"kind": "encode", "params": {"text": "hung once"}})
     assert done["status"] == "succeeded" and hung == [done["id"]]
     assert careful == [False, True]  # inline first; the retry claims before computing
@@ -116,3 +111,42 @@ def test_chunk_cut_off_at_the_lease_runs_again_claimed_first(
     assert done["attempt"] == 1
     trail = api.get(f"/v1/jobs/{done['id']}/audit", headers=auth(admin_key)).json()
     assert [e["type"] for e in trail["events"]] == ["submitted", "started", "succeeded"]
+
+
+def test_a_session_the_server_ended_is_retried_as_a_lost_connection(
+    api: TestClient, admin_key: str, worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other way the lease's cut-off can arrive: PostgreSQL's FATAL read first, an
+    InternalError (IdleInTransactionSessionTimeout) on a closed connection."""
+    monkeypatch.setattr(get_settings(), "requeue_after", 600)  # no rescue by the relay
+    ended = DBAPIError.instance(
+        "SELECT 1", None, IdleInTransactionSessionTimeout("terminating connection due to "
+                                                          "idle-in-transaction timeout"),
+        psycopg.Error, connection_invalidated=True)
+    assert not isinstance(ended, OperationalError)  # not what autoretry_for names
+    careful = record_careful(monkeypatch, first_raises=ended)
+    job = api.post("/v1/jobs", json={"kind": "encode", "params": {"text": "ended"}},
+                   headers=auth(admin_key)).json()
+    for _ in range(3):  # the retry's backoff is under a second; a failed task never comes
+        job = api.get(f"/v1/jobs/{job['id']}", params={"wait": 10},
+                      headers=auth(admin_key)).json()
+        if job["status"] == "succeeded":
+            break
+    assert job["status"] == "succeeded" and careful == [False, True]
+
+
+def record_careful(monkeypatch: pytest.MonkeyPatch, first_raises: Exception | None = None
+                   ) -> list[bool]:
+    """The careful flag of every chunk the test worker runs from now on; if first_raises,
+    the first run raises it instead of running."""
+    careful: list[bool] = []
+    real_execute = tasks.execute_chunk
+
+    def execute_recorded(ids: Sequence[int], **kw: Any) -> int:
+        careful.append(kw["careful"])
+        if first_raises is not None and len(careful) == 1:
+            raise first_raises
+        return real_execute(ids, **kw)
+
+    monkeypatch.setattr(tasks, "execute_chunk", execute_recorded)
+    return careful
