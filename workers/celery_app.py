@@ -91,8 +91,9 @@ def publish(
     takes them in the order given, as if each had been published alone.
     """
     size = chunk_size or get_settings().chunk_size
-    key = queue_keys(queue_for(kind))[PRIORITY_STEPS.index(priority)]
-    messages = [chunk_message(list(ids[start:start + size]), priority, queue_for(kind), careful)
+    queue = queue_for(kind)
+    key = queue_keys(queue)[PRIORITY_STEPS.index(priority)]
+    messages = [chunk_message(list(ids[start:start + size]), priority, queue, careful)
                 for start in range(0, len(ids), size)]
     client = redis_client(celery_app.conf.broker_url)
     for start in range(0, len(messages), PUSH_MESSAGES):
