@@ -18,9 +18,11 @@ from sqlalchemy.exc import OperationalError
 from app import jobs
 from app.config import get_settings
 from app.db import session_scope
+from app.jobs import delayed, schedules
 from app.jobs.manage import SLICE
 from app.notify import redis_client
 from app.testhooks import TEST_KINDS
+from workers import webhooks
 from workers.celery_app import KINDS, publish, queue_keys
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,9 @@ class PassReport:
     """What one relay pass did."""
 
     expired: int = 0
+    #: delayed jobs whose time came, and schedules that fired
+    released: int = 0
+    fired: int = 0
     published: int = 0
     pruned: int = 0
     #: whether it looked for stale jobs (asked to, and some kind's queue was empty)
@@ -63,6 +68,10 @@ def relay_pass(actor: str, prune: bool = True, stale: bool = True) -> PassReport
     report = PassReport()
     with session_scope() as session:
         report.expired = jobs.expire_leases(session, actor=actor)
+    with session_scope() as session:
+        report.released = delayed.release_due(session)
+    with session_scope() as session:
+        report.fired = schedules.fire_due(session, actor=actor)
     idle = idle_kinds() if stale else []
     report.stale_checked = bool(idle)
     while True:
@@ -85,6 +94,7 @@ def run(stop: threading.Event | None = None, interval: float | None = None) -> N
     stop = stop or threading.Event()
     pause = interval if interval is not None else get_settings().relay_interval
     actor = f"relay@{socket.gethostname()}"
+    webhooks.start(stop)
     next_prune, last_stale = 0.0, float("-inf")
     while not stop.is_set():
         try:
@@ -102,7 +112,7 @@ def run(stop: threading.Event | None = None, interval: float | None = None) -> N
                 last_stale = time.monotonic()
             if prune:  # a full slice: more is waiting, so prune again next pass
                 next_prune = time.monotonic() + (0 if report.pruned >= SLICE else PRUNE_EVERY)
-            if report.expired or report.published or report.pruned:
+            if report.expired or report.published or report.pruned or report.fired:
                 log.info("relay: %s", report)
         except (OperationalError, redis.RedisError, OSError) as exc:
             log.warning("relay pass failed, will retry: %s", exc)
