@@ -135,8 +135,8 @@ class Job(Base):
         ),
         Index("jobs_running_lease", "lease_until", postgresql_where=text("status = 'running'")),
         # Delayed jobs wait here until due (app.jobs.delayed), out of every relay scan.
-        Index("jobs_held", "run_after",
-              postgresql_where=text("status = 'queued' AND published_at = 'infinity'")),
+        Index("jobs_held", "run_after", postgresql_where=text(
+            "status = 'queued' AND published_at = '9999-01-01 00:00:00+00'")),
         Index(
             "jobs_unpublished",
             "priority",

@@ -33,6 +33,9 @@ class JobCreate(BaseModel):
     max_attempts: int | None = Field(default=None, ge=1, le=20)
     idempotency_key: IdempotencyKey | None = None
     ref: Label | None = None
+    run_at: datetime | None = Field(
+        default=None, description="ISO 8601 time with zone: the job starts no earlier")
+    delay: float | None = Field(default=None, ge=0, description="seconds: the same, from now")
 
 
 class JobError(BaseModel):

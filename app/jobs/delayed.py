@@ -1,8 +1,8 @@
 """Delayed jobs: held in PostgreSQL until their run_after, then released to the relay.
 
 A job submitted with run_at or delay is stored queued with run_after set and
-published_at = 'infinity' ("held"). No relay scan (unpublished: published_at IS NULL;
-stale: published_at long past) ever reads it, and Redis holds nothing for it, so a week's
+published_at = HELD, in the year 9999 ("held"). No relay scan (unpublished: published_at
+IS NULL; stale: published_at long past) ever reads it, and Redis holds nothing for it, so a week's
 delay or a million delayed jobs cost nothing until due. Once due, release_due sets
 published_at to NULL: the job is then an ordinary unpublished one, which the relay
 publishes in the same pass. Claims check run_after too, so even a message that arrived
@@ -18,8 +18,11 @@ from sqlalchemy.orm import Session
 
 from app.config import get_settings
 
-#: published_at of a held job.
-HELD = datetime.max.replace(tzinfo=UTC)
+#: published_at of a held job: later than any real time, and still a Python datetime
+#: (PostgreSQL's 'infinity' is not one, so no row holding it could be read).
+HELD = datetime(9999, 1, 1, tzinfo=UTC)
+#: The same as PostgreSQL text, as jobs_held's predicate spells it.
+HELD_SQL = "9999-01-01 00:00:00+00"
 
 
 class BadDelay(ValueError):
@@ -49,7 +52,7 @@ def run_after(run_at: datetime | None, delay: float | None) -> datetime | None:
 
 _RELEASE = text(
     "UPDATE jobs SET published_at = NULL FROM (SELECT id FROM jobs "
-    "WHERE status = 'queued' AND published_at = 'infinity' AND run_after <= now() "
+    f"WHERE status = 'queued' AND published_at = '{HELD_SQL}' AND run_after <= now() "
     "ORDER BY run_after LIMIT :limit FOR UPDATE SKIP LOCKED) AS due "
     "WHERE jobs.id = due.id"
 )

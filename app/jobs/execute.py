@@ -22,6 +22,7 @@ from app.audit import Link
 from app.config import get_settings
 from app.core.canonical import canonical_json
 from app.db import array_literal, driver_rows, driver_sql, hex_array_literal
+from app.jobs import webhooks
 from app.jobs.counters import Moves, move_counters
 from app.models import Decision
 
@@ -188,7 +189,7 @@ _SUCCEED_ROWS = (
     "lease_until = NULL, error = NULL, " + _CLAIMED +
     "FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:seqs AS int[]), "
     "CAST(:heads AS text[]), CAST(:inline AS bool[])) AS v(id, attempt, seq, head, inline) "
-    + _FENCE + "RETURNING jobs.id, jobs.batch_id"
+    + _FENCE + "RETURNING jobs.id, jobs.batch_id, jobs.tenant_id"
 )
 _SUCCEED = text(_SUCCEED_ROWS)
 
@@ -201,7 +202,7 @@ _SUCCEED_WITH_ROWS = driver_sql(text(
     "CAST(:results AS jsonb[]), CAST(:shas AS text[])) AS r(id, result, sha) "
     "JOIN won ON won.id = r.id), "
     f"ev AS ({audit.EVENTS_FROM_ARRAYS} JOIN won ON won.id = e.job_id) "
-    "SELECT id, batch_id FROM won"
+    "SELECT id, batch_id, tenant_id FROM won"
 ))
 
 #: Up to this many outcomes are written with _SUCCEED_WITH_ROWS; more by COPY, which
@@ -217,7 +218,7 @@ _FAIL = text(
     "CAST(:errors AS jsonb[]), CAST(:run_afters AS timestamptz[]), CAST(:seqs AS int[]), "
     "CAST(:heads AS text[]), CAST(:inline AS bool[])) "
     "AS v(id, attempt, status, error, run_after, seq, head, inline) "
-    + _FENCE + "RETURNING jobs.id, jobs.batch_id, v.status"
+    + _FENCE + "RETURNING jobs.id, jobs.batch_id, jobs.tenant_id, v.status"
 )
 
 
@@ -242,6 +243,8 @@ def _succeed(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
         _write_results(session, kept)
         audit.insert_links(session, _links(kept))
     _write_decisions(session, [o for o in kept if o.job.kind == "evaluate"])
+    webhooks.record_job_events(session, "job.succeeded",
+                               [(r.id, r.tenant_id, r.batch_id) for r in rows])
     return _moves(outcomes, [(r.id, r.batch_id, "succeeded") for r in rows])
 
 
@@ -343,6 +346,8 @@ def _fail(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
         "errors": [_json(o.error) for o in outcomes], "run_afters": run_afters,
     }).all()
     audit.insert_links(session, _links(_kept(outcomes, rows)))
+    webhooks.record_job_events(session, "job.dead", [(r.id, r.tenant_id, r.batch_id)
+                                                     for r in rows if r.status == "dead"])
     return _moves(outcomes, [(r.id, r.batch_id, r.status) for r in rows])
 
 

@@ -14,12 +14,13 @@ from sqlalchemy.orm import Session
 
 from app import audit
 from app.config import get_settings
+from app.jobs import webhooks
 from app.jobs.counters import move_counters
 from app.jobs.outbox import schedule_publish
 
 #: Rows of a transition, locked before anything is written.
 _LOCK = (
-    "SELECT id, batch_id, kind, priority, status, attempt, attempt_base, max_attempts, "
+    "SELECT id, batch_id, tenant_id, kind, priority, status, attempt, attempt_base, max_attempts, "
     "worker, audit_seq, audit_head FROM jobs WHERE {where}{tail} FOR UPDATE{skip}"
 )
 #: One write per row: its new status, the transition's own columns, and its audit head.
@@ -114,6 +115,8 @@ def _cancel(session: Session, where: str, id_: int, actor: str) -> int:
     try:
         rows = _lock(session, where, {"id": id_})
         _move(session, rows, "cancelled", _CANCELLED, "cancelled", actor, _from)
+        webhooks.record_job_events(session, "job.cancelled",
+                                   [(r.id, r.tenant_id, r.batch_id) for r in rows])
     except OperationalError as exc:
         if isinstance(exc.orig, LockNotAvailable):
             raise Busy(f"a worker is finishing these jobs; nothing was cancelled, "
@@ -142,6 +145,9 @@ def expire_leases(session: Session, *, actor: str, limit: int = 5000) -> int:
                 for r in rows]
     _move(session, rows, statuses, _EXPIRED, "lease_expired", actor,
           lambda r, status: {"attempt": r.attempt, "worker": r.worker, "to": status})
+    webhooks.record_job_events(session, "job.dead", [
+        (r.id, r.tenant_id, r.batch_id) for r, s in zip(rows, statuses, strict=True)
+        if s == "dead"])
     return len(rows)
 
 

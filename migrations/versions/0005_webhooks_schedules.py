@@ -1,6 +1,6 @@
 """Webhook endpoints and deliveries, periodic schedules, and the index of delayed jobs.
 
-A delayed job (run_at / delay) is stored queued with published_at = 'infinity', "held":
+A delayed job (run_at / delay) is stored queued with published_at in the year 9999, "held":
 neither the relay's unpublished scan nor its stale scan ever sees it, so a million of
 them cost each relay pass nothing. jobs_held serves the one statement that releases
 those whose time has come (app.jobs.delayed.release_due).
@@ -86,8 +86,8 @@ def upgrade() -> None:
     )
     op.create_index("schedules_due", "schedules", ["next_fire_at"],
                     postgresql_where=sa.text("NOT paused"))
-    op.create_index("jobs_held", "jobs", ["run_after"],
-                    postgresql_where=sa.text("status = 'queued' AND published_at = 'infinity'"))
+    op.create_index("jobs_held", "jobs", ["run_after"], postgresql_where=sa.text(
+        "status = 'queued' AND published_at = '9999-01-01 00:00:00+00'"))
 
 
 def downgrade() -> None:

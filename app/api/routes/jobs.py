@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BeforeValidator
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app import audit, jobs
@@ -21,6 +21,7 @@ from app.api.errors import ApiError
 from app.api.metrics import SUBMITTED
 from app.config import get_settings
 from app.db import autocommit, conn_rows, driver_autocommit, new_session
+from app.jobs import delayed
 from app.keys import Principal
 from app.limits import check_cap, check_submission
 from app.models import TERMINAL, Decision, Job, Result
@@ -107,6 +108,10 @@ def create_job(
     except jobs.UnknownKind as exc:
         raise ApiError(422, str(exc), [{"field": "kind", "message": str(exc)}]) from None
     key = job_in.idempotency_key or idempotency_key
+    try:
+        after = delayed.run_after(job_in.run_at, job_in.delay)
+    except delayed.BadDelay as exc:
+        raise ApiError(422, str(exc), [{"field": "run_at", "message": str(exc)}]) from None
     with _submitting() as session:
         seen = jobs.find_keyed(session, principal.tenant_id, key) if key else None
         if seen is not None:
@@ -116,7 +121,7 @@ def create_job(
         job, created = jobs.submit(
             session, tenant_id=principal.tenant_id, kind=job_in.kind, params=job_in.params,
             actor=principal.actor, priority=job_in.priority, max_attempts=job_in.max_attempts,
-            idempotency_key=key, ref=job_in.ref,
+            idempotency_key=key, ref=job_in.ref, run_after=after,
         )
         session.commit()
         if created:
@@ -171,6 +176,9 @@ def read_jobs(
     status: Status | None = None,
     kind: Kind | None = None,
     batch_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    scheduled: Annotated[bool | None, Query(
+        description="true: only queued jobs waiting for a later time (run_at, delay, or a "
+                    "retry's backoff); false: every other job")] = None,
     created_after: IsoDatetime | None = None,
     created_before: IsoDatetime | None = None,
     cursor: Annotated[str | None, Query(pattern=r"^\d{1,19}$")] = None,
@@ -185,6 +193,9 @@ def read_jobs(
     for value, clause in filters:
         if value is not None:
             stmt = stmt.where(clause)
+    if scheduled is not None:
+        waiting = (Job.status == "queued") & (Job.run_after > func.now())
+        stmt = stmt.where(waiting if scheduled else ~waiting)
     if created_after is not None:
         stmt = stmt.where(Job.created_at >= created_after)
     if created_before is not None:
