@@ -34,9 +34,10 @@ def run_after(run_at: datetime | None, delay: float | None) -> datetime | None:
     if run_at is not None and delay is not None:
         raise BadDelay("give run_at or delay, not both")
     now = datetime.now(UTC)
+    longest = get_settings().max_delay_seconds
     if delay is not None:
-        if delay < 0:
-            raise BadDelay("delay must not be negative")
+        if not 0 <= delay <= longest:
+            raise BadDelay(f"delay must be between 0 and {longest:.0f} seconds")
         at = now + timedelta(seconds=delay)
     elif run_at is not None:
         if run_at.tzinfo is None:
@@ -44,9 +45,8 @@ def run_after(run_at: datetime | None, delay: float | None) -> datetime | None:
         at = run_at
     else:
         return None
-    if (at - now).total_seconds() > get_settings().max_delay_seconds:
-        raise BadDelay(f"run_at / delay is more than {get_settings().max_delay_seconds:.0f} "
-                       "seconds ahead")
+    if (at - now).total_seconds() > longest:
+        raise BadDelay(f"run_at is more than {longest:.0f} seconds ahead")
     return at if at > now else None
 
 

@@ -219,7 +219,7 @@ def _insert_keyed(
     got = set(session.execute(
         text(f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) "
              "SELECT v.id, :tenant, :batch, v.line, v.kind, v.params, v.priority, v.attempts, "
-             "v.ikey, CASE WHEN v.run_after IS NULL THEN :now ELSE :held END, 1, v.head, "
+             "v.ikey, v.ref, CASE WHEN v.run_after IS NULL THEN :now ELSE :held END, 1, v.head, "
              "v.run_after FROM unnest(CAST(:ids AS bigint[]), "
              "CAST(:lines AS int[]), CAST(:kinds AS text[]), CAST(:params AS jsonb[]), "
              "CAST(:pris AS smallint[]), CAST(:attempts AS int[]), CAST(:ikeys AS text[]), "

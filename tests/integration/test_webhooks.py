@@ -238,12 +238,15 @@ def test_delayed_batch_line_and_bad_delays(api: TestClient) -> None:
     at = "2020-01-01T00:00:00Z"  # in the past: runs at once
     made = api.post("/v1/batches", headers={**auth(key), **NDJSON}, content=ndjson([
         {**ENCODE, "delay": 1}, {**ENCODE, "run_at": at}, {**ENCODE, "delay": -1},
-        {**ENCODE, "delay": 1, "run_at": at}])).json()
-    assert made["accepted"] == 2 and made["rejected"] == 2
+        {**ENCODE, "delay": 1, "run_at": at},
+        {**ENCODE, "delay": 1, "idempotency_key": "late-1", "ref": "mine"}])).json()
+    assert made["accepted"] == 3 and made["rejected"] == 2
     wait_done(api, key, made["id"])
     jobs = api.get("/v1/jobs", params={"batch_id": made["id"]}, headers=auth(key)).json()["data"]
-    first = next(j for j in jobs if j["line"] == 1)
-    assert first["started_at"] >= first["run_after"]
+    late = [j for j in jobs if j["line"] in (1, 5)]
+    assert all(j["started_at"] >= j["run_after"] for j in late)
+    assert next(j for j in jobs if j["line"] == 2)["run_after"] is None
+    assert next(j for j in jobs if j["line"] == 5)["ref"] == "mine"
     for body in ({**ENCODE, "run_at": "2030-01-01T00:00:00"},  # no time zone
                  {**ENCODE, "delay": 10**9}):
         assert api.post("/v1/jobs", json=body, headers=auth(key)).status_code == 422
