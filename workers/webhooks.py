@@ -1,8 +1,8 @@
 """The webhook sender: signs and POSTs due deliveries, outside every job transaction.
 
 It runs beside the relay, in a thread with its own asyncio loop, and keeps at most
-webhook_concurrency requests in flight: a slow receiver holds one slot, never a worker
-or a job row. Bodies are signed by the Standard Webhooks scheme (webhook-id,
+webhook_concurrency requests in flight: a slow receiver holds one of them, never a
+worker or a job row. Bodies are signed by the Standard Webhooks scheme (webhook-id,
 webhook-timestamp, webhook-signature). Redirects are not followed, a receiver has
 webhook_timeout seconds, and at most RESPONSE_KEPT bytes of its answer are kept.
 """
@@ -34,14 +34,27 @@ RESPONSE_KEPT = 1024
 IDLE_POLL = 0.2
 #: Seconds a checked address of a host is used before the name is resolved again.
 RESOLVED_FOR = 30.0
+#: Seconds the recorder gathers outcomes before writing them in one statement.
+RECORD_EVERY = 0.05
+#: Seconds between looks at whether the senders need more claimed deliveries.
+FILL_EVERY = 0.02
 
 
 class Sender:
-    """Claims due deliveries while it has free slots, sends each, records the outcomes."""
+    """Claims due deliveries ahead of its senders, sends each, records outcomes in batches.
+
+    webhook_concurrency coroutines send, each with its own httpx client (one pool shared
+    by all of them costs several times the CPU per request: its bookkeeping grows with the
+    requests waiting on it). Claims and records are one statement for many deliveries.
+    """
 
     def __init__(self) -> None:
         self.settings = get_settings()
-        self.inflight: set[asyncio.Task[Attempt]] = set()
+        self.size = self.settings.webhook_concurrency
+        self.claimed: asyncio.Queue[tuple[Due, Target | None]] = asyncio.Queue()
+        self.outcomes: asyncio.Queue[Attempt] = asyncio.Queue()
+        self.busy = 0
+        self.senders_left = 0
         self.signers: dict[str, Webhook] = {}
         self.resolved: dict[tuple[str, int], tuple[float, str]] = {}
         #: deliveries this sender delivered, and attempts that failed (cheap counts)
@@ -50,39 +63,65 @@ class Sender:
 
     async def run(self, stop: threading.Event) -> None:
         """Send until stop is set; database outages are waited out."""
-        limits = httpx.Limits(max_connections=self.settings.webhook_concurrency,
-                              max_keepalive_connections=self.settings.webhook_concurrency)
-        async with httpx.AsyncClient(timeout=self.settings.webhook_timeout, limits=limits,
-                                     follow_redirects=False, trust_env=False) as http:
-            while not stop.is_set():
-                try:
-                    await self.step(http)
-                except OperationalError as exc:
-                    log.warning("webhook sender: database unavailable, will retry: %s", exc)
-                    await asyncio.sleep(1.0)
-            if self.inflight:
-                await asyncio.wait(self.inflight, timeout=self.settings.webhook_timeout)
+        self.senders_left = self.size
+        tasks = [asyncio.create_task(self.send_loop(stop)) for _ in range(self.size)]
+        recorder = asyncio.create_task(self.record_loop(stop))
+        while not stop.is_set():
+            try:
+                await self.fill()
+            except OperationalError as exc:
+                log.warning("webhook sender: database unavailable, will retry: %s", exc)
+                await asyncio.sleep(1.0)
+        await asyncio.gather(*tasks)
+        await recorder
 
-    async def step(self, http: httpx.AsyncClient) -> None:
-        """Claim into free slots, wait a little for answers, record the finished ones."""
-        free = self.settings.webhook_concurrency - len(self.inflight)
-        due: list[Due] = []
-        if free > 0:
-            due, targets = await asyncio.to_thread(_claim, free)
-            for d in due:
-                self.inflight.add(asyncio.create_task(self.send(http, d, targets.get(
-                    d.endpoint_id))))
-        if not self.inflight:
-            await asyncio.sleep(IDLE_POLL)
+    async def fill(self) -> None:
+        """Keep about two rounds of deliveries claimed ahead of the senders."""
+        free = 2 * self.size - self.claimed.qsize() - self.busy
+        if free < max(1, self.size // 2):
+            await asyncio.sleep(FILL_EVERY)
             return
-        done, self.inflight = await asyncio.wait(
-            self.inflight, timeout=0.01 if due else IDLE_POLL,
-            return_when=asyncio.FIRST_COMPLETED)
-        attempts = [t.result() for t in done]
-        if attempts:
-            delivered = await asyncio.to_thread(_record, attempts)
+        due, targets = await asyncio.to_thread(_claim, free)
+        for d in due:
+            self.claimed.put_nowait((d, targets.get(d.endpoint_id)))
+        if not due:
+            await asyncio.sleep(IDLE_POLL)
+
+    async def send_loop(self, stop: threading.Event) -> None:
+        """One sender: take a claimed delivery, send it, hand the outcome to the recorder."""
+        async with httpx.AsyncClient(timeout=self.settings.webhook_timeout,
+                                     follow_redirects=False, trust_env=False) as http:
+            while not (stop.is_set() and self.claimed.empty()):
+                try:
+                    d, target = await asyncio.wait_for(self.claimed.get(), timeout=IDLE_POLL)
+                except TimeoutError:
+                    continue
+                self.busy += 1
+                try:
+                    self.outcomes.put_nowait(await self.send(http, d, target))
+                finally:
+                    self.busy -= 1
+        self.senders_left -= 1
+
+    async def record_loop(self, stop: threading.Event) -> None:
+        """Write outcomes in batches until stopped and nothing is left to write."""
+        while not (stop.is_set() and not self.senders_left and self.outcomes.empty()):
+            try:
+                first = await asyncio.wait_for(self.outcomes.get(), timeout=IDLE_POLL)
+            except TimeoutError:
+                continue
+            await asyncio.sleep(RECORD_EVERY)  # let the others of this round arrive
+            batch = [first]
+            while not self.outcomes.empty():
+                batch.append(self.outcomes.get_nowait())
+            try:
+                delivered = await asyncio.to_thread(_record, batch)
+            except OperationalError as exc:
+                # Not recorded: the deliveries are sent again when their lease ends.
+                log.warning("webhook sender: %d outcome(s) not recorded: %s", len(batch), exc)
+                continue
             self.delivered += delivered
-            self.failed_attempts += len(attempts) - delivered
+            self.failed_attempts += len(batch) - delivered
 
     async def send(self, http: httpx.AsyncClient, d: Due, target: Target | None) -> Attempt:
         """One signed POST; any failure becomes the attempt's error, never an exception."""
@@ -156,6 +195,8 @@ def _record(attempts: list[Attempt]) -> int:
 
 def run(stop: threading.Event) -> None:
     """The sender's loop, until stop is set (the relay starts it in a thread)."""
+    # httpx logs every request at INFO: thousands of lines a second under load.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     asyncio.run(Sender().run(stop))
 
 
