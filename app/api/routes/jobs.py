@@ -15,35 +15,32 @@ from pydantic import BeforeValidator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import audit, jobs
+from app import jobs
 from app.api.deps import MAX_ID, IdPath, PrincipalDep, SessionDep
 from app.api.errors import ApiError
 from app.api.metrics import SUBMITTED
-from app.config import get_settings
-from app.db import autocommit, conn_rows, driver_autocommit, new_session
-from app.keys import Principal
-from app.limits import check_cap, check_submission
-from app.models import TERMINAL, Decision, Job, Result
-from app.schemas import (
+from app.api.schemas import (
+    ERRORS,
     AuditEventRead,
     AuditRead,
     DecisionRead,
-    ErrorBody,
     JobCreate,
     JobRead,
     JobsRead,
     Kind,
     Status,
 )
+from app.config import get_settings
+from app.jobs import audit
+from app.jobs.admission import check_cap, check_submission
+from app.jobs.keys import Principal
+from app.store.db import autocommit, conn_rows, driver_autocommit, new_session
+from app.store.models import TERMINAL, Decision, Job, Result
 
 #: A Job, or a row read like one (see _read).
 T = TypeVar("T", bound=Any)  # bound=Any: mypy lets _visible read its attributes
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503)
-}
 
 #: Seconds between database re-reads while long-polling, in case a notification is lost.
 POLL_FALLBACK = 1.0
@@ -70,7 +67,7 @@ def _visible(job: T | None, principal: Principal, job_id: int) -> T:
     return job
 
 
-def job_read(session: Session, job: Job) -> JobRead:
+def job_read(session: Session, job: Job | jobs.JobRow) -> JobRead:
     """The job with its result when it has one."""
     res = session.get(Result, job.id) if job.status == "succeeded" else None
     return JobRead.of(job, *_result_of(res))
