@@ -19,6 +19,7 @@ from app.api.errors import ApiError
 from app.api.metrics import SUBMITTED
 from app.api.schemas import ERRORS, BatchCreated, BatchRead, ErrorBody, Priority
 from app.config import get_settings
+from app.core.status import JobStatus
 from app.jobs.admission import check_submission, precheck_batch
 from app.jobs.ingest import Ingestor, LineSplitter
 from app.jobs.keys import Principal
@@ -126,8 +127,7 @@ def get_batch(session: Any, principal: Principal, batch_id: int) -> Batch:
 
 def batch_read(batch: Batch) -> BatchRead:
     """Counts, progress, rate and ETA of a batch."""
-    counts = {s: getattr(batch, s) for s in ("queued", "running", "succeeded", "dead",
-                                              "cancelled")}
+    counts = {s.value: getattr(batch, s.value) for s in JobStatus}
     finished = counts["succeeded"] + counts["dead"] + counts["cancelled"]
     done = batch.total > 0 and finished == batch.total
     rate = eta = None
