@@ -21,7 +21,7 @@ from sqlalchemy.exc import OperationalError
 from standardwebhooks.webhooks import Webhook
 
 from app.config import get_settings
-from app.db import session_scope
+from app.store.db import session_scope
 from app.webhooks import deliveries
 from app.webhooks.deliveries import Attempt, Due, Target
 from app.webhooks.urls import UnsafeUrl, check_syntax, public_addresses

@@ -7,12 +7,11 @@ from collections import Counter
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from app.core.status import RUN, JobStatus
 from app.jobs import webhooks
 
 #: A job moved from one status to another in a batch: (batch_id, from, to) -> count.
 Moves = Counter[tuple[int, str, str]]
-#: Statuses a job reaches only by being run: a batch has started once one of its jobs does.
-RUN = frozenset({"running", "succeeded", "dead"})
 
 
 def move_counters(session: Session, moves: Moves) -> None:
@@ -42,9 +41,9 @@ def move_counters(session: Session, moves: Moves) -> None:
                 "WHERE id = :id RETURNING tenant_id, queued + running = 0 AS idle"
             ),
             {"id": batch_id, "started": batch_id in started,
-             **{s: d[s] for s in ("queued", "running", "succeeded", "dead", "cancelled")}},
+             **{s.value: d[s] for s in JobStatus}},
         ).first()
         # Complete now: nothing left to run, and this move is what ran the last of it.
-        if row is not None and row.idle and d["queued"] + d["running"] < 0:
+        if row is not None and row.idle and d[JobStatus.QUEUED] + d[JobStatus.RUNNING] < 0:
             completed.append((batch_id, row.tenant_id))
     webhooks.record_batch_completed(session, completed)

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.jobs.submit import submit
-from app.models import Schedule
+from app.store.models import Schedule
 
 
 class BadSchedule(ValueError):

@@ -22,8 +22,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
-from app.models import Batch
-from app.schemas import JobRead
+from app.jobs.documents import JobRead, batch_read
+from app.store.models import Batch
 from app.webhooks import secrets
 
 log = logging.getLogger(__name__)
@@ -134,8 +134,6 @@ def _batch_bodies(session: Session, ids: list[int]) -> dict[int, dict[str, Any]]
     """Each batch as GET /v1/batches/{id} returns it."""
     if not ids:
         return {}
-    from app.api.routes.batches import batch_read
-
     return {b.id: batch_read(b).model_dump(mode="json")
             for b in session.query(Batch).filter(Batch.id.in_(ids))}
 

@@ -9,7 +9,7 @@ from sqlalchemy import delete, select, text, update
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
-from app.models import WebhookDelivery, WebhookEndpoint
+from app.store.models import WebhookDelivery, WebhookEndpoint
 from app.webhooks import secrets
 from app.webhooks.urls import check_url
 

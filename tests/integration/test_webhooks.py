@@ -255,7 +255,7 @@ def test_delayed_batch_line_and_bad_delays(api: TestClient) -> None:
 def fire_keys(schedule_id: int) -> list[str]:
     from sqlalchemy import text
 
-    from app.db import session_scope
+    from app.store.db import session_scope
 
     with session_scope() as s:
         return list(s.execute(text("SELECT idempotency_key FROM jobs WHERE idempotency_key "

@@ -13,10 +13,10 @@ from app import jobs
 from app.api.deps import IdPath, PrincipalDep, SessionDep
 from app.api.errors import ApiError
 from app.api.routes.jobs import ERRORS
+from app.api.schemas import KIND_MAX, Label, Priority
 from app.jobs import schedules
-from app.keys import Principal
-from app.models import Schedule
-from app.schemas import KIND_MAX, Label, Priority
+from app.jobs.keys import Principal
+from app.store.models import Schedule
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
 

@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session
 from app.api.deps import MAX_ID, IdPath, PrincipalDep, SessionDep
 from app.api.errors import ApiError
 from app.api.routes.jobs import ERRORS
-from app.keys import Principal
-from app.models import WebhookDelivery, WebhookEndpoint
+from app.jobs.keys import Principal
+from app.store.models import WebhookDelivery, WebhookEndpoint
 from app.webhooks import endpoints
 from app.webhooks.secrets import SecretKeyMissing
 from app.webhooks.urls import MAX_URL, UnsafeUrl

@@ -1,9 +1,9 @@
 """Webhook benchmark (not a test): a batch with one webhook per job, to a local receiver.
 
-    python -m app.bench.webhooks [--jobs 100000] [--database-url ... --redis-url ...]
+    python -m app.ops.bench.webhooks [--jobs 100000] [--database-url ... --redis-url ...]
 
 Starts its own servers (or uses the given ones), the api, one worker (prefork pool of 2),
-the relay (which runs the sender) and the receiver of app.bench.receiver. Measures, in
+the relay (which runs the sender) and the receiver of app.ops.bench.receiver. Measures, in
 one run: the batch end to end without any endpoint (the baseline), then the same batch
 with an endpoint that asks for every job's job.succeeded and the batch.completed; and
 the deliveries per second, from the receiver's first arrival to its last. Checks that
@@ -22,16 +22,16 @@ import httpx
 import orjson
 from rich.console import Console
 
-from app.bench.cli import batch_done, upload
-from app.bench.system import Procs, admin_key, child_env, servers, wait_for
-from app.supervisor import free_port
+from app.ops.bench.cli import batch_done, upload
+from app.ops.bench.system import Procs, admin_key, child_env, servers, wait_for
+from app.ops.supervisor import free_port
 
 err = Console(stderr=True)
 
 
 def _receiver(procs: Procs) -> str:
     port = free_port()
-    procs.start("receiver", ["-m", "uvicorn", "app.bench.receiver:app", "--host", "127.0.0.1",
+    procs.start("receiver", ["-m", "uvicorn", "app.ops.bench.receiver:app", "--host", "127.0.0.1",
                              "--port", str(port), "--log-level", "warning", "--no-access-log"])
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: _up(url), procs, timeout=60)
@@ -100,7 +100,7 @@ def _stats(receiver: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m app.bench.webhooks")
+    parser = argparse.ArgumentParser(prog="python -m app.ops.bench.webhooks")
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--database-url")
