@@ -225,7 +225,7 @@ class WebhookDelivery(Base):
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     #: the last attempts: {"at", "status_code", "error", "ms"}, oldest first, bounded
     history: Mapped[list[Any]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
-    #: the body, frozen at the first attempt so every retry sends the same bytes
+    #: the body, kept when the first attempt fails, so every retry sends the same data
     payload: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     #: the last response body, at most 1 KB
     response: Mapped[str | None] = mapped_column(Text)

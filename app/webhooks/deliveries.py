@@ -37,7 +37,7 @@ class Due:
     event: str
     attempts: int
     body: bytes
-    #: the body as stored: None when it was built for this attempt (and is to be kept)
+    #: the body when it was built for this attempt (kept if the attempt fails), else None
     fresh: dict[str, Any] | None
 
 
@@ -177,8 +177,9 @@ def record(session: Session, attempts: Sequence[Attempt]) -> int:
                                   "error": a.error, "ms": round(a.ms, 1)}).decode()
                     for a in attempts],
         "responses": [a.response for a in attempts],
-        "payloads": [orjson.dumps(a.delivery.fresh).decode() if a.delivery.fresh else None
-                     for a in attempts],
+        # Kept only for a retry to send the same body: a delivered one needs none.
+        "payloads": [orjson.dumps(a.delivery.fresh).decode()
+                     if a.delivery.fresh and not a.ok else None for a in attempts],
         "waits": [0.0 if a.ok else backoff(a.delivery.attempts + 1) for a in attempts],
     })
     return sum(a.ok for a in attempts)
