@@ -38,6 +38,8 @@ RESOLVED_FOR = 30.0
 RECORD_EVERY = 0.05
 #: Seconds between looks at whether the senders need more claimed deliveries.
 FILL_EVERY = 0.02
+#: Seconds an idle sending coroutine waits before it looks whether it should stop.
+STOP_CHECK = 1.0
 
 
 class Sender:
@@ -93,7 +95,7 @@ class Sender:
                                      follow_redirects=False, trust_env=False) as http:
             while not (stop.is_set() and self.claimed.empty()):
                 try:
-                    d, target = await asyncio.wait_for(self.claimed.get(), timeout=IDLE_POLL)
+                    d, target = await asyncio.wait_for(self.claimed.get(), timeout=STOP_CHECK)
                 except TimeoutError:
                     continue
                 self.busy += 1
@@ -197,7 +199,11 @@ def run(stop: threading.Event) -> None:
     """The sender's loop, until stop is set (the relay starts it in a thread)."""
     # httpx logs every request at INFO: thousands of lines a second under load.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    asyncio.run(Sender().run(stop))
+    try:
+        asyncio.run(Sender().run(stop))
+    except Exception:
+        log.exception("webhook sender stopped; restart the relay to send again")
+        raise
 
 
 def start(stop: threading.Event) -> threading.Thread:

@@ -184,5 +184,3 @@ def record(session: Session, attempts: Sequence[Attempt]) -> int:
     })
     return sum(a.ok for a in attempts)
 
-
-__all__ = ["Attempt", "Due", "Target", "backoff", "claim_due", "record"]

@@ -12,10 +12,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from pytest_httpserver import HTTPServer
+from sqlalchemy import text
 from standardwebhooks.webhooks import Webhook
 from werkzeug import Request, Response
 
 from app.config import get_settings
+from app.store.db import session_scope
+from app.webhooks import endpoints
 from tests.faults.stack import wait_for
 from tests.integration.conftest import auth, make_key
 from tests.integration.test_batches import NDJSON, ndjson, wait_done
@@ -202,6 +205,8 @@ def test_private_address_refused_at_send_time_too(
     assert "non-public" in delivery["history"][0]["error"]
     assert delivery["history"][0]["status_code"] is None
     assert receiver.got["/rebound"] == []
+    with session_scope() as session:  # what a metric of the backlog reads
+        assert endpoints.backlog(session)[0] >= 1
 
 
 def test_other_tenants_webhooks_are_not_found(api: TestClient, receiver: Receiver) -> None:
@@ -253,10 +258,6 @@ def test_delayed_batch_line_and_bad_delays(api: TestClient) -> None:
 
 
 def fire_keys(schedule_id: int) -> list[str]:
-    from sqlalchemy import text
-
-    from app.store.db import session_scope
-
     with session_scope() as s:
         return list(s.execute(text("SELECT idempotency_key FROM jobs WHERE idempotency_key "
                                    "LIKE :k ORDER BY id"), {"k": f"schedule:{schedule_id}:%"})

@@ -175,5 +175,3 @@ def redeliver(endpoint_id: IdPath, delivery_id: IdPath, session: SessionDep,
     session.commit()
     return DeliveryRead.of(found)
 
-
-__all__ = ["router"]
