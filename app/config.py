@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     retry_backoff_max: float = 600.0
     #: Jobs per broker message for batches.
     chunk_size: int = Field(500, ge=1, le=10_000)
+    #: Seconds of work one message should hold: chunks of slow kinds get fewer jobs
+    #: (measured run time per job, per kind), never more than chunk_size.
+    chunk_seconds: float = Field(0.25, gt=0)
+    #: Messages waiting in Redis per lane (kind and priority); the rest waits in PostgreSQL.
+    #: A few per worker process serving the lane; a worker refills it as it finishes a chunk.
+    dispatch_window: int = Field(4, ge=1, le=1000)
     #: Accept the test-only kinds test_fail and test_sleep (fault tests; refused in production).
     test_hooks: bool = False
     #: Days finished jobs are kept before the relay prunes them; 0 keeps them forever.

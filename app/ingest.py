@@ -1,7 +1,8 @@
-"""Bulk ingestion: NDJSON lines in, validated, stored in chunks, published after commit.
+"""Bulk ingestion: NDJSON lines in, validated, stored in blocks, pending for dispatch.
 
-An upload is one transaction: either every accepted line is stored (and then
-published) or, on any failure, nothing is. Memory stays flat in the batch size:
+An upload is one transaction: either every accepted line is stored (and made pending:
+a dispatch pass sends it, fairly among tenants, see app.jobs.dispatch) or, on any
+failure, nothing is. Memory stays flat in the batch size:
 lines are handled a block at a time and only job ids are kept until commit.
 """
 
@@ -23,6 +24,8 @@ from app.api.errors import ApiError, field_errors
 from app.api.metrics import SUBMITTED
 from app.config import get_settings
 from app.db import autocommit
+from app.jobs.dispatch import pend
+from app.jobs.outbox import schedule_fill
 from app.keys import Principal
 from app.models import PRIORITIES
 from app.schemas import KIND_MAX, JobCreate
@@ -159,7 +162,8 @@ class Ingestor:
         self.accepted += len(inserted)
 
     def commit(self) -> dict[str, Any]:
-        """Store the batch's totals, commit, then publish; 422 if nothing was accepted."""
+        """Store the batch's totals and its pending jobs, commit, then start a dispatch pass;
+        422 if nothing was accepted."""
         for line, reason in self.duplicates:
             self.reject(line, reason)
         self.rejected_lines.sort(key=lambda r: r["line"])
@@ -174,7 +178,8 @@ class Ingestor:
              "e": orjson.dumps(self.rejected_lines).decode()},
         )
         for (kind, priority), ids in self.pending.items():
-            jobs.schedule_publish(self.session, kind, priority, ids)
+            pend(self.session, self.principal.tenant_id, kind, priority, ids)
+        schedule_fill(self.session)
         self.session.commit()
         for (kind, _), ids in self.pending.items():
             SUBMITTED.labels(kind).inc(len(ids))

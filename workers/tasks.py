@@ -16,8 +16,10 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app import core, jobs, notify, testhooks
 from app.db import session_scope
+from app.jobs.dispatch import settle
 from app.memory import tune_gc
 from workers.celery_app import TASK_NAME
+from workers.dispatching import observe, refill
 
 log = logging.getLogger(__name__)
 
@@ -52,27 +54,33 @@ def compute(job: jobs.Claimed) -> jobs.Outcome:
 
 
 def execute_chunk(
-    ids: Sequence[int], *, worker: str, engine: Engine | None = None, careful: bool = False
+    ids: Sequence[int], *, worker: str, engine: Engine | None = None, careful: bool = False,
+    dispatch: int | None = None,
 ) -> int:
     """Claim, compute and persist a chunk of jobs; returns how many this worker ran.
 
     Cheap jobs are computed and finished inside the transaction that locks them (see
     jobs.take); the rest are claimed, computed after that commit, then finished. A
     careful run claims every job first, so an attempt that kills the worker is counted.
+    The message's dispatch row goes in the same transaction (see app.jobs.dispatch).
     """
+    started = time.perf_counter()
     with session_scope(engine) as session:
+        settle(session, dispatch)
         inline, claimed = jobs.take(session, ids, worker=worker, inline_ok=not careful)
         done = [compute(job) for job in inline]
         held = jobs.hold(session, claimed, worker=worker)
         jobs.finish(session, done, worker=worker, held=held)
     if inline:
         notify.finished([job.id for job in inline])
-    if not claimed:
-        return len(inline)
-    outcomes = [compute(job) for job in claimed]
-    _persist(outcomes, worker=worker, engine=engine)
-    notify.finished([o.job.id for o in outcomes])
-    return len(inline) + len(claimed)
+    if claimed:
+        outcomes = [compute(job) for job in claimed]
+        _persist(outcomes, worker=worker, engine=engine)
+        notify.finished([o.job.id for o in outcomes])
+    ran = [*inline, *claimed]
+    if ran:  # a message carries one kind: its run time sizes the kind's next chunks
+        observe(ran[0].kind, time.perf_counter() - started, len(ran))
+    return len(ran)
 
 
 def _persist(outcomes: list[jobs.Outcome], *, worker: str, engine: Engine | None) -> None:
@@ -107,17 +115,19 @@ def _persist(outcomes: list[jobs.Outcome], *, worker: str, engine: Engine | None
     retry_backoff_max=30,
     max_retries=8,
 )
-def run_chunk(self, ids: list[int], careful: bool = False) -> int:  # type: ignore[no-untyped-def]
-    """Celery entry point of a chunk message.
+def run_chunk(  # type: ignore[no-untyped-def]
+    self, ids: list[int], careful: bool = False, dispatch: int | None = None
+) -> int:
+    """Celery entry point of a chunk message; then refills the lane's window.
 
     A message the broker redelivers (its worker died or was lost) or that the relay
     republished may carry a job that kills workers: it runs carefully.
     """
     worker = self.request.hostname or socket.gethostname()
-    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
-    careful = careful or redelivered or bool(self.request.retries)
+    info = self.request.delivery_info or {}
+    careful = careful or bool(info.get("redelivered")) or bool(self.request.retries)
     try:
-        return execute_chunk(ids, worker=worker, careful=careful)
+        ran = execute_chunk(ids, worker=worker, careful=careful, dispatch=dispatch)
     except DBAPIError as exc:
         if isinstance(exc, OperationalError) or not exc.connection_invalidated:
             raise
@@ -126,3 +136,5 @@ def run_chunk(self, ids: list[int], careful: bool = False) -> int:  # type: igno
         # connection like any other, so retried as one (autoretry_for), carefully.
         raise OperationalError(exc.statement, exc.params, exc.orig or exc,
                                connection_invalidated=True) from exc
+    refill(info.get("routing_key") or "encode", int(info.get("priority") or 0))
+    return ran

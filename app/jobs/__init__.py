@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from app.jobs.counters import Moves, move_counters
 from app.jobs.execute import Claimed, Outcome, backoff, claim, error_info, finish, hold, take
-from app.jobs.manage import Busy, cancel, cancel_batch, expire_leases, prune, retry, take_due
+from app.jobs.manage import Busy, cancel, cancel_batch, expire_leases, prune, retry
 from app.jobs.outbox import schedule_publish
 from app.jobs.submit import (
     NewJob,
@@ -50,6 +50,5 @@ __all__ = [
     "submit",
     "submit_rows",
     "take",
-    "take_due",
     "validate",
 ]

@@ -13,9 +13,9 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app import audit
-from app.config import get_settings
 from app.jobs.counters import move_counters
-from app.jobs.outbox import schedule_publish
+from app.jobs.dispatch import pend_jobs
+from app.jobs.outbox import schedule_fill
 
 #: Rows of a transition, locked before anything is written.
 _LOCK = (
@@ -126,8 +126,9 @@ def retry(session: Session, job_id: int, *, actor: str) -> bool:
     """dead|cancelled → queued by hand, with a fresh allowance of attempts."""
     rows = _lock(session, "id = :id AND status IN ('dead', 'cancelled')", {"id": job_id})
     _move(session, rows, "queued", _RETRIED, "retried", actor, _from)
-    for r in rows:
-        schedule_publish(session, r.kind, r.priority, [r.id])
+    if rows:
+        pend_jobs(session, [r.id for r in rows])
+        schedule_fill(session)
     return bool(rows)
 
 
@@ -145,44 +146,9 @@ def expire_leases(session: Session, *, actor: str, limit: int = 5000) -> int:
     return len(rows)
 
 
-_DUE = text(
-    "UPDATE jobs SET published_at = now() FROM ("
-    "SELECT id FROM jobs WHERE status = 'queued' AND {which} "
-    "AND (run_after IS NULL OR run_after <= now()) "
-    "ORDER BY priority, id LIMIT :limit FOR UPDATE SKIP LOCKED) AS due "
-    "WHERE jobs.id = due.id RETURNING jobs.id, jobs.kind, jobs.priority"
-)
-#: Never published: new retries and returned leases (served by the jobs_unpublished index).
-_UNPUBLISHED = text(_DUE.text.format(which="published_at IS NULL"))
-#: Published long ago, of a kind whose broker queue is empty: the message was lost.
-_STALE = text(_DUE.text.format(
-    which="published_at < now() - make_interval(secs => :stale) "
-          "AND kind = ANY(CAST(:idle AS text[]))"))
-
-
-#: Jobs take_due and prune handle per call; a full slice means more may be waiting.
+#: Jobs prune handles per call (and the relay makes pending per call); a full slice
+#: means more may be waiting.
 SLICE = 10_000
-
-
-def take_due(
-    session: Session, *, idle_kinds: Sequence[str], limit: int = SLICE
-) -> dict[tuple[str, int], list[int]]:
-    """Queued jobs to (re)publish, grouped by (kind, priority).
-
-    Never-published ones (new retries, returned leases) are always due. Ones published
-    more than `requeue_after` ago are due only for kinds whose broker queue is empty:
-    with a backlog in Redis their message is most likely still waiting there.
-    """
-    rows = list(session.execute(_UNPUBLISHED, {"limit": limit}).all())
-    if idle_kinds and len(rows) < limit:
-        rows += session.execute(_STALE, {
-            "stale": get_settings().requeue_after, "idle": list(idle_kinds),
-            "limit": limit - len(rows),
-        }).all()
-    groups: dict[tuple[str, int], list[int]] = {}
-    for r in sorted(rows, key=lambda r: r.id):
-        groups.setdefault((r.kind, r.priority), []).append(r.id)
-    return groups
 
 
 #: What finished before the retention period: an interval parameter of the prune statements.

@@ -16,7 +16,8 @@ from app import audit, core, pgcopy, testhooks
 from app.audit import Link
 from app.config import get_settings
 from app.db import driver_rows, driver_sql
-from app.jobs.outbox import schedule_publish
+from app.jobs.dispatch import Sent
+from app.jobs.outbox import lane_has_room, schedule_publish
 from app.models import PRIORITIES, Job
 
 
@@ -57,11 +58,12 @@ def submit(
     job_id = reserve_ids(session, 1)[0]
     details = {"kind": kind, "priority": priority, "max_attempts": attempts}
     link = audit.link(job_id, 0, "", "submitted", actor, details)
+    lane = PRIORITIES[priority]
     rows = driver_rows(session, _INSERT_ONE, {
         "id": job_id, "tenant_id": tenant_id, "kind": kind, "params": Jsonb(clean),
-        "priority": PRIORITIES[priority], "max_attempts": attempts,
+        "priority": lane, "max_attempts": attempts,
         "idempotency_key": idempotency_key, "ref": ref, "seq": link.seq, "head": link.hash,
-        **audit.arrays([link]),
+        "direct": lane_has_room(kind, lane), **audit.arrays([link]),
     })
     job = rows[0] if rows else None
     if job is None:
@@ -69,7 +71,8 @@ def submit(
         existing = find_keyed(session, tenant_id, idempotency_key)
         assert existing is not None
         return existing, False
-    schedule_publish(session, kind, PRIORITIES[priority], [job_id])
+    if job.dispatch is not None:
+        schedule_publish(session, Sent(job.dispatch, kind, lane, [job_id]))
     return job, True
 
 
@@ -83,13 +86,23 @@ def find_keyed(session: Session, tenant_id: int, idempotency_key: str) -> Job | 
 #: One job and its submitted event in one statement; no row (and no event) when the
 #: tenant's idempotency key was seen. Run by the driver itself (a single submission is the
 #: api's hottest write; see db.driver_autocommit), so compiled to its placeholders once.
+#: With :direct (its lane's window has room) and no max_running on the tenant, the job's
+#: message is recorded (`dispatch`, published after commit); else the job is pending, and
+#: a dispatch pass sends it in its tenant's turn (app.jobs.dispatch).
 _INSERT_ONE = driver_sql(text(
     "WITH job AS (INSERT INTO jobs (id, tenant_id, kind, params, priority, max_attempts, "
     "idempotency_key, ref, published_at, audit_seq, audit_head) VALUES (:id, :tenant_id, "
     ":kind, :params, :priority, :max_attempts, :idempotency_key, :ref, now(), :seq, :head) "
     "ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
-    f"RETURNING *), event AS ({audit.EVENTS_FROM_ARRAYS} JOIN job ON job.id = e.job_id) "
-    "SELECT * FROM job"
+    f"RETURNING *), event AS ({audit.EVENTS_FROM_ARRAYS} JOIN job ON job.id = e.job_id), "
+    "sent AS (INSERT INTO dispatches (tenant_id, kind, priority, ids) "
+    "SELECT tenant_id, kind, priority, ARRAY[id] FROM job WHERE :direct AND NOT EXISTS "
+    "(SELECT 1 FROM tenants t WHERE t.id = job.tenant_id AND t.max_running IS NOT NULL) "
+    "RETURNING id), "
+    "pend AS (INSERT INTO pending_jobs (tenant_id, kind, priority, ids, size) "
+    "SELECT tenant_id, kind, priority, ARRAY[id], 1 FROM job WHERE NOT EXISTS "
+    "(SELECT 1 FROM sent)) "
+    "SELECT *, (SELECT id FROM sent) AS dispatch FROM job"
 ))
 
 
