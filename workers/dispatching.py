@@ -34,7 +34,7 @@ JOB_SECONDS = "babelq:job_seconds"
 #: Weight of the newest chunk in the per-job run time.
 EWMA_ALPHA = 0.3
 #: Jobs per message of a kind whose run time was never measured.
-FIRST_CHUNK = 50
+FIRST_CHUNK = 10
 
 #: This process's running estimates (kind -> seconds per job), written through to Redis.
 _estimates: dict[str, float] = {}

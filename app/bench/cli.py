@@ -288,13 +288,20 @@ def bench(
     naive_n: Annotated[int, typer.Option(min=1, help="Jobs for the naive baseline.")] = 10_000,
     memory: Annotated[int, typer.Option(
         help="Instead: api RSS growth over an upload of this many lines (e.g. 1000000).")] = 0,
+    fairness: Annotated[bool, typer.Option(
+        "--fairness", help="Instead: a small tenant's latency beside a big tenant's backlog, "
+        "and a weight-3 tenant's share (encode, then enumerate with pages).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
     database_url: Annotated[str | None, typer.Option(
         help="A PostgreSQL admin URL (a fresh database is made there); default embedded.")] = None,
     redis_url: Annotated[str | None, typer.Option(help="A Redis URL; default embedded.")] = None,
 ) -> None:
     """Ingestion, end to end and latency of the real stack, against plain Celery."""
-    if memory:
+    if fairness:
+        from app.bench.fairness import run_fairness
+
+        run_fairness(workers, as_json, database_url, redis_url)
+    elif memory:
         run_memory_check(memory, as_json, database_url, redis_url)
     else:
         run_bench(n, workers, latency_samples, as_json, database_url, redis_url, naive_n)
