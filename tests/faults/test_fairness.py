@@ -116,9 +116,15 @@ def test_a_lost_message_under_a_backlog_is_sent_again(
 ) -> None:
     with tenant_client(stack, engine, "fair-lost") as a:
         batch = submit_batch(a, sleepers(1200, 0.02))
-        wait_for("a message in Redis", lambda: bool(stack.queued_chunks()), 30, 0.01)
-        _, _, lost = stack.queued_chunks()[-1]  # the next one a worker would take
-        assert stack.withdraw(lost) == 1
+        lost: list[int] = []
+
+        def take_one() -> bool:  # the next message a worker would take, if one waits
+            waiting = stack.queued_chunks()
+            if waiting and stack.withdraw(waiting[-1][2]) == 1:
+                lost.extend(waiting[-1][2])
+            return bool(lost)
+
+        wait_for("a message taken from Redis", take_one, 30, 0.01)
         sql = "SELECT count(*) FROM jobs WHERE id = ANY(:ids) AND status = 'succeeded'"
         wait_for("the lost message's jobs", lambda: sql_count(engine, sql, ids=lost)
                  == len(lost), 60, 0.05)
