@@ -17,10 +17,9 @@ from sqlalchemy.exc import OperationalError
 
 from app import jobs
 from app.config import get_settings
-from app.db import session_scope
 from app.jobs import dispatch
 from app.jobs.manage import SLICE
-from workers import dispatching
+from app.store.db import session_scope
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +53,8 @@ def relay_pass(actor: str, prune: bool = True) -> PassReport:
         report.pended += pended
         if pended < SLICE:
             break
-    with session_scope() as session:
-        again = dispatch.resend_stale(session)
-    dispatching.send(again, careful=True)
-    report.resent = len(again)
-    report.published = dispatching.fill()
+    report.resent = dispatch.resend()
+    report.published = dispatch.run_pass()
     days = get_settings().retention_days
     if prune and days > 0:
         with session_scope() as session:

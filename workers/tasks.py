@@ -11,15 +11,16 @@ from typing import Any
 
 from celery import shared_task
 from celery.signals import celeryd_after_setup, worker_process_init
-from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from app import core, jobs, notify, testhooks
-from app.db import session_scope
-from app.jobs.dispatch import settle
-from app.memory import tune_gc
-from workers.celery_app import TASK_NAME
-from workers.dispatching import observe, refill
+from app import core, jobs
+from app.broker import notify
+from app.broker.queues import TASK_NAME
+from app.broker.window import observe
+from app.jobs import kinds
+from app.jobs.dispatch import refill, settle
+from app.ops.memory import tune_gc
+from app.store.db import session_scope
 
 log = logging.getLogger(__name__)
 
@@ -39,43 +40,43 @@ def _name_connections(sender: str, **_: Any) -> None:
 
 @worker_process_init.connect
 def _tune_gc(**_: Any) -> None:
-    """Each pool process handles chunks of hundreds of jobs: see app.memory.tune_gc."""
+    """Each pool process handles chunks of hundreds of jobs: see app.ops.memory.tune_gc."""
     tune_gc()
 
 
-def compute(job: jobs.Claimed) -> jobs.Outcome:
-    """Run one claimed job; an exception becomes the job's error, never the chunk's."""
+def compute(job: jobs.LockedJob) -> jobs.Outcome:
+    """Run one locked job; an exception becomes the job's error, never the chunk's."""
     try:
-        if job.kind in testhooks.TEST_KINDS and testhooks.enabled():
-            return jobs.Outcome(job, result=testhooks.run(job.kind, job.params))
+        extra = kinds.extra_kind(job.kind)
+        if extra is not None:
+            return jobs.Outcome(job, result=extra.run(job.params))
         return jobs.Outcome(job, result=core.run(job.kind, job.params))
     except Exception as exc:
         return jobs.Outcome(job, error=jobs.error_info(exc))
 
 
-def execute_chunk(
-    ids: Sequence[int], *, worker: str, engine: Engine | None = None, careful: bool = False,
-    dispatch: int | None = None,
-) -> int:
+def execute_chunk(ids: Sequence[int], *, worker: str, claim_first: bool = False,
+                  dispatch: int | None = None) -> int:
     """Claim, compute and persist a chunk of jobs; returns how many this worker ran.
 
     Cheap jobs are computed and finished inside the transaction that locks them (see
-    jobs.take); the rest are claimed, computed after that commit, then finished. A
-    careful run claims every job first, so an attempt that kills the worker is counted.
-    The message's dispatch row goes in the same transaction (see app.jobs.dispatch).
+    jobs.lock_queued); the rest are claimed, computed after that commit, then finished.
+    With claim_first every job is claimed first, so an attempt that kills the worker is
+    counted. The message's dispatch row goes in the same transaction (app.jobs.dispatch).
     """
     started = time.perf_counter()
-    with session_scope(engine) as session:
+    with session_scope() as session:
         settle(session, dispatch)
-        inline, claimed = jobs.take(session, ids, worker=worker, inline_ok=not careful)
+        inline, claimed = jobs.lock_queued(session, ids, worker=worker,
+                                           inline_ok=not claim_first)
         done = [compute(job) for job in inline]
-        held = jobs.hold(session, claimed, worker=worker)
+        held = jobs.claim(session, claimed, worker=worker)
         jobs.finish(session, done, worker=worker, held=held)
     if inline:
         notify.finished([job.id for job in inline])
     if claimed:
         outcomes = [compute(job) for job in claimed]
-        _persist(outcomes, worker=worker, engine=engine)
+        _persist(outcomes, worker=worker)
         notify.finished([o.job.id for o in outcomes])
     ran = [*inline, *claimed]
     if ran:  # a message carries one kind: its run time sizes the kind's next chunks
@@ -83,7 +84,7 @@ def execute_chunk(
     return len(ran)
 
 
-def _persist(outcomes: list[jobs.Outcome], *, worker: str, engine: Engine | None) -> None:
+def _persist(outcomes: list[jobs.Outcome], *, worker: str) -> None:
     """Write outcomes, riding out a short database outage instead of redoing the work.
 
     If the database stays away longer than the lease, the relay hands the jobs out
@@ -93,7 +94,7 @@ def _persist(outcomes: list[jobs.Outcome], *, worker: str, engine: Engine | None
     deadline = time.monotonic() + FINISH_PATIENCE
     while True:
         try:
-            with session_scope(engine) as session:
+            with session_scope() as session:
                 jobs.finish(session, outcomes, worker=worker)
             return
         except OperationalError:
@@ -116,25 +117,33 @@ def _persist(outcomes: list[jobs.Outcome], *, worker: str, engine: Engine | None
     max_retries=8,
 )
 def run_chunk(  # type: ignore[no-untyped-def]
-    self, ids: list[int], careful: bool = False, dispatch: int | None = None
+    self, ids: list[int], claim_first: bool = False, dispatch: int | None = None
 ) -> int:
     """Celery entry point of a chunk message; then refills the lane's window.
 
     A message the broker redelivers (its worker died or was lost) or that the relay
-    republished may carry a job that kills workers: it runs carefully.
+    republished may carry a job that kills workers: its jobs are all claimed first.
     """
     worker = self.request.hostname or socket.gethostname()
     info = self.request.delivery_info or {}
-    careful = careful or bool(info.get("redelivered")) or bool(self.request.retries)
+    claim_first = claim_first or bool(info.get("redelivered")) or bool(self.request.retries)
     try:
-        ran = execute_chunk(ids, worker=worker, careful=careful, dispatch=dispatch)
+        ran = execute_chunk(ids, worker=worker, claim_first=claim_first, dispatch=dispatch)
     except DBAPIError as exc:
         if isinstance(exc, OperationalError) or not exc.connection_invalidated:
             raise
         # The server ended the session (e.g. IdleInTransactionSessionTimeout, an
         # InternalError, when the lease cut off an inline chunk that hung): a lost
-        # connection like any other, so retried as one (autoretry_for), carefully.
+        # connection like any other, so retried as one (autoretry_for), claiming first.
         raise OperationalError(exc.statement, exc.params, exc.orig or exc,
                                connection_invalidated=True) from exc
-    refill(info.get("routing_key") or "encode", int(info.get("priority") or 0))
+    _refill(info.get("routing_key") or "encode", int(info.get("priority") or 0))
     return ran
+
+
+def _refill(queue: str, priority: int) -> None:
+    """Top up the windows as chunks finish, so throughput never waits for the relay."""
+    try:
+        refill(queue, priority)
+    except Exception as exc:  # the relay fills on its next pass
+        log.warning("refill after chunk failed, the relay will fill: %s", exc)

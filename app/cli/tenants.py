@@ -14,7 +14,7 @@ from app.cli.common import CliError, JsonFlag, emit_json, out
 
 def tenants_list(as_json: JsonFlag = False) -> None:
     """List tenants: weight, max_running, jobs queued and running."""
-    from app import tenants
+    from app.jobs import tenants
 
     with database() as session:
         rows = [dataclasses.asdict(t) for t in tenants.list_tenants(session)]
@@ -39,7 +39,7 @@ def tenants_set(
     as_json: JsonFlag = False,
 ) -> None:
     """Set a tenant's weight and/or max_running; dispatch applies it within seconds."""
-    from app import tenants
+    from app.jobs import tenants
 
     if not TENANT_NAME.fullmatch(tenant):
         raise CliError(f"tenant {tenant!r}: use 1..100 of A-Z a-z 0-9 _ . -", 2)

@@ -21,9 +21,11 @@ from typing import Any, Protocol
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from app.broker import window
+from app.broker.window import RedisWindow, Sent
 from app.config import get_settings
-from app.db import array_literal
 from app.jobs.fair import Round
+from app.store.db import array_literal, session_scope
 
 #: Ids per pending_jobs row: small enough that sending a message reads little of its array.
 PENDING_ROW = 1000
@@ -34,21 +36,11 @@ DISPATCH_LOCK = 0x62717564  # "bqud"
 MAX_EMPTY_TAKES = 50
 
 
-@dataclass(frozen=True, slots=True)
-class Sent:
-    """A message to publish once the transaction that recorded it commits."""
-
-    dispatch: int
-    kind: str
-    priority: int
-    ids: list[int]
-
-
 class Broker(Protocol):
-    """What dispatching needs of the message broker (workers.dispatching implements it)."""
+    """What a dispatch pass needs of the broker (app.broker.window.RedisWindow)."""
 
-    def room(self) -> dict[tuple[str, int], int]:
-        """Messages each (kind, priority) lane may still take before its window is full."""
+    def room(self, kind: str, priority: int) -> int:
+        """Messages this lane may still take before its window is full."""
 
     def chunk_size(self, kind: str) -> int:
         """Jobs per message of this kind: about chunk_seconds of work, at most chunk_size."""
@@ -176,13 +168,11 @@ def fill(session: Session, broker: Broker) -> list[Sent]:
 
     Lanes are filled high priority first. Nothing is sent if another pass holds the lock.
     """
-    room = {lane: n for lane, n in broker.room().items() if n > 0}
-    if not room:
-        return []
     backlog: dict[tuple[str, int], dict[int, int]] = defaultdict(dict)
     for r in session.execute(_BACKLOG):
         backlog[(r.kind, r.priority)][r.tenant_id] = r.n
-    lanes = [lane for lane in backlog if room.get(lane, 0) > 0]
+    room = {lane: broker.room(*lane) for lane in backlog}
+    lanes = [lane for lane in backlog if room[lane] > 0]
     # The lock guards the takes; the backlog read before it only guides the turns.
     if not lanes or not session.execute(_TRY_LOCK, {"key": DISPATCH_LOCK}).scalar_one():
         return []
@@ -302,3 +292,34 @@ def resend_stale(session: Session, *, limit: int = 1000) -> list[Sent]:
         session.execute(_RESEND, {"id": r.id, "ids": array_literal(ids)})
         again.append(Sent(r.id, r.kind, r.priority, ids))
     return again
+
+
+# --- passes ----------------------------------------------------------------------------
+
+
+def run_pass(redis_window: RedisWindow | None = None) -> int:
+    """One dispatch pass: fill every lane's window from PostgreSQL; messages sent.
+
+    A publish that fails loses nothing: the dispatch rows are committed, and the relay
+    sends them again after requeue_after.
+    """
+    broker = redis_window or RedisWindow()
+    with session_scope() as session:
+        sent = fill(session, broker)
+    window.send(sent)
+    return len(sent)
+
+
+def refill(queue: str, priority: int) -> None:
+    """After a chunk of this lane: a pass if the lane drained to half its window."""
+    redis_window = RedisWindow()
+    if redis_window.low(queue, priority):
+        run_pass(redis_window)
+
+
+def resend() -> int:
+    """Send again the messages not taken within requeue_after; how many."""
+    with session_scope() as session:
+        again = resend_stale(session)
+    window.send(again, claim_first=True)
+    return len(again)

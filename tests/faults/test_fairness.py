@@ -28,7 +28,7 @@ def sleepers(n: int, seconds: float) -> list[dict[str, object]]:
 def tenant_client(stack: Stack, engine: Engine, tenant: str, admin: bool = False
                   ) -> httpx.Client:
     """A client with a new key of this tenant (created if new)."""
-    from app.keys import create_key
+    from app.jobs.keys import create_key
 
     with Session(engine) as session:
         _, secret = create_key(session, tenant=tenant, admin=admin)

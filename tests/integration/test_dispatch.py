@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import text
 
 from app.config import Settings
-from app.db import session_scope
 from app.jobs import dispatch
-from app.keys import ensure_tenant
+from app.jobs.keys import ensure_tenant
+from app.store.db import session_scope
 
 #: Jobs per message in these tests.
 SIZE = 50
@@ -28,8 +28,8 @@ class Window:
     def __init__(self, messages: int) -> None:
         self.messages = messages
 
-    def room(self) -> dict[tuple[str, int], int]:
-        return {("encode", p): self.messages for p in (0, 1, 2)}
+    def room(self, kind: str, priority: int) -> int:
+        return self.messages
 
     def chunk_size(self, kind: str) -> int:
         return SIZE

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from app import tenants
 from app.api.deps import AdminDep, SessionDep
 from app.api.errors import ApiError
-from app.schemas import ErrorBody
+from app.api.schemas import ErrorBody
+from app.jobs import tenants
 
 router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
 

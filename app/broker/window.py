@@ -1,8 +1,7 @@
-"""The broker's side of fair dispatch: window room, chunk sizes by time, publishing.
+"""The Redis side of fair dispatch: each lane's window, chunk sizes by time, publishing.
 
-app.jobs.dispatch decides what to send; this module measures Redis and sends. Used by
-the relay (every pass), by workers (after each chunk, so the window refills as fast as
-it drains) and by the api (a batch starts at once, not at the next relay pass).
+app.jobs.dispatch decides what to send; this module measures Redis and sends. A lane is a
+kind's queue and a priority; its window is the few messages waiting in its Redis list.
 """
 
 from __future__ import annotations
@@ -10,22 +9,14 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import redis
 
+from app.broker.celery_app import celery_app, chunk_message
+from app.broker.notify import redis_client
+from app.broker.queues import KINDS, PRIORITY_STEPS, queue_for, queue_keys
 from app.config import get_settings
-from app.db import session_scope
-from app.jobs import dispatch
-from app.notify import redis_client
-from app.testhooks import TEST_KINDS
-from workers.celery_app import (
-    KINDS,
-    PRIORITY_STEPS,
-    celery_app,
-    chunk_message,
-    queue_for,
-    queue_keys,
-)
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +31,22 @@ FIRST_CHUNK = 10
 _estimates: dict[str, float] = {}
 
 
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A message recorded as dispatch row `dispatch`, to publish after its commit."""
+
+    dispatch: int
+    kind: str
+    priority: int
+    ids: list[int]
+
+
 def _client() -> redis.Redis:
     return redis_client(celery_app.conf.broker_url)
 
 
-class RedisBroker:
-    """dispatch.Broker over the Celery queues in Redis; reads Redis once, when made."""
+class RedisWindow:
+    """Lane lengths and per-kind run times, read from Redis once, when made."""
 
     def __init__(self) -> None:
         settings = get_settings()
@@ -53,20 +54,18 @@ class RedisBroker:
         self.max_chunk = settings.chunk_size
         self.target = settings.chunk_seconds
         pipe = _client().pipeline(transaction=False)
-        for queue in KINDS:
-            for key in queue_keys(queue):
-                pipe.llen(key)
+        lanes = [(queue, step) for queue in KINDS for step in PRIORITY_STEPS]
+        for queue, step in lanes:
+            pipe.llen(queue_keys(queue)[PRIORITY_STEPS.index(step)])
         pipe.hgetall(JOB_SECONDS)
         *lengths, costs = pipe.execute()
-        lanes = [(queue, step) for queue in KINDS for step in PRIORITY_STEPS]
         #: messages waiting per (queue, priority)
-        self.waiting = dict(zip(lanes, lengths, strict=True))
+        self.waiting: dict[tuple[str, int], int] = dict(zip(lanes, lengths, strict=True))
         self.costs = {k.decode(): float(v) for k, v in costs.items()}
 
-    def room(self) -> dict[tuple[str, int], int]:
-        """Messages each lane takes before its window is full (test kinds share encode's)."""
-        return {(kind, step): max(0, self.window - self.waiting[(queue_for(kind), step)])
-                for kind in (*KINDS, *TEST_KINDS) for step in PRIORITY_STEPS}
+    def room(self, kind: str, priority: int) -> int:
+        """Messages this kind's lane takes before its window is full."""
+        return max(0, self.window - self.waiting.get((queue_for(kind), priority), 0))
 
     def low(self, queue: str, priority: int) -> bool:
         """Whether this lane has drained to half its window: time to refill."""
@@ -80,39 +79,16 @@ class RedisBroker:
         return max(1, min(self.max_chunk, int(self.target / max(cost, 1e-6))))
 
 
-def send(sent: Sequence[dispatch.Sent], careful: bool = False) -> None:
+def send(sent: Sequence[Sent], claim_first: bool = False) -> None:
     """Publish recorded messages, in order, lane by lane (one LPUSH per lane)."""
     lanes: dict[tuple[str, int], list[bytes]] = defaultdict(list)
     for s in sent:
         queue = queue_for(s.kind)
         lanes[(queue, s.priority)].append(
-            chunk_message(s.ids, s.priority, queue, careful, dispatch=s.dispatch))
+            chunk_message(s.ids, s.priority, queue, claim_first, dispatch=s.dispatch))
     client = _client()
     for (queue, priority), messages in lanes.items():
         client.lpush(queue_keys(queue)[PRIORITY_STEPS.index(priority)], *messages)
-
-
-def fill(broker: RedisBroker | None = None) -> int:
-    """One dispatch pass: fill every lane's window from PostgreSQL; messages sent.
-
-    A publish that fails loses nothing: the dispatch rows are committed, and the relay
-    sends them again after requeue_after.
-    """
-    broker = broker or RedisBroker()
-    with session_scope() as session:
-        sent = dispatch.fill(session, broker)
-    send(sent)
-    return len(sent)
-
-
-def refill(queue: str, priority: int) -> None:
-    """After a chunk of this lane: fill the windows if it drained to half; never fails."""
-    try:
-        broker = RedisBroker()
-        if broker.low(queue, priority):
-            fill(broker)
-    except Exception as exc:  # the relay fills on its next pass
-        log.warning("refill after chunk failed, the relay will fill: %s", exc)
 
 
 def observe(kind: str, seconds: float, jobs: int) -> None:

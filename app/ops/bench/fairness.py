@@ -22,8 +22,8 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from app.bench.report import machine
-from app.bench.system import Procs, RssSampler, admin_key, child_env, servers, wait_for
+from app.ops.bench.report import machine
+from app.ops.bench.system import Procs, RssSampler, admin_key, child_env, servers, wait_for
 
 #: The workloads: kind and params of every job (the text or query varies per job).
 WORKLOADS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -167,8 +167,8 @@ def cancel(client: httpx.Client, batch: int) -> None:
 
 def tenant_keys(database_url: str) -> dict[str, str]:
     """A key for each of tenants fair-a, fair-b and fair-c."""
-    from app.db import engine_for, session_scope
-    from app.keys import create_key
+    from app.jobs.keys import create_key
+    from app.store.db import engine_for, session_scope
 
     with session_scope(engine_for(database_url)) as session:
         return {t: create_key(session, tenant=f"fair-{t}", name="bench --fairness")[1]
@@ -179,7 +179,7 @@ def run_fairness(workers: int = 2, as_json: bool = False, database_url: str | No
                  redis_url: str | None = None, a_n: int = 200_000, c_n: int = 20_000
                  ) -> dict[str, Any]:
     """The fairness benchmark on its own stack; prints a table (or JSON), returns it."""
-    from app.bench.cli import start_stack
+    from app.ops.bench.cli import start_stack
 
     at_start = machine()
     with servers(database_url, redis_url) as srv, RssSampler() as rss:

@@ -1,7 +1,7 @@
 """Publishing after commit: a session's messages reach the broker only if it commits.
 
 A session records what to send (single jobs that go straight to their lane) and whether
-to run a dispatch pass (new pending jobs); both happen after commit, and never fail the
+to run a dispatch pass (new pending jobs); both happen after commit and never fail the
 caller: whatever is left behind, the relay sends within requeue_after.
 """
 
@@ -12,52 +12,53 @@ import logging
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from app.jobs.dispatch import Sent
+from app.broker import window
+from app.broker.window import Sent
 
 log = logging.getLogger(__name__)
 
-_OUTBOX = "babelq_outbox"
-_FILL = "babelq_fill"
+#: Where a session keeps the messages to publish at commit (session.info): a list.
+PENDING = "babelq_pending_publish"
+#: Set in session.info when a dispatch pass should run after commit.
+FILL = "babelq_fill"
 
 
 def schedule_publish(session: Session, sent: Sent) -> None:
     """Publish this recorded message once (and only if) the session's transaction commits."""
-    session.info.setdefault(_OUTBOX, []).append(sent)
+    session.info.setdefault(PENDING, []).append(sent)
 
 
 def schedule_fill(session: Session) -> None:
     """Run a dispatch pass after commit, so new pending jobs start at once."""
-    session.info[_FILL] = True
+    session.info[FILL] = True
 
 
 def lane_has_room(kind: str, priority: int) -> bool:
     """Whether a single job may go straight to Redis; False when Redis cannot tell."""
-    from workers import dispatching
-
     try:
-        return dispatching.lane_has_room(kind, priority)
+        return window.lane_has_room(kind, priority)
     except Exception as exc:  # the job is pending instead; a dispatch pass sends it
         log.warning("lane length unknown, job left to the dispatcher: %s", exc)
         return False
 
 
 @event.listens_for(Session, "after_commit")
-def _publish_outbox(session: Session) -> None:
-    pending: list[Sent] = session.info.pop(_OUTBOX, [])
-    fill = session.info.pop(_FILL, False)
+def _publish_pending(session: Session) -> None:
+    pending: list[Sent] = session.info.pop(PENDING, [])
+    fill = session.info.pop(FILL, False)
     if not pending and not fill:
         return
-    from workers import dispatching
+    from app.jobs import dispatch  # dispatch itself commits sessions: imported late
 
     try:
-        dispatching.send(pending)
+        window.send(pending)
         if fill:
-            dispatching.fill()
+            dispatch.run_pass()
     except Exception as exc:  # committed: the relay sends what is left
         log.warning("publish after commit failed, the relay will send: %s", exc)
 
 
 @event.listens_for(Session, "after_rollback")
-def _drop_outbox(session: Session) -> None:
-    session.info.pop(_OUTBOX, None)
-    session.info.pop(_FILL, None)
+def _drop_pending(session: Session) -> None:
+    session.info.pop(PENDING, None)
+    session.info.pop(FILL, None)
