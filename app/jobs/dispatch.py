@@ -56,10 +56,12 @@ _PEND = text(
 
 def pend(session: Session, tenant_id: int, kind: str, priority: int, ids: Sequence[int]) -> None:
     """Queue job ids for dispatch, in the caller's transaction (rows of PENDING_ROW ids)."""
-    for start in range(0, len(ids), PENDING_ROW):
-        part = ids[start:start + PENDING_ROW]
-        session.execute(_PEND, {"tenant": tenant_id, "kind": kind, "priority": priority,
-                                "ids": array_literal(part), "size": len(part)})
+    rows = [{"tenant": tenant_id, "kind": kind, "priority": priority,
+             "ids": array_literal(ids[start:start + PENDING_ROW]),
+             "size": len(ids[start:start + PENDING_ROW])}
+            for start in range(0, len(ids), PENDING_ROW)]
+    if rows:  # one executemany: psycopg pipelines the rows, one round trip in all
+        session.execute(_PEND, rows)
 
 
 _PEND_JOBS = text(
