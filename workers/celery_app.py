@@ -14,6 +14,7 @@ import orjson
 from celery import Celery
 from kombu import Queue
 
+from app import sentinel
 from app.config import Settings, get_settings
 from app.core import KINDS
 from app.notify import redis_client
@@ -33,12 +34,10 @@ def configure(settings: Settings) -> Celery:
     """Point the app at the configured Redis with the delivery guarantees we rely on."""
     celery_app.conf.update(
         broker_url=settings.redis_url,
-        # Our channel (workers/transport.py) for plain redis:// only: kombu turns TLS on
-        # by the transport's name, so rediss:// keeps kombu's own.
-        broker_transport=("workers.transport:Transport"
-                          if urlsplit(settings.redis_url or "").scheme == "redis" else None),
+        broker_transport=_transport(settings.redis_url),
         broker_connection_retry_on_startup=True,
         broker_transport_options={
+            **_sentinel_options(settings),
             "visibility_timeout": settings.visibility_timeout,
             # Sweep for messages of dead workers every 30 s (kombu's default is ~100 s).
             "unacked_restore_interval": 30,
@@ -66,6 +65,24 @@ def configure(settings: Settings) -> Celery:
     )
     return celery_app
 
+
+def _transport(url: str | None) -> str | None:
+    """Our channel (workers/transport.py) for redis:// and sentinel://: kombu turns TLS on
+    by the transport's name, so rediss:// keeps kombu's own."""
+    return TRANSPORTS.get(urlsplit(url or "").scheme)
+
+
+def _sentinel_options(settings: Settings) -> dict[str, object]:
+    """kombu's master_name (and the sentinels' password) when the URL lists sentinels."""
+    if not sentinel.is_sentinel(settings.redis_url):
+        return {}
+    return sentinel.broker_options(settings.redis_sentinel_master,
+                                   settings.redis_sentinel_password)
+
+
+#: URL scheme -> our kombu transport for it.
+TRANSPORTS = {"redis": "workers.transport:Transport",
+              "sentinel": "workers.transport:SentinelTransport"}
 
 configure(get_settings())
 
