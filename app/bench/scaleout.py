@@ -1,0 +1,167 @@
+"""Scale-out rehearsal: end to end with 1, 2, 4… separate `babelq worker` processes.
+
+    python -m app.bench.scaleout [--jobs 100000] [--counts 1,2,4] [--json]
+
+Each worker is its own `babelq worker -Q encode -c 1` process, as one Kubernetes pod
+runs one (pods run `-c 2`; one pool process each here keeps the count of processes
+equal to the count of "pods"). For every count it uploads a batch of light encode jobs
+with the workers running and times upload-to-last-result, then reads the CPU time
+each process tree spent: the workers, PostgreSQL (the postmaster and every backend,
+exited ones included), the api and the relay. CPU per job is what carries over to
+bigger machines; jobs/s here depends on how busy this machine is. It starts its own
+embedded PostgreSQL and Redis; it is not part of `make test`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+from app.bench.cli import WARMUP_LINES, _auth, batch_done, batch_outcome, upload
+from app.bench.report import machine
+from app.bench.system import Procs, Servers, api_args, child_env, servers, settle, wait_for
+from app.supervisor import free_port
+
+err = Console(stderr=True)
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process, its live descendants and its reaped children."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        with suppress(psutil.Error):
+            t = proc.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def postmaster_pid(srv: Servers) -> int:
+    """The embedded PostgreSQL's postmaster (first line of postmaster.pid)."""
+    return int((srv.tmp / "pgdata" / "postmaster.pid").read_text().split()[0])
+
+
+@dataclass
+class Stack:
+    """The api and relay, and a changing number of worker processes."""
+
+    procs: Procs
+    url: str
+    workers: list[str]
+
+    def set_workers(self, count: int) -> None:
+        """Stop every worker, then start `count` separate ones and wait until each serves."""
+        if self.workers:
+            self.procs.stop(*self.workers)
+        self.workers = [f"worker{i}" for i in range(count)]
+        for name in self.workers:
+            self.procs.start(name, ["-m", "app.cli", "worker", "-Q", "encode", "-c", "1",
+                                    "--loglevel", "INFO", "-n", f"{name}@%h"])
+        wait_for(self._all_ready, self.procs, timeout=120)
+
+    def _all_ready(self) -> bool:
+        logs = [c.log for c in self.procs.children if c.name in self.workers]
+        return all(b" ready." in log.read_bytes() for log in logs)
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far of the api, the relay and all workers together."""
+        by_name = {c.name: c.process.pid for c in self.procs.children}
+        return {"api": tree_cpu(by_name["api"]), "relay": tree_cpu(by_name["relay"]),
+                "workers": sum(tree_cpu(by_name[w]) for w in self.workers)}
+
+
+def run_count(client: httpx.Client, stack: Stack, srv: Servers, count: int, jobs: int
+              ) -> dict[str, Any]:
+    """One measured batch with `count` workers: rate and CPU per job of each part."""
+    stack.set_workers(count)
+    warm = upload(client, WARMUP_LINES, f"warm{count}")
+    wait_for(lambda: batch_done(client, warm["id"]), stack.procs, timeout=300)
+    settle(srv.database_url)
+    pg = postmaster_pid(srv)
+    before, pg_before = stack.cpu(), tree_cpu(pg)
+    reply = upload(client, jobs, f"scale{count}")
+    done = wait_for(lambda: batch_done(client, reply["id"]), stack.procs, timeout=1800)
+    after, pg_after = stack.cpu(), tree_cpu(pg)
+    outcome = batch_outcome(srv.database_url, reply["id"])
+    if outcome["results"] != jobs:
+        raise RuntimeError(f"{jobs - outcome['results']} jobs ended without a result")
+    seconds = done - reply["started"]
+    per_job = {k: (after[k] - before[k]) / jobs * 1e6 for k in after}
+    return {"workers": count, "jobs": jobs, "seconds": seconds, "jobs_per_s": jobs / seconds,
+            "cpu_us_per_job": {**per_job, "postgres": (pg_after - pg_before) / jobs * 1e6},
+            "load": os.getloadavg()[0]}
+
+
+def rehearse(jobs: int, counts: list[int]) -> dict[str, Any]:
+    """Every count in one run, on the same embedded servers."""
+    at_start = machine()
+    with servers(None, None) as srv:
+        procs = Procs(child_env(srv), srv.tmp / "logs")
+        try:
+            port = free_port()
+            procs.start("api", api_args(port))
+            procs.start("relay", ["-m", "app.cli", "relay"])
+            url = f"http://127.0.0.1:{port}"
+            procs.wait_ready(f"{url}/ready")
+            stack = Stack(procs, url, [])
+            with httpx.Client(base_url=url, headers=_auth(srv), timeout=60) as client:
+                rows = []
+                for count in counts:
+                    err.print(f"{count} worker process(es): {jobs:,} encode jobs")
+                    rows.append(run_count(client, stack, srv, count, jobs))
+        finally:
+            procs.stop()
+    return {"machine": at_start, "rows": rows}
+
+
+def show(report: dict[str, Any]) -> None:
+    """The scaling table."""
+    table = Table(title=f"scale-out on {report['machine']['cpus']} CPUs "
+                        f"({report['machine']['cpu']}), load at start {report['machine']['load']}")
+    for column in ("workers", "jobs/s", "x of 1", "µs CPU/job: workers", "PostgreSQL",
+                   "api", "relay", "load (1 min)"):
+        table.add_column(column, justify="right")
+    first = report["rows"][0]["jobs_per_s"]
+    for row in report["rows"]:
+        cpu = row["cpu_us_per_job"]
+        table.add_row(str(row["workers"]), f"{row['jobs_per_s']:,.0f}",
+                      f"{row['jobs_per_s'] / first:.2f}", f"{cpu['workers']:.1f}",
+                      f"{cpu['postgres']:.1f}", f"{cpu['api']:.1f}", f"{cpu['relay']:.1f}",
+                      f"{row['load']:.1f}")
+    Console().print(table)
+
+
+def main() -> None:
+    """Parse the options, run, print the table (or JSON)."""
+    parser = argparse.ArgumentParser(prog="python -m app.bench.scaleout",
+                                     description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--jobs", type=int, default=100_000, help="jobs per worker count")
+    parser.add_argument("--counts", default="1,2,4", help="worker process counts, e.g. 1,2,4")
+    parser.add_argument("--json", action="store_true", help="JSON on stdout")
+    parser.add_argument("--save", type=Path, help="also write the JSON report here")
+    args = parser.parse_args()
+    report = rehearse(args.jobs, [int(c) for c in args.counts.split(",")])
+    if args.save:
+        args.save.write_text(json.dumps(report, indent=2))
+    if args.json:
+        Console().print_json(json.dumps(report))
+    else:
+        show(report)
+
+
+if __name__ == "__main__":
+    main()
