@@ -30,11 +30,15 @@ PRIORITY_SEP = ":"
 celery_app = Celery("babelq", include=["workers.tasks"])
 
 
-def configure(settings: Settings) -> Celery:
-    """Point the app at the configured Redis with the delivery guarantees we rely on."""
+def configure(settings: Settings, *, fast_transport: bool = True) -> Celery:
+    """Point the app at the configured Redis with the delivery guarantees we rely on.
+
+    fast_transport False keeps kombu's own transport: Flower picks its Broker page's
+    client by the scheme of the broker URL, and ours would show as `workers.transport:...`.
+    """
     celery_app.conf.update(
         broker_url=settings.redis_url,
-        broker_transport=_transport(settings.redis_url),
+        broker_transport=_transport(settings.redis_url) if fast_transport else None,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             **_sentinel_options(settings),

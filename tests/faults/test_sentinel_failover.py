@@ -8,21 +8,33 @@ the suite's other stack (on a plain Redis) never touches these jobs.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session
 
 from app.db import migrate, normalize_url
 from app.embedded import create_database
+from app.supervisor import free_port, stop_process
 from tests.faults import checks
 from tests.faults.recovery import Recorder
-from tests.faults.stack import Servers, Stack, encode_lines, submit_batch, wait_progress
+from tests.faults.stack import (
+    BABELQ,
+    Servers,
+    Stack,
+    babelq_env,
+    encode_lines,
+    submit_batch,
+    wait_for,
+    wait_progress,
+)
 from tests.sentinel_cluster import MASTER_NAME, SentinelCluster
 
 pytestmark = pytest.mark.faults
@@ -124,3 +136,29 @@ def test_master_killed_mid_batch_nothing_lost(
     recovery.record("Sentinel failover mid-batch (5k encode)"
                     + (f", {'+'.join(died)} restarted" if died else ""), injected, recovered,
                     counts)
+
+
+def test_flower_reads_queue_lengths_through_the_sentinel(
+    cluster: SentinelCluster, tmp_path: Path
+) -> None:
+    """Flower's Broker page finds the master by name (kombu's own sentinel transport)."""
+    port, login = free_port(), ("ops", "a-long-flower-password")
+    env = babelq_env(redis_url=cluster.url, redis_sentinel_master=MASTER_NAME,
+                     flower_user=login[0], flower_password=login[1], home=str(tmp_path))
+    with (tmp_path / "flower.log").open("wb") as log:
+        flower = subprocess.Popen([BABELQ, "flower", "--port", str(port)], env=env,
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}/api/queues/length"
+        wait_for("Flower to answer", lambda: _answers(url, login), 60)
+        queues = httpx.get(url, auth=login, timeout=10).json()["active_queues"]
+        assert {q["name"] for q in queues} == {"encode", "enumerate", "evaluate"}
+    finally:
+        stop_process(flower, 10)
+
+
+def _answers(url: str, login: tuple[str, str]) -> bool:
+    try:
+        return httpx.get(url, auth=login, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
