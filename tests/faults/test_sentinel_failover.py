@@ -7,6 +7,7 @@ the suite's other stack (on a plain Redis) never touches these jobs.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import tempfile
@@ -162,3 +163,34 @@ def _answers(url: str, login: tuple[str, str]) -> bool:
         return httpx.get(url, auth=login, timeout=5).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_long_poll_subscription_hears_the_master(
+    cluster: SentinelCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The api's asyncio subscriber and the workers' publisher meet on the same master."""
+    from app.config import get_settings
+    from app.notify import CHANNEL, async_redis_client, redis_client
+
+    monkeypatch.setenv("BABELQ_REDIS_SENTINEL_MASTER", MASTER_NAME)
+    get_settings.cache_clear()
+
+    async def hear() -> bytes:
+        client = async_redis_client(cluster.url)
+        try:
+            async with client.pubsub() as pubsub:
+                await pubsub.subscribe(CHANNEL)
+                await pubsub.get_message(timeout=1)  # the subscribe confirmation
+                redis_client(cluster.url).publish(CHANNEL, "[7]")
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                       timeout=5)
+                    if message:
+                        return bytes(message["data"])
+        finally:
+            await client.aclose()
+
+    try:
+        assert asyncio.run(asyncio.wait_for(hear(), 30)) == b"[7]"
+    finally:
+        get_settings.cache_clear()
