@@ -76,20 +76,39 @@ def test_manifest_validates_against_the_kubernetes_schema(build_name: str, ident
 
 
 def test_keda_objects_validate_against_the_published_crd() -> None:
-    """Against KEDA's own CRD (keda.sh_scaledobjects.yaml) when a copy is on this machine."""
+    """Against KEDA's own CRD (keda.sh_scaledobjects.yaml) when a copy is on this machine.
+
+    The API server prunes fields a CRD does not know instead of refusing them, so a
+    misspelt field would vanish silently: unknown fields fail here.
+    """
     crd_path = os.environ.get("BABELQ_KEDA_CRD")
     if not crd_path:
         pytest.skip("KEDA's CRD is not shipped by kubernetes-validate and not vendored here; "
                     "set BABELQ_KEDA_CRD to keda.sh_scaledobjects.yaml from a KEDA release")
     import jsonschema
 
-    crd = yaml.safe_load(Path(crd_path).read_text())
+    crd = next(d for d in yaml.safe_load_all(Path(crd_path).read_text()) if d)
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")
-    schema = version["schema"]["openAPIV3Schema"]
+    schema = _closed(version["schema"]["openAPIV3Schema"])
     for build_name in BUILDS:
         for name, obj in of_kind(BUILDS[build_name], "ScaledObject").items():
             errors = list(jsonschema.Draft7Validator(schema).iter_errors(obj))
             assert not errors, f"{build_name} {name}: {errors[0].message}"
+
+
+def _closed(schema: Any) -> Any:
+    """The schema with every object that lists its properties refusing any other."""
+    if isinstance(schema, list):
+        return [_closed(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    closed = {key: _closed(value) for key, value in schema.items()}
+    if "properties" in schema and "additionalProperties" not in schema \
+            and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        closed["additionalProperties"] = False
+    if "properties" in schema:
+        closed["properties"] = {k: _closed(v) for k, v in schema["properties"].items()}
+    return closed
 
 
 @pytest.mark.parametrize("build_name", list(BUILDS))
