@@ -92,10 +92,10 @@ def run_count(client: httpx.Client, stack: Stack, srv: Servers, count: int, jobs
     wait_for(lambda: batch_done(client, warm["id"]), stack.procs, timeout=300)
     settle(srv.database_url)
     pg = postmaster_pid(srv)
-    before, pg_before = stack.cpu(), tree_cpu(pg)
+    before, pg_before, wal_before = stack.cpu(), tree_cpu(pg), wal_bytes(srv)
     reply = upload(client, jobs, f"scale{count}")
     done = wait_for(lambda: batch_done(client, reply["id"]), stack.procs, timeout=1800)
-    after, pg_after = stack.cpu(), tree_cpu(pg)
+    after, pg_after, wal_after = stack.cpu(), tree_cpu(pg), wal_bytes(srv)
     outcome = batch_outcome(srv.database_url, reply["id"])
     if outcome["results"] != jobs:
         raise RuntimeError(f"{jobs - outcome['results']} jobs ended without a result")
@@ -103,7 +103,28 @@ def run_count(client: httpx.Client, stack: Stack, srv: Servers, count: int, jobs
     per_job = {k: (after[k] - before[k]) / jobs * 1e6 for k in after}
     return {"workers": count, "jobs": jobs, "seconds": seconds, "jobs_per_s": jobs / seconds,
             "cpu_us_per_job": {**per_job, "postgres": (pg_after - pg_before) / jobs * 1e6},
-            "load": os.getloadavg()[0]}
+            "wal_bytes_per_job": (wal_after - wal_before) / jobs,
+            "connections": connections(srv), "load": os.getloadavg()[0]}
+
+
+def wal_bytes(srv: Servers) -> int:
+    """PostgreSQL's WAL position: bytes of WAL written since the cluster began."""
+    return int(_scalar(srv, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+
+
+def connections(srv: Servers) -> int:
+    """Sessions open on the bench's database now (api, relay, workers and their pools)."""
+    return int(_scalar(srv, "SELECT count(*) FROM pg_stat_activity "
+                            "WHERE datname = current_database()"))
+
+
+def _scalar(srv: Servers, sql: str) -> Any:
+    from sqlalchemy import text
+
+    from app.db import engine_for
+
+    with engine_for(srv.database_url).connect() as conn:
+        return conn.execute(text(sql)).scalar_one()
 
 
 def rehearse(jobs: int, counts: list[int]) -> dict[str, Any]:
@@ -133,7 +154,7 @@ def show(report: dict[str, Any]) -> None:
     table = Table(title=f"scale-out on {report['machine']['cpus']} CPUs "
                         f"({report['machine']['cpu']}), load at start {report['machine']['load']}")
     for column in ("workers", "jobs/s", "x of 1", "µs CPU/job: workers", "PostgreSQL",
-                   "api", "relay", "load (1 min)"):
+                   "api", "relay", "WAL B/job", "PG sessions", "load (1 min)"):
         table.add_column(column, justify="right")
     first = report["rows"][0]["jobs_per_s"]
     for row in report["rows"]:
@@ -141,8 +162,9 @@ def show(report: dict[str, Any]) -> None:
         table.add_row(str(row["workers"]), f"{row['jobs_per_s']:,.0f}",
                       f"{row['jobs_per_s'] / first:.2f}", f"{cpu['workers']:.1f}",
                       f"{cpu['postgres']:.1f}", f"{cpu['api']:.1f}", f"{cpu['relay']:.1f}",
+                      f"{row['wal_bytes_per_job']:,.0f}", str(row["connections"]),
                       f"{row['load']:.1f}")
-    Console().print(table)
+    Console(width=140).print(table)
 
 
 def main() -> None:
