@@ -15,8 +15,8 @@ from pathlib import Path
 
 import redis
 
-from app.embedded import redis_server_binary
-from app.supervisor import free_port, stop_process
+from app.ops.embedded import redis_server_binary
+from app.ops.supervisor import free_port, stop_process
 
 MASTER_NAME = "babelq"
 #: How long the sentinel waits before it calls a silent master down.

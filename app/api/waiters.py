@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 
-from app.notify import CHANNEL, async_redis_client
+from app.broker.notify import CHANNEL, async_redis_client
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ def up(
     no_flower: Annotated[bool, typer.Option("--no-flower", help="Do not start Flower.")] = False,
 ) -> None:
     """The whole stack on this machine: PostgreSQL, Redis, api, worker, relay, Flower."""
-    from app.launcher import up as run_stack
+    from app.ops.launcher import up as run_stack
 
     code = run_stack(out, api_port=port, flower_port=flower_port, with_flower=not no_flower)
     raise typer.Exit(code)
@@ -73,7 +73,8 @@ def worker(
     settings = get_settings()
     require(settings.redis_url, "redis_url")
     require(settings.database_url, "database_url")
-    from workers.celery_app import celery_app, configure
+    import workers.tasks  # noqa: F401  (registers run_chunk on the app)
+    from app.broker.celery_app import celery_app, configure
 
     configure(settings)
     argv = ["worker", "-Q", queues, "--pool", pool, "--loglevel", loglevel, "-E"]
@@ -129,7 +130,7 @@ def flower(
     user, password = flower_login()
     settings = get_settings()
     require(settings.redis_url, "redis_url")
-    from workers.celery_app import celery_app, configure
+    from app.broker.celery_app import celery_app, configure
 
     configure(settings, fast_transport=False)  # its Broker page needs a plain redis:// URL
     # Through Flower's environment option, so the password is not in `ps` output.
@@ -145,7 +146,7 @@ def migrate_cmd(
                     "Job runs).")] = None,
 ) -> None:
     """Bring the database schema to the newest migration."""
-    from app.db import current_revision, engine_for, migrate
+    from app.store.db import current_revision, engine_for, migrate
 
     url = require(get_settings().database_url, "database_url")
     if wait is not None:
@@ -162,7 +163,7 @@ def wait_for_head(url: str, timeout: float, every: float = 2.0) -> None:
     """
     from sqlalchemy.exc import OperationalError
 
-    from app.db import current_revision, engine_for, head_revision
+    from app.store.db import current_revision, engine_for, head_revision
 
     engine, head = engine_for(url), head_revision()
     deadline = time.monotonic() + timeout
@@ -182,7 +183,7 @@ def bench(ctx: typer.Context) -> None:
     """Benchmark ingestion, end to end and latency against plain Celery (see its --help)."""
     import click
 
-    from app.bench.cli import main as bench_main  # packaged with app (pyproject: app*)
+    from app.ops.bench.cli import main as bench_main  # packaged with app (pyproject: app*)
 
     try:
         code = bench_main(list(ctx.args))

@@ -21,9 +21,9 @@ import pytest
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session
 
-from app.db import migrate, normalize_url
-from app.embedded import create_database
-from app.supervisor import free_port, stop_process
+from app.ops.embedded import create_database
+from app.ops.supervisor import free_port, stop_process
+from app.store.db import migrate, normalize_url
 from tests.faults import checks
 from tests.faults.recovery import Recorder
 from tests.faults.stack import (
@@ -96,7 +96,7 @@ def sentinel_stack(cluster: SentinelCluster, servers: Servers,
 @pytest.fixture(scope="module")
 def sentinel_key(sentinel_engine: tuple[str, Engine]) -> str:
     """A key of tenant "sentinel"."""
-    from app.keys import create_key
+    from app.jobs.keys import create_key
 
     with Session(sentinel_engine[1]) as session:
         _, secret = create_key(session, tenant="sentinel")
@@ -169,8 +169,8 @@ def test_long_poll_subscription_hears_the_master(
     cluster: SentinelCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The api's asyncio subscriber and the workers' publisher meet on the same master."""
+    from app.broker.notify import CHANNEL, async_redis_client, redis_client
     from app.config import get_settings
-    from app.notify import CHANNEL, async_redis_client, redis_client
 
     monkeypatch.setenv("BABELQ_REDIS_SENTINEL_MASTER", MASTER_NAME)
     get_settings.cache_clear()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from app.db import current_revision, engine_for, head_revision, migrate
-from app.embedded import create_database, drop_database
+from app.ops.embedded import create_database, drop_database
+from app.store.db import current_revision, engine_for, head_revision, migrate
 
 BABELQ = str(Path(sys.executable).with_name("babelq"))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app import sentinel
+from app.broker import sentinel
 from app.config import Settings
 
 
@@ -29,9 +29,9 @@ def test_plain_redis_urls_are_not_sentinel() -> None:
 
 def test_celery_uses_the_sentinel_transport_with_the_master_name() -> None:
     """kombu finds the master by name; the sentinels' own password goes to them only."""
+    from app.broker.celery_app import celery_app, configure
+    from app.broker.transport import SentinelChannel
     from app.config import get_settings
-    from workers.celery_app import celery_app, configure
-    from workers.transport import SentinelChannel
 
     url = "sentinel://:pw@s1:26379;sentinel://s2:26379"
     try:

@@ -1,6 +1,6 @@
 """Scale-out rehearsal: end to end with 1, 2, 4… separate `babelq worker` processes.
 
-    python -m app.bench.scaleout [--jobs 100000] [--counts 1,2,4] [--json]
+    python -m app.ops.bench.scaleout [--jobs 100000] [--counts 1,2,4] [--json]
 
 Each worker is its own `babelq worker -Q encode -c 1` process, as one Kubernetes pod
 runs one (pods run `-c 2`; one pool process each here keeps the count of processes
@@ -27,10 +27,10 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from app.bench.cli import WARMUP_LINES, _auth, batch_done, batch_outcome, upload
-from app.bench.report import machine
-from app.bench.system import Procs, Servers, api_args, child_env, servers, settle, wait_for
-from app.supervisor import free_port
+from app.ops.bench.cli import WARMUP_LINES, _auth, batch_done, batch_outcome, upload
+from app.ops.bench.report import machine
+from app.ops.bench.system import Procs, Servers, api_args, child_env, servers, settle, wait_for
+from app.ops.supervisor import free_port
 
 err = Console(stderr=True)
 
@@ -144,7 +144,7 @@ def connections(srv: Servers) -> int:
 def _scalar(srv: Servers, sql: str) -> Any:
     from sqlalchemy import text
 
-    from app.db import engine_for
+    from app.store.db import engine_for
 
     with engine_for(srv.database_url).connect() as conn:
         return conn.execute(text(sql)).scalar_one()
@@ -194,7 +194,7 @@ def show(report: dict[str, Any]) -> None:
 
 def main() -> None:
     """Parse the options, run, print the table (or JSON)."""
-    parser = argparse.ArgumentParser(prog="python -m app.bench.scaleout",
+    parser = argparse.ArgumentParser(prog="python -m app.ops.bench.scaleout",
                                      description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--jobs", type=int, default=100_000, help="jobs per worker count")
     parser.add_argument("--counts", default="1,2,4", help="worker process counts, e.g. 1,2,4")

@@ -10,7 +10,7 @@ from functools import lru_cache
 import redis
 import redis.asyncio as aioredis
 
-from app import sentinel
+from app.broker import sentinel
 from app.config import get_settings
 
 log = logging.getLogger(__name__)
