@@ -390,3 +390,34 @@ def test_secret_files_are_not_committed() -> None:
     """The real env files stay out of git; only the .example files are tracked."""
     ignored = (ROOT / ".gitignore").read_text().splitlines()
     assert "deploy/kubernetes/overlays/*/*.env" in ignored
+
+
+#: The settings each `babelq` subcommand refuses to start without.
+REQUIRED = {
+    "api": {"BABELQ_DATABASE_URL", "BABELQ_REDIS_URL"},
+    "worker": {"BABELQ_DATABASE_URL", "BABELQ_REDIS_URL"},
+    "relay": {"BABELQ_DATABASE_URL", "BABELQ_REDIS_URL"},
+    "migrate": {"BABELQ_DATABASE_URL"},
+    "flower": {"BABELQ_REDIS_URL", "BABELQ_FLOWER_USER", "BABELQ_FLOWER_PASSWORD"},
+}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_process_gets_the_settings_it_needs_and_no_other_secret(overlay: str) -> None:
+    """Every container sees what its subcommand requires; workers never see Flower's login
+    and Flower never sees the database's."""
+    resources = BUILDS[overlay]
+    sources = {(r["kind"], r["metadata"]["name"]): set(r.get("data") or r.get("stringData"))
+               for r in resources if r["kind"] in ("ConfigMap", "Secret")}
+    for r in resources:
+        for c in containers(r):
+            seen = {name for s in c.get("envFrom", [])
+                    for name in sources[("ConfigMap", s["configMapRef"]["name"])
+                                        if "configMapRef" in s
+                                        else ("Secret", s["secretRef"]["name"])]}
+            command = _argv(c)[1]
+            assert REQUIRED[command] <= seen, f"{r['metadata']['name']}/{c['name']}"
+            if command != "flower":
+                assert "BABELQ_FLOWER_PASSWORD" not in seen, c["name"]
+            else:
+                assert "BABELQ_DATABASE_URL" not in seen
