@@ -49,3 +49,11 @@ def test_pods_start_once_the_migration_has_run(empty_db: str) -> None:
     migrating.join()
     assert done.returncode == 0, done.stderr
     assert f"database at revision {head_revision()}" in done.stdout
+
+
+def test_an_unreachable_database_keeps_waiting_then_fails_the_pod() -> None:
+    """A database failing over is waited for, not a crash with a traceback."""
+    done = run_wait("postgresql://babelq:pw@127.0.0.1:1/babelq", "0")
+    assert done.returncode == 1
+    assert "database at unreachable" in done.stderr
+    assert "Traceback" not in done.stderr
