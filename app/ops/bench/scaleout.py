@@ -1,10 +1,10 @@
 """Scale-out rehearsal: end to end with 1, 2, 4… separate `babelq worker` processes.
 
-    python -m app.ops.bench.scaleout [--jobs 100000] [--counts 1,2,4] [--json]
+    python -m app.ops.bench.scaleout [--jobs 100000] [--counts 1,2,4] [--kind encode] [--json]
 
-Each worker is its own `babelq worker -Q encode -c 1` process, as one Kubernetes pod
+Each worker is its own `babelq worker -Q KIND -c 1` process, as one Kubernetes pod
 runs one (pods run `-c 2`; one pool process each here keeps the count of processes
-equal to the count of "pods"). For every count it uploads a batch of light encode jobs
+equal to the count of "pods"). For every count it uploads a batch of small jobs of the kind
 with the workers running and times upload-to-last-result, then reads the CPU time
 each process tree spent: the workers, PostgreSQL (the postmaster and every backend,
 exited ones included), the api and the relay. CPU per job is what carries over to
@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
+from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +29,39 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from app.ops.bench.cli import WARMUP_LINES, _auth, batch_done, batch_outcome, upload
+from app.ops.bench.cli import BODY_BLOCK, WARMUP_LINES, _auth, batch_done, batch_outcome
 from app.ops.bench.report import machine
 from app.ops.bench.system import Procs, Servers, api_args, child_env, servers, settle, wait_for
 from app.ops.supervisor import free_port
 
 err = Console(stderr=True)
+
+
+#: One job line per kind, formatted with (tag, number): small params, as the bench uses.
+LINES = {
+    "encode": b'{"kind":"encode","params":{"text":"%s %d"}}\n',
+    "enumerate": b'{"kind":"enumerate","params":{"query":"%s %d","max_results":5}}\n',
+    "evaluate": (b'{"kind":"evaluate","params":{"cycles":[{"left":{"text":"proceed with the '
+                 b'plan after review %s %d","confidence":0.95},"right":{"text":"proceed with '
+                 b'the plan after careful review","confidence":0.9}}]}}\n'),
+}
+
+
+def upload(client: httpx.Client, kind: str, n: int, tag: str) -> dict[str, Any]:
+    """POST n jobs of kind as one streamed NDJSON batch; the reply and when it started."""
+    line, prefix = LINES[kind], tag.encode()
+
+    def body() -> Iterator[bytes]:
+        for lo in range(0, n, BODY_BLOCK):
+            yield b"".join(line % (prefix, i) for i in range(lo, min(lo + BODY_BLOCK, n)))
+
+    started = time.monotonic()
+    reply = client.post("/v1/batches", content=body(), timeout=None,
+                        headers={"content-type": "application/x-ndjson"})
+    reply.raise_for_status()
+    if reply.json()["accepted"] != n:
+        raise RuntimeError(f"the api accepted {reply.json()['accepted']} of {n} lines")
+    return {**reply.json(), "started": started}
 
 
 def tree_cpu(pid: int) -> float:
@@ -83,6 +112,7 @@ class Stack:
     procs: Procs
     url: str
     workers: list[str]
+    kind: str = "encode"
 
     def set_workers(self, count: int) -> None:
         """Stop every worker, then start `count` separate ones and wait until each serves."""
@@ -90,7 +120,7 @@ class Stack:
             self.procs.stop(*self.workers)
         self.workers = [f"worker{i}" for i in range(count)]
         for name in self.workers:
-            self.procs.start(name, ["-m", "app.cli", "worker", "-Q", "encode", "-c", "1",
+            self.procs.start(name, ["-m", "app.cli", "worker", "-Q", self.kind, "-c", "1",
                                     "--loglevel", "INFO", "-n", f"{name}@%h"])
         wait_for(self._all_ready, self.procs, timeout=120)
 
@@ -109,12 +139,12 @@ def run_count(client: httpx.Client, stack: Stack, srv: Servers, count: int, jobs
               ) -> dict[str, Any]:
     """One measured batch with `count` workers: rate and CPU per job of each part."""
     stack.set_workers(count)
-    warm = upload(client, WARMUP_LINES, f"warm{count}")
+    warm = upload(client, stack.kind, WARMUP_LINES, f"warm{count}")
     wait_for(lambda: batch_done(client, warm["id"]), stack.procs, timeout=300)
     settle(srv.database_url)
     pg = postmaster_pid(srv)
     before, pg_before, wal_before = stack.cpu(), postgres_cpu(pg), wal_bytes(srv)
-    reply = upload(client, jobs, f"scale{count}")
+    reply = upload(client, stack.kind, jobs, f"scale{count}")
     done = wait_for(lambda: batch_done(client, reply["id"]), stack.procs, timeout=1800)
     after, pg_after, wal_after = stack.cpu(), postgres_cpu(pg), wal_bytes(srv)
     outcome = batch_outcome(srv.database_url, reply["id"])
@@ -124,7 +154,8 @@ def run_count(client: httpx.Client, stack: Stack, srv: Servers, count: int, jobs
     per_job = {k: (after[k] - before[k]) / jobs * 1e6 for k in after}
     per_job |= {f"postgres_{k}": (pg_after[k] - pg_before[k]) / jobs * 1e6 for k in pg_after}
     per_job["postgres"] = per_job["postgres_sessions"] + per_job["postgres_other"]
-    return {"workers": count, "jobs": jobs, "seconds": seconds, "jobs_per_s": jobs / seconds,
+    return {"kind": stack.kind, "workers": count, "jobs": jobs, "seconds": seconds,
+            "jobs_per_s": jobs / seconds,
             "cpu_us_per_job": per_job,
             "wal_bytes_per_job": (wal_after - wal_before) / jobs,
             "connections": connections(srv), "load": os.getloadavg()[0]}
@@ -150,7 +181,7 @@ def _scalar(srv: Servers, sql: str) -> Any:
         return conn.execute(text(sql)).scalar_one()
 
 
-def rehearse(jobs: int, counts: list[int]) -> dict[str, Any]:
+def rehearse(jobs: int, counts: list[int], kind: str = "encode") -> dict[str, Any]:
     """Every count in one run, on the same embedded servers."""
     at_start = machine()
     with servers(None, None) as srv:
@@ -161,20 +192,20 @@ def rehearse(jobs: int, counts: list[int]) -> dict[str, Any]:
             procs.start("relay", ["-m", "app.cli", "relay"])
             url = f"http://127.0.0.1:{port}"
             procs.wait_ready(f"{url}/ready")
-            stack = Stack(procs, url, [])
+            stack = Stack(procs, url, [], kind)
             with httpx.Client(base_url=url, headers=_auth(srv), timeout=60) as client:
                 rows = []
                 for count in counts:
-                    err.print(f"{count} worker process(es): {jobs:,} encode jobs")
+                    err.print(f"{count} worker process(es): {jobs:,} {kind} jobs")
                     rows.append(run_count(client, stack, srv, count, jobs))
         finally:
             procs.stop()
-    return {"machine": at_start, "rows": rows}
+    return {"machine": at_start, "kind": kind, "rows": rows}
 
 
 def show(report: dict[str, Any]) -> None:
     """The scaling table."""
-    table = Table(title=f"scale-out on {report['machine']['cpus']} CPUs "
+    table = Table(title=f"{report['kind']} scale-out on {report['machine']['cpus']} CPUs "
                         f"({report['machine']['cpu']}), load at start {report['machine']['load']}")
     for column in ("workers", "jobs/s", "x of 1", "µs CPU/job: workers", "PostgreSQL",
                    "(its sessions)", "api", "relay", "WAL B/job", "PG sessions",
@@ -198,10 +229,11 @@ def main() -> None:
                                      description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--jobs", type=int, default=100_000, help="jobs per worker count")
     parser.add_argument("--counts", default="1,2,4", help="worker process counts, e.g. 1,2,4")
+    parser.add_argument("--kind", choices=sorted(LINES), default="encode", help="job kind")
     parser.add_argument("--json", action="store_true", help="JSON on stdout")
     parser.add_argument("--save", type=Path, help="also write the JSON report here")
     args = parser.parse_args()
-    report = rehearse(args.jobs, [int(c) for c in args.counts.split(",")])
+    report = rehearse(args.jobs, [int(c) for c in args.counts.split(",")], args.kind)
     if args.save:
         args.save.write_text(json.dumps(report, indent=2))
     if args.json:
