@@ -9,8 +9,12 @@ tests/integration/test_kubernetes_metrics.py.
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -421,3 +425,27 @@ def test_each_process_gets_the_settings_it_needs_and_no_other_secret(overlay: st
                 assert "BABELQ_FLOWER_PASSWORD" not in seen, c["name"]
             else:
                 assert "BABELQ_DATABASE_URL" not in seen
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_test_builder_agrees_with_kustomize(overlay: str, tmp_path: Path) -> None:
+    """Where kubectl is installed, its own kustomize builds exactly what the tests check
+    (the Secrets' name hashes aside)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: the Python builder is checked against it "
+                    "where it is")
+    tree = tmp_path / "kubernetes"
+    shutil.copytree(KUBE, tree)
+    for example in (tree / "overlays" / overlay).glob("*.env.example"):
+        shutil.copy(example, example.with_suffix(""))
+    built = subprocess.run([kubectl, "kustomize", str(tree / "overlays" / overlay)],
+                           capture_output=True, text=True, timeout=60, check=True).stdout
+    for secret in re.findall(r"name: (babelq-\w+)-[a-z0-9]{10}\n", built):
+        built = re.sub(rf"\b{secret}-[a-z0-9]{{10}}\b", secret, built)
+    real = {(r["kind"], r["metadata"]["name"]): r for r in yaml.safe_load_all(built) if r}
+    for key, resource in real.items():
+        if key[0] == "Secret":
+            data = resource.pop("data")
+            resource["stringData"] = {k: base64.b64decode(v).decode() for k, v in data.items()}
+    assert real == {(r["kind"], r["metadata"]["name"]): r for r in BUILDS[overlay]}
