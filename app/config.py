@@ -29,7 +29,12 @@ class Settings(BaseSettings):
     #: Where `babelq up` keeps embedded server data and credentials.json.
     home: Path = Path(".babelq")
     database_url: str | None = None
+    #: redis://host:6379/0, or Sentinel: sentinel://host1:26379;sentinel://host2:26379
     redis_url: str | None = None
+    #: The master's name at the sentinels, when redis_url lists sentinel:// entries.
+    redis_sentinel_master: str = "mymaster"
+    #: The sentinels' own password (their requirepass), if any; the master's is in the URL.
+    redis_sentinel_password: str | None = None
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
