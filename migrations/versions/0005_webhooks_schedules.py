@@ -6,7 +6,7 @@ them cost each relay pass nothing. jobs_held serves the one statement that relea
 those whose time has come (app.jobs.delayed.release_due).
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-05
 """
 
@@ -17,7 +17,7 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 revision = "0005"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
