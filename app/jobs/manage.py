@@ -188,12 +188,16 @@ def take_due(
 #: What finished before the retention period: an interval parameter of the prune statements.
 _CUTOFF = "now() - make_interval(days => :days)"
 
-#: Finished jobs past retention that belong to no live batch, a slice at a time.
+#: Finished jobs past retention that belong to no live batch, a slice at a time. The
+#: rows are locked as they are picked, skipping any a transition holds (a manual retry
+#: in flight), and the DELETE checks them again: a job a retry has just queued stays.
 _PRUNE_JOBS = text(
     "DELETE FROM jobs WHERE id IN (SELECT j.id FROM jobs j "
     f"WHERE j.status IN ('succeeded', 'dead', 'cancelled') AND j.finished_at < {_CUTOFF} "
     "AND (j.batch_id IS NULL OR NOT EXISTS (SELECT 1 FROM batches b WHERE b.id = j.batch_id)) "
-    "LIMIT :limit) RETURNING id"
+    "LIMIT :limit FOR UPDATE OF j SKIP LOCKED) "
+    f"AND status IN ('succeeded', 'dead', 'cancelled') AND finished_at < {_CUTOFF} "
+    "RETURNING id"
 )
 
 

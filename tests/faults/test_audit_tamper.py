@@ -116,3 +116,21 @@ def test_truncated_chain_is_found_by_audit_verify_all(tamper_db: tuple[str, Engi
     broken = json.loads(found.stdout)["broken"]
     assert [(b["job_id"], b["broken_seq"], b["reason"]) for b in broken] == [
         (victim, 2, "chain was truncated")]
+
+
+def test_a_chain_deleted_whole_is_found(tamper_db: tuple[str, Engine]) -> None:
+    # Zero events is not an intact chain when the job's row records a head.
+    url, engine = tamper_db
+    kept, victim = finished_jobs(engine, 2)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER audit_events_append_only ON audit_events"))
+        conn.execute(text("DELETE FROM audit_events WHERE job_id = :j"), {"j": victim})
+    one = audit_verify(url, str(victim))
+    assert one.returncode == 1, one.stdout + one.stderr
+    assert json.loads(one.stdout)["broken"] == [
+        {"job_id": victim, "broken_seq": 1, "reason": "chain is missing (3 events recorded)"}]
+    every = audit_verify(url, "--all")
+    assert every.returncode == 1, every.stdout + every.stderr
+    assert [(b["job_id"], b["reason"]) for b in json.loads(every.stdout)["broken"]] == [
+        (victim, "chain is missing (3 events recorded)")]
+    assert audit_verify(url, str(kept)).returncode == 0
