@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from app.jobs.counters import Moves, move_counters
 from app.jobs.execute import Claimed, Outcome, backoff, claim, error_info, finish, hold, take
-from app.jobs.manage import Busy, cancel, cancel_batch, expire_leases, prune, retry, take_due
+from app.jobs.manage import (
+    CANCEL_SLICE,
+    Busy,
+    cancel,
+    cancel_batch,
+    cancelling_batches,
+    expire_leases,
+    mark_cancelling,
+    prune,
+    retry,
+    take_due,
+)
 from app.jobs.outbox import schedule_publish
 from app.jobs.submit import (
     NewJob,
@@ -24,6 +35,7 @@ from app.jobs.submit import (
 )
 
 __all__ = [
+    "CANCEL_SLICE",
     "Busy",
     "Claimed",
     "Moves",
@@ -34,12 +46,14 @@ __all__ = [
     "backoff",
     "cancel",
     "cancel_batch",
+    "cancelling_batches",
     "claim",
     "error_info",
     "expire_leases",
     "find_keyed",
     "finish",
     "hold",
+    "mark_cancelling",
     "move_counters",
     "prepare_rows",
     "prune",

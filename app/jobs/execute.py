@@ -62,6 +62,10 @@ _LOCK_DUE = driver_sql(text(
     "j.max_attempts, j.batch_id, j.audit_seq, j.audit_head "
     "FROM unnest(CAST(:ids AS bigint[])) AS v(id) JOIN jobs j ON j.id = v.id "
     "WHERE j.status = 'queued' AND (j.run_after IS NULL OR j.run_after <= now()) "
+    # No job of a batch being cancelled starts (uncorrelated: the few marked batches are
+    # read once per statement, through the batches_cancelling partial index).
+    "AND (j.batch_id IS NULL OR j.batch_id <> ALL(coalesce("
+    "(SELECT array_agg(b.id) FROM batches b WHERE b.cancelling), '{}'))) "
     # An uncorrelated subquery: a one-time filter, run once before any row is read.
     "AND (SELECT set_config('idle_in_transaction_session_timeout', :idle, true)) IS NOT NULL "
     "ORDER BY j.id FOR UPDATE OF j SKIP LOCKED"

@@ -99,25 +99,55 @@ def cancel(session: Session, job_id: int, *, actor: str) -> bool:
     return bool(_cancel(session, "id = :id AND status IN ('queued', 'running')", job_id, actor))
 
 
-def cancel_batch(session: Session, batch_id: int, *, actor: str) -> int:
-    """Cancel every job of a batch that has not started; returns how many (or raises Busy)."""
-    return _cancel(session, "batch_id = :id AND status = 'queued'", batch_id, actor)
+#: Jobs one transaction of a batch cancel moves: what a cancel costs in memory and in
+#: one transaction's length, however big the batch.
+CANCEL_SLICE = 5000
+
+_MARK_CANCELLING = text("UPDATE batches SET cancelling = true WHERE id = :id")
+_CANCELLED_WHOLE = text("UPDATE batches SET cancelling = false WHERE id = :id")
+_CANCELLING = text("SELECT id FROM batches WHERE cancelling ORDER BY id")
 
 
-def _cancel(session: Session, where: str, id_: int, actor: str) -> int:
-    """Lock and cancel the rows, waiting at most CANCEL_LOCK_WAIT for any one lock.
+def mark_cancelling(session: Session, batch_id: int) -> None:
+    """Mark a batch as being cancelled: from its commit on, workers start none of its jobs."""
+    session.execute(_MARK_CANCELLING, {"id": batch_id})
+
+
+def cancel_batch(session: Session, batch_id: int, *, actor: str, limit: int = CANCEL_SLICE,
+                 lock_wait: str = CANCEL_LOCK_WAIT) -> int:
+    """Cancel up to limit queued jobs of a batch marked cancelling; how many (or Busy).
+
+    Call it, committing after each call, until it returns fewer than limit: that last
+    slice also clears the mark, in its own transaction.
+    """
+    n = _cancel(session, "batch_id = :id AND status = 'queued'", batch_id, actor,
+                tail="ORDER BY id LIMIT :limit", limit=limit, lock_wait=lock_wait)
+    if n < limit:
+        session.execute(_CANCELLED_WHOLE, {"id": batch_id})
+    return n
+
+
+def cancelling_batches(session: Session) -> list[int]:
+    """Batches marked cancelling: a cancel that stopped half way (409, a lost api) is
+    finished by the relay."""
+    return list(session.execute(_CANCELLING).scalars())
+
+
+def _cancel(session: Session, where: str, id_: int, actor: str, *, tail: str = "",
+            limit: int = 1, lock_wait: str = CANCEL_LOCK_WAIT) -> int:
+    """Lock and cancel the rows, waiting at most lock_wait for any one lock.
 
     The wait bounds the job rows and the batch counters' row alike (the setting holds
     to the end of the transaction); past it nothing is written and Busy is raised.
     """
-    session.execute(text(f"SET LOCAL lock_timeout = '{CANCEL_LOCK_WAIT}'"))
+    session.execute(text(f"SET LOCAL lock_timeout = '{lock_wait}'"))
     try:
-        rows = _lock(session, where, {"id": id_})
+        rows = _lock(session, where, {"id": id_, "limit": limit}, tail=tail)
         _move(session, rows, "cancelled", _CANCELLED, "cancelled", actor, _from)
     except OperationalError as exc:
         if isinstance(exc.orig, LockNotAvailable):
-            raise Busy(f"a worker is finishing these jobs; nothing was cancelled, "
-                       f"try again (waited {CANCEL_LOCK_WAIT})") from None
+            raise Busy(f"a worker is finishing these jobs; nothing more was cancelled, "
+                       f"try again (waited {lock_wait})") from None
         raise
     return len(rows)
 
@@ -209,11 +239,13 @@ def prune(session: Session, *, older_than_days: int, limit: int = SLICE) -> int:
     so it is gone from the api at once, then its jobs, `limit` per call. The jobs of a
     batch still live are kept, so its counters only ever count jobs that exist.
     """
-    session.execute(text("SET LOCAL babelq.prune = 'on'"))
     days = {"days": older_than_days}
     session.execute(text(f"DELETE FROM batches WHERE finished_at < {_CUTOFF}"), days)
     ids = session.execute(_PRUNE_JOBS, {**days, "limit": limit}).scalars().all()
     if ids:
-        session.execute(text("DELETE FROM audit_events WHERE job_id = ANY(CAST(:ids AS bigint[]))"),
-                        {"ids": list(ids)})
+        session.execute(_PRUNE_AUDIT, {"ids": list(ids)})
     return len(ids)
+
+
+#: The one way to delete audit events (migration 0004): only those of jobs already gone.
+_PRUNE_AUDIT = text("SELECT babelq_prune_audit(CAST(:ids AS bigint[]))")

@@ -7,7 +7,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -16,7 +16,7 @@ from app.db import migrate, normalize_url
 from app.embedded import create_database, drop_database
 from app.keys import ensure_tenant
 from tests.faults import checks
-from tests.faults.stack import BABELQ, ROOT, Servers, babelq_env
+from tests.faults.stack import BABELQ, ROOT, Servers, babelq_env, sql_count
 
 pytestmark = pytest.mark.faults
 
@@ -134,3 +134,45 @@ def test_a_chain_deleted_whole_is_found(tamper_db: tuple[str, Engine]) -> None:
     assert [(b["job_id"], b["reason"]) for b in json.loads(every.stdout)["broken"]] == [
         (victim, "chain is missing (3 events recorded)")]
     assert audit_verify(url, str(kept)).returncode == 0
+
+
+@pytest.fixture
+def app_role(tamper_db: tuple[str, Engine]) -> Iterator[Engine]:
+    """An engine of an ordinary role: it may read and write every table, owns none."""
+    url, engine = tamper_db
+    role = "babelq_app_tamper"
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE ROLE {role} LOGIN"))
+        conn.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public "
+                          f"TO {role}"))
+    own = create_engine(make_url(normalize_url(url)).set(username=role))
+    try:
+        yield own
+    finally:
+        own.dispose()
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP OWNED BY {role}"))
+            conn.execute(text(f"DROP ROLE {role}"))
+
+
+def test_only_the_prune_deletes_audit_events(tamper_db: tuple[str, Engine], app_role: Engine
+                                             ) -> None:
+    # The prune's flag no longer switches the trigger off for just any session.
+    _, engine = tamper_db
+    old, kept = finished_jobs(engine, 2)
+    with pytest.raises(DBAPIError, match="append-only"), app_role.begin() as conn:
+        conn.execute(text("SET LOCAL babelq.prune = 'on'"))
+        conn.execute(text("DELETE FROM audit_events WHERE job_id = :j"), {"j": old})
+    with app_role.begin() as conn:  # nor does the prune's function, for a job still there
+        assert conn.execute(text("SELECT babelq_prune_audit(ARRAY[:j])"),
+                            {"j": kept}).scalar_one() == 0
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE jobs SET finished_at = now() - interval '40 days' "
+                          "WHERE id = :j"), {"j": old})
+        conn.execute(text("UPDATE batches SET finished_at = now() - interval '40 days'"))
+    with Session(app_role) as session:  # the prune itself, as the same ordinary role
+        assert jobs.prune(session, older_than_days=30) == 1
+        session.commit()
+    assert checks.verify_all_chains(engine) == []
+    assert [sql_count(engine, "SELECT count(*) FROM audit_events WHERE job_id = :j", j=j)
+            for j in (old, kept)] == [0, 3]

@@ -140,7 +140,7 @@ def test_a_big_json_batch_is_taken_in_bounded_memory(hostile_api: Api) -> None:
 
 def long_line(i: int) -> bytes:
     """A valid evaluate job of about 240 KB (6 cycles of two 20,000-character texts)."""
-    text_ = ("w%d " % i) * 5000
+    text_ = f"w{i} " * 5000
     side = {"text": text_[:20_000], "confidence": 0.5}
     return json.dumps({"kind": "evaluate", "params": {
         "cycles": [{"left": side, "right": side}] * 6}}).encode() + b"\n"

@@ -226,7 +226,13 @@ def read_batch_results(
 def cancel_batch(batch_id: IdPath, session: SessionDep, principal: PrincipalDep) -> BatchRead:
     """Cancel every job of the batch that has not started."""
     batch = get_batch(session, principal, batch_id)
-    jobs.cancel_batch(session, batch_id, actor=principal.actor)
+    jobs.mark_cancelling(session, batch_id)
+    session.commit()
+    # A slice per transaction: a million-job batch is never one transaction's worth of
+    # rows and events. A slice that meets a busy worker raises Busy (409); the batch stays
+    # marked, and the relay finishes the cancel.
+    while jobs.cancel_batch(session, batch_id, actor=principal.actor) == jobs.CANCEL_SLICE:
+        session.commit()
     session.commit()
     # The counters moved in SQL; the loaded row (kept across commit) must be re-read.
     session.refresh(batch)
