@@ -43,8 +43,10 @@ class Settings(BaseSettings):
     flower_password: str | None = None
 
     # Delivery: see system.md "Source of truth and delivery".
-    #: Seconds a claimed job may run before the relay takes it back.
-    lease_seconds: float = 120.0
+    #: Seconds a claimed job's lease lasts. A running worker renews it every third of it,
+    #: so it bounds how long a dead worker's jobs wait before they run again, not how long
+    #: a job may take. It also cuts off an inline chunk that hangs (see jobs.take).
+    lease_seconds: float = Field(15.0, gt=0)
     #: Seconds a queued job may wait unstarted before the relay republishes it.
     requeue_after: float = 30.0
     #: Seconds between relay passes.

@@ -18,6 +18,7 @@ from app import core, jobs, notify, testhooks
 from app.db import session_scope
 from app.memory import tune_gc
 from workers.celery_app import TASK_NAME
+from workers.heartbeat import HEARTBEAT
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,9 @@ def execute_chunk(
         notify.finished([job.id for job in inline])
     if not claimed:
         return len(inline)
-    outcomes = [compute(job) for job in claimed]
-    _persist(outcomes, worker=worker, engine=engine)
+    with HEARTBEAT.hold(claimed, engine):
+        outcomes = [compute(job) for job in claimed]
+        _persist(outcomes, worker=worker, engine=engine)
     notify.finished([o.job.id for o in outcomes])
     return len(inline) + len(claimed)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from app.jobs.counters import Moves, move_counters
 from app.jobs.execute import Claimed, Outcome, backoff, claim, error_info, finish, hold, take
+from app.jobs.leases import renew_leases
 from app.jobs.manage import (
     CANCEL_SLICE,
     Busy,
@@ -57,6 +58,7 @@ __all__ = [
     "move_counters",
     "prepare_rows",
     "prune",
+    "renew_leases",
     "reserve_ids",
     "retry",
     "schedule_publish",
