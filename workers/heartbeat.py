@@ -18,20 +18,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import count
 
-from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import jobs
 from app.config import get_settings
-from app.db import session_scope
+from app.store.db import session_scope
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class _Chunk:
-    claimed: Sequence[jobs.Claimed]
-    engine: Engine | None
+    claimed: Sequence[jobs.LockedJob]
     since: float = field(default_factory=time.monotonic)
 
 
@@ -45,13 +43,12 @@ class Heartbeat:
         self._pid = -1  # the thread is started in the process that uses it (after fork)
 
     @contextmanager
-    def hold(self, claimed: Sequence[jobs.Claimed], engine: Engine | None = None
-             ) -> Iterator[None]:
+    def hold(self, claimed: Sequence[jobs.LockedJob]) -> Iterator[None]:
         """Keep these jobs' leases alive for as long as the block runs."""
         token = next(self._tokens)
         with self._lock:
             self._start()
-            self._chunks[token] = _Chunk(claimed, engine)
+            self._chunks[token] = _Chunk(claimed)
         try:
             yield
         finally:
@@ -75,7 +72,7 @@ class Heartbeat:
 
     def _renew(self, chunk: _Chunk) -> None:
         try:
-            with session_scope(chunk.engine) as session:
+            with session_scope() as session:
                 jobs.renew_leases(session, chunk.claimed)
         except SQLAlchemyError as exc:  # an outage: the next beat tries again
             log.warning("lease renewal of %d job(s) failed: %s", len(chunk.claimed),

@@ -22,7 +22,7 @@ from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.errors import ApiError
-from app.ingest import LineSplitter
+from app.jobs.ingest import LineSplitter
 
 #: Lines validated and stored per database round of an upload.
 BLOCK_LINES = 5000

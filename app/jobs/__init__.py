@@ -1,13 +1,16 @@
 """The only code that changes job state: submit, claim, finish, cancel, retry, relay moves.
 
-Every transition appends to the job's audit chain and moves its batch's counters
-in the same transaction. Publishing to the broker happens after commit only.
+Every transition is one of app.core.status.TRANSITIONS, made by the function named
+there, with its SQL as one whole named statement. It appends to the job's audit chain
+and moves its batch's counters in the same transaction. Publishing to the broker
+happens after commit only (pending_publish).
 """
 
 from __future__ import annotations
 
+from app.core.status import TERMINAL, TRANSITIONS, JobStatus
 from app.jobs.counters import Moves, move_counters
-from app.jobs.execute import Claimed, Outcome, backoff, claim, error_info, finish, hold, take
+from app.jobs.execute import LockedJob, Outcome, backoff, claim, error_info, finish, lock_queued
 from app.jobs.leases import renew_leases
 from app.jobs.manage import (
     CANCEL_SLICE,
@@ -21,8 +24,9 @@ from app.jobs.manage import (
     retry,
     take_due,
 )
-from app.jobs.outbox import schedule_publish
+from app.jobs.pending_publish import schedule_publish
 from app.jobs.submit import (
+    JobRow,
     NewJob,
     PreparedRows,
     UnknownKind,
@@ -31,14 +35,17 @@ from app.jobs.submit import (
     reserve_ids,
     store_rows,
     submit,
-    submit_rows,
     validate,
 )
 
 __all__ = [
     "CANCEL_SLICE",
+    "TERMINAL",
+    "TRANSITIONS",
     "Busy",
-    "Claimed",
+    "JobRow",
+    "JobStatus",
+    "LockedJob",
     "Moves",
     "NewJob",
     "Outcome",
@@ -53,7 +60,7 @@ __all__ = [
     "expire_leases",
     "find_keyed",
     "finish",
-    "hold",
+    "lock_queued",
     "mark_cancelling",
     "move_counters",
     "prepare_rows",
@@ -64,8 +71,6 @@ __all__ = [
     "schedule_publish",
     "store_rows",
     "submit",
-    "submit_rows",
-    "take",
     "take_due",
     "validate",
 ]

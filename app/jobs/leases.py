@@ -13,20 +13,23 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
-from app.db import array_literal
-from app.jobs.execute import Claimed
+from app.jobs.execute import LockedJob
+from app.store.db import array_literal
 
-#: Fenced by attempt: a job cancelled, re-leased or finished meanwhile is left alone. Rows
-#: another transaction holds (a cancel, the finishing write) are skipped, not waited for.
-_RENEW = text(
-    "UPDATE jobs SET lease_until = now() + make_interval(secs => :lease) FROM ("
-    "SELECT j.id FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[])) "
-    "AS v(id, attempt) JOIN jobs j ON j.id = v.id AND j.attempt = v.attempt "
-    "WHERE j.status = 'running' FOR UPDATE OF j SKIP LOCKED) AS mine WHERE jobs.id = mine.id"
-)
+#: running → running, a lease later. Fenced by attempt: a job cancelled, re-leased or
+#: finished meanwhile is left alone. Rows another transaction holds (a cancel, the
+#: finishing write) are skipped, not waited for.
+RENEW_SQL = """
+UPDATE jobs SET lease_until = now() + make_interval(secs => :lease)
+FROM (SELECT j.id FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]))
+        AS v(id, attempt) JOIN jobs j ON j.id = v.id AND j.attempt = v.attempt
+      WHERE j.status = 'running' FOR UPDATE OF j SKIP LOCKED) AS mine
+WHERE jobs.id = mine.id
+"""
+_RENEW = text(RENEW_SQL)
 
 
-def renew_leases(session: Session, claimed: Sequence[Claimed]) -> int:
+def renew_leases(session: Session, claimed: Sequence[LockedJob]) -> int:
     """Push the leases of these claimed jobs (this attempt of each) a full lease ahead."""
     if not claimed:
         return 0

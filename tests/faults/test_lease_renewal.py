@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from tests.faults import checks
 from tests.faults.recovery import Recorder
 from tests.faults.stack import BABELQ, WORKERS, Proc, Stack, babelq_env, wait_for
+from tests.plugins import testkinds
 
 pytestmark = pytest.mark.faults
 
@@ -46,8 +47,8 @@ def test_with_default_settings_a_killed_workers_job_runs_again_soon(
 ) -> None:
     # A worker and a relay with every delivery setting at its default (lease 15 s, relay
     # interval 1 s): only the test kinds are switched on.
-    env = babelq_env(home=str(stack.workdir / "home"), database_url=stack.database_url,
-                     redis_url=stack.servers.redis_url, test_hooks="1")
+    env = {**babelq_env(home=str(stack.workdir / "home"), database_url=stack.database_url,
+                        redis_url=stack.servers.redis_url), **testkinds.ENV}
     logs = stack.workdir / "logs"
     lone = Proc("wd", [BABELQ, "worker", "-Q", "encode", "-c", "1", "-n", "wd@%h",
                        "--loglevel", "info"], logs / "wd.log", b" ready.")

@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 
-from app.db import session_scope
-from app.models import Batch, Job
+from app.store.db import session_scope
+from app.store.models import Batch, Job
 from tests.integration.conftest import auth
 
 # Every test here needs the test worker and the relay running.
@@ -212,8 +212,10 @@ def test_high_priority_job_overtakes_queued_batch(api: TestClient, key_a: str) -
 
 def unpublished_batch(n: int) -> tuple[int, list[int]]:
     """A batch of n queued encode jobs, stored but never published (no worker sees it)."""
+    from datetime import UTC, datetime
+
     from app import core, jobs
-    from app.keys import ensure_tenant
+    from app.jobs.keys import ensure_tenant
 
     with session_scope() as s:
         tenant = ensure_tenant(s, "cancelling")
@@ -222,8 +224,9 @@ def unpublished_batch(n: int) -> tuple[int, list[int]]:
                              {"t": tenant.id, "n": n}).scalar_one()
         rows = [jobs.NewJob(i + 1, "encode", core.validate("encode", {"text": f"c {i}"}), 1, 3)
                 for i in range(n)]
-        inserted, _ = jobs.submit_rows(s, rows, tenant_id=tenant.id, batch_id=batch_id,
-                                       actor="cancel-test")
+        block = jobs.prepare_rows(rows, jobs.reserve_ids(s, n), tenant_id=tenant.id,
+                                  batch_id=batch_id, actor="cancel-test", now=datetime.now(UTC))
+        inserted, _ = jobs.store_rows(s, block, tenant_id=tenant.id, batch_id=batch_id)
     return batch_id, [job_id for _, job_id in inserted]
 
 
@@ -236,8 +239,8 @@ def test_no_job_of_a_batch_being_cancelled_starts() -> None:
         jobs.mark_cancelling(s, batch_id)
     # A worker handed its chunk now (a message already in Redis) starts none of it.
     with session_scope() as s:
-        assert jobs.take(s, ids, worker="cancel-test") == ([], [])
-        assert jobs.claim(s, ids, worker="cancel-test") == []
+        assert jobs.lock_queued(s, ids, worker="cancel-test") == ([], [])
+        assert jobs.lock_queued(s, ids, worker="cancel-test", inline_ok=False) == ([], [])
     # Slices of 5, each its own transaction; the last one clears the mark.
     with session_scope() as s:
         assert jobs.cancel_batch(s, batch_id, actor="cancel-test", limit=5) == 5

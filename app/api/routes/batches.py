@@ -11,49 +11,23 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
-from sqlalchemy import text
 
 from app import jobs
 from app.api import uploads
 from app.api.deps import IdPath, PrincipalDep, SessionDep
 from app.api.errors import ApiError
-from app.api.routes.jobs import ERRORS
+from app.api.metrics import SUBMITTED
+from app.api.schemas import ERRORS, BatchCreated, BatchRead, ErrorBody, Priority
 from app.config import get_settings
-from app.db import autocommit, conn_rows, driver_autocommit, driver_sql, new_session
-from app.ingest import Ingestor
-from app.keys import Principal
-from app.limits import check_submission, precheck_batch
-from app.models import Batch
-from app.schemas import ErrorBody, Priority
+from app.core.status import JobStatus
+from app.jobs import reads
+from app.jobs.admission import check_submission, precheck_batch
+from app.jobs.ingest import Ingestor
+from app.jobs.keys import Principal
+from app.store.db import autocommit, new_session
+from app.store.models import Batch
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
-
-class BatchCreated(BaseModel):
-    """The outcome of an upload."""
-
-    id: int
-    lines: int
-    accepted: int
-    rejected: int
-    rejected_lines: list[dict[str, Any]]
-    rejected_truncated: bool
-
-
-class BatchRead(BaseModel):
-    """A batch's progress."""
-
-    id: int
-    total: int
-    rejected: int
-    counts: dict[str, int]
-    done: bool
-    progress: float
-    jobs_per_second: float | None
-    eta_seconds: float | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
 
 
 #: The upload is read from the stream by the route itself, so its body is documented here.
@@ -94,7 +68,10 @@ async def create_batch(
         await _stream_into(first, blocks, ingestor)
         await run_in_threadpool(check_submission, session, principal, ingestor.accepted,
                                 batch_id=ingestor.batch_id)
-        return BatchCreated(**await run_in_threadpool(ingestor.commit))
+        created = BatchCreated(**await run_in_threadpool(ingestor.commit))
+        for kind, n in ingestor.accepted_by_kind().items():
+            SUBMITTED.labels(kind).inc(n)
+        return created
     finally:
         await run_in_threadpool(session.close)
 
@@ -136,8 +113,7 @@ def get_batch(session: Any, principal: Principal, batch_id: int) -> Batch:
 
 def batch_read(batch: Batch) -> BatchRead:
     """Counts, progress, rate and ETA of a batch."""
-    counts = {s: getattr(batch, s) for s in ("queued", "running", "succeeded", "dead",
-                                              "cancelled")}
+    counts = {s.value: getattr(batch, s.value) for s in JobStatus}
     finished = counts["succeeded"] + counts["dead"] + counts["cancelled"]
     done = batch.total > 0 and finished == batch.total
     rate = eta = None
@@ -160,45 +136,16 @@ def read_batch(batch_id: IdPath, session: SessionDep, principal: PrincipalDep) -
     return batch_read(get_batch(session, principal, batch_id))
 
 
-#: Results per statement while a page streams: what a page costs the api in memory,
-#: however many lines the client asked for.
-RESULTS_SLICE = 250
-
-#: One slice of a page: results and errors as PostgreSQL's JSON text, never parsed here.
-_RESULTS = driver_sql(text(
-    "SELECT j.line, j.id, j.status, r.result::text AS result, "
-    "(j.error - 'traceback')::text AS error FROM jobs j "
-    "LEFT JOIN results r ON r.job_id = j.id "
-    "WHERE j.batch_id = :b AND j.line > :after ORDER BY j.line LIMIT :limit"
-))
-#: The last line of a full page, if the page is full (from the index alone).
-_PAGE_END = text(
-    "SELECT line FROM jobs WHERE batch_id = :b AND line > :after ORDER BY line "
-    "OFFSET :limit - 1 LIMIT 1"
-)
-
-
 def _fragment(json_text: str | None) -> orjson.Fragment | None:
     return None if json_text is None else orjson.Fragment(json_text)
 
 
 def _result_lines(batch_id: int, after: int, limit: int) -> Iterator[bytes]:
-    """The page as NDJSON, RESULTS_SLICE lines per statement, each in autocommit.
-
-    Keyset slices, not one server-side cursor: a cursor holds its transaction (and a
-    pooled connection) for as long as the client takes to read, while between two
-    slices this holds nothing at all.
-    """
-    while limit > 0:
-        with driver_autocommit() as conn:
-            rows = conn_rows(conn, _RESULTS, {"b": batch_id, "after": after,
-                                              "limit": min(limit, RESULTS_SLICE)})
-        if not rows:
-            return
+    """The page as NDJSON, a slice at a time (see reads.result_slices)."""
+    for rows in reads.result_slices(batch_id, after, limit):
         yield b"".join(orjson.dumps({
             "line": r.line, "job_id": r.id, "status": r.status,
             "result": _fragment(r.result), "error": _fragment(r.error)}) + b"\n" for r in rows)
-        after, limit = rows[-1].line, limit - len(rows)
 
 
 @router.get("/{batch_id}/results", responses={
@@ -214,8 +161,7 @@ def read_batch_results(
 ) -> StreamingResponse:
     """Results in line order as NDJSON; the X-Next-Cursor header fetches the next page."""
     get_batch(session, principal, batch_id)
-    end = session.execute(_PAGE_END, {"b": batch_id, "after": cursor, "limit": limit}
-                          ).scalar_one_or_none()
+    end = reads.page_end(session, batch_id, cursor, limit)
     session.close()  # the page streams on connections of its own, a slice at a time
     headers = {"X-Next-Cursor": str(end)} if end is not None else {}
     return StreamingResponse(_result_lines(batch_id, cursor, limit),
