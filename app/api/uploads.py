@@ -32,6 +32,7 @@ Block = list[tuple[int, bytes | None]]
 
 _JSON_HEAD = re.compile(r'\s*\{\s*"jobs"\s*:\s*\[\s*')
 _JSON_TAIL = re.compile(r"\s*\]\s*\}\s*")
+_JSON_MORE = re.compile(r"\s*\]\s*,")
 _SPACE = re.compile(r"\s*")
 _DECODER = json.JSONDecoder()
 
@@ -118,8 +119,12 @@ def json_items(body: bytes) -> Iterator[tuple[int, bytes]]:
 
 
 def _tail(text: str, at: int) -> None:
-    if not _JSON_TAIL.fullmatch(text, at):
+    """The end of the body after the last item: `] }`, or why not."""
+    if _JSON_TAIL.fullmatch(text, at):
+        return
+    if _JSON_MORE.match(text, at):  # another key after the list: JSON, of the wrong shape
         raise _not_a_batch()
+    raise ApiError(400, f"request body is not valid JSON: unexpected text at char {at}")
 
 
 def _not_a_batch() -> ApiError:
