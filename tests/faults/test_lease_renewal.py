@@ -77,6 +77,8 @@ def test_with_default_settings_a_killed_workers_job_runs_again_soon(
     finally:
         lone.stop()
         relay.stop()
+        for name in WORKERS:  # one sleeps on in the cancelled job: the next test restarts them
+            stack[name].kill()
     checks.wait_terminal(engine, since)
     counts = checks.assert_consistent(engine, since)
     assert trail(client, job_id)[:5] == ["submitted", "started", "lease_expired", "started",
