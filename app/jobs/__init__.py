@@ -22,7 +22,6 @@ from app.jobs.manage import (
     mark_cancelling,
     prune,
     retry,
-    take_due,
 )
 from app.jobs.pending_publish import schedule_publish
 from app.jobs.submit import (
@@ -71,6 +70,5 @@ __all__ = [
     "schedule_publish",
     "store_rows",
     "submit",
-    "take_due",
     "validate",
 ]
