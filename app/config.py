@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     retry_backoff_max: float = 600.0
     #: Jobs per broker message for batches.
     chunk_size: int = Field(500, ge=1, le=10_000)
+    #: Seconds of work one message should hold: chunks of slow kinds get fewer jobs
+    #: (measured run time per job, per kind), never more than chunk_size.
+    chunk_seconds: float = Field(0.25, gt=0)
+    #: Messages waiting in Redis per lane (kind and priority); the rest waits in PostgreSQL.
+    #: A few per worker process serving the lane; a worker refills it as it finishes a chunk.
+    dispatch_window: int = Field(4, ge=1, le=1000)
     #: Modules (comma separated) that register extra job kinds (app/jobs/kinds.py); the
     #: test suite's test_fail and test_sleep come this way. Refused in production.
     plugins: str = ""

@@ -23,7 +23,7 @@ from app.broker.notify import redis_client
 from app.broker.queues import KINDS, PRIORITY_SEP, PRIORITY_STEPS, TASK_NAME, queue_for, queue_keys
 from app.config import Settings, get_settings
 
-__all__ = ["KINDS", "TASK_NAME", "celery_app", "configure", "publish", "publish_safely",
+__all__ = ["KINDS", "TASK_NAME", "celery_app", "configure", "publish",
            "queue_for", "queue_keys"]
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,8 @@ PUSH_MESSAGES = 256
 SHOWN_IDS = 64
 
 
-def chunk_message(chunk: list[int], priority: int, queue: str, claim_first: bool = False
-                  ) -> bytes:
+def chunk_message(chunk: list[int], priority: int, queue: str, claim_first: bool = False,
+                  dispatch: int | None = None) -> bytes:
     """A run_chunk message as kombu's Redis transport stores it (Celery task protocol 2).
 
     Built here rather than by send_task, which costs about six times as much CPU per
@@ -130,7 +130,9 @@ def chunk_message(chunk: list[int], priority: int, queue: str, claim_first: bool
     and a new redis client per publish. tests/unit/test_messages.py holds it to kombu's.
     """
     task_id = str(uuid.uuid4())
-    kwargs = {"claim_first": True} if claim_first else {}
+    kwargs: dict[str, object] = {"claim_first": True} if claim_first else {}
+    if dispatch is not None:  # its dispatch row, deleted by the worker that takes it
+        kwargs["dispatch"] = dispatch
     shown = chunk if len(chunk) <= SHOWN_IDS else [*chunk[:SHOWN_IDS], f"... {len(chunk)} ids"]
     body = orjson.dumps([[chunk], kwargs, _EMBED])
     return orjson.dumps({
@@ -157,13 +159,3 @@ _HEADERS: dict[str, object] = {
     "stamped_headers": None, "stamps": {},
 }
 _HOST = socket.gethostname()
-
-
-def publish_safely(kind: str, priority: int, ids: Sequence[int]) -> bool:
-    """Publish, but never fail the caller: the relay republishes whatever is left behind."""
-    try:
-        publish(kind, priority, ids)
-    except Exception as exc:  # the job is committed; the relay will publish it
-        log.warning("publish of %d %s job(s) failed, relay will retry: %s", len(ids), kind, exc)
-        return False
-    return True
