@@ -21,6 +21,7 @@ from app.jobs import kinds
 from app.jobs.dispatch import refill, settle
 from app.ops.memory import tune_gc
 from app.store.db import session_scope
+from workers.heartbeat import HEARTBEAT
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,9 @@ def execute_chunk(ids: Sequence[int], *, worker: str, claim_first: bool = False,
     if inline:
         notify.finished([job.id for job in inline])
     if claimed:
-        outcomes = [compute(job) for job in claimed]
-        _persist(outcomes, worker=worker)
+        with HEARTBEAT.hold(claimed):
+            outcomes = [compute(job) for job in claimed]
+            _persist(outcomes, worker=worker)
         notify.finished([o.job.id for o in outcomes])
     ran = [*inline, *claimed]
     if ran:  # a message carries one kind: its run time sizes the kind's next chunks

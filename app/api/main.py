@@ -56,7 +56,8 @@ def create_app() -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(schedules.router)
     app.add_middleware(BodyLimit, default=settings.max_body_bytes,
-                       overrides={"/v1/batches": settings.max_batch_body_bytes})
+                       overrides={"/v1/batches": settings.max_batch_body_bytes},
+                       json={"/v1/batches": settings.max_json_batch_bytes})
     tune_gc()  # start-up is done: freeze what it made
     return app
 

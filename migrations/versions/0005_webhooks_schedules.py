@@ -6,7 +6,7 @@ them cost each relay pass nothing. jobs_held serves the one statement that relea
 those whose time has come (app.jobs.delayed.release_due).
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0003, 0004
 Create Date: 2026-12-05
 """
 
@@ -17,7 +17,9 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 revision = "0005"
-down_revision = "0003"
+# Main holds two heads, 0003 (issue 14) and 0004 (issue 15), both on 0002: this revision
+# joins them, so `alembic upgrade head` has one head again.
+down_revision = ("0003", "0004")
 branch_labels = None
 depends_on = None
 
