@@ -17,9 +17,7 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 revision = "0005"
-# Main holds two heads, 0003 (issue 14) and 0004 (issue 15), both on 0002: this revision
-# joins them, so `alembic upgrade head` has one head again.
-down_revision = ("0003", "0004")
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
