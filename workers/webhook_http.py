@@ -89,6 +89,9 @@ class _Answer(asyncio.Protocol):
         self.body = bytearray()
         self.headers_done = False
         self.complete = False
+        #: whether the answer allows another request on this connection (read at its end:
+        #: the parser forgets it once the message is complete)
+        self.keep_alive = False
         self.closed = False
         self.idle_since = 0.0
 
@@ -98,6 +101,7 @@ class _Answer(asyncio.Protocol):
         self.body = bytearray()
         self.headers_done = False
         self.complete = False
+        self.keep_alive = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport (a stream transport: create_connection makes no other)."""
@@ -136,6 +140,7 @@ class _Answer(asyncio.Protocol):
             self.reset()
             return
         self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()
         self.finish()
 
     def finish(self) -> None:
@@ -167,7 +172,7 @@ class _Answer(asyncio.Protocol):
 
     def reusable(self) -> bool:
         """Whether the next request may use this connection."""
-        return self.complete and not self.closed and self.parser.should_keep_alive()
+        return self.complete and self.keep_alive and not self.closed
 
 
 class Client:

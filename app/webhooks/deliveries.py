@@ -85,7 +85,8 @@ class Attempt:
 #: Claims due deliveries and returns each with its endpoint and, when its body is still to
 #: build, its job and result: one round trip (three cost the sender most of its time).
 _CLAIM = text(
-    "WITH due AS (UPDATE webhook_deliveries d SET next_attempt_at = now() + make_interval(secs => :lease), "
+    "WITH due AS (UPDATE webhook_deliveries d "
+    "SET next_attempt_at = now() + make_interval(secs => :lease), "
     "retry_until = coalesce(d.retry_until, now() + make_interval(secs => :retry_for)) "
     "FROM (SELECT id FROM webhook_deliveries WHERE status = 'pending' "
     "AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT :limit "
