@@ -29,14 +29,19 @@ PRIORITY_SEP = ":"
 celery_app = Celery("babelq", include=["workers.tasks"])
 
 
-def configure(settings: Settings) -> Celery:
-    """Point the app at the configured Redis with the delivery guarantees we rely on."""
+def configure(settings: Settings, *, fast_transport: bool = True) -> Celery:
+    """Point the app at the configured Redis with the delivery guarantees we rely on.
+
+    fast_transport False keeps kombu's own transport: Flower picks its Broker page's
+    client by the scheme of the broker URL, and ours would show as `workers.transport:...`.
+    """
+    scheme = urlsplit(settings.redis_url or "").scheme
     celery_app.conf.update(
         broker_url=settings.redis_url,
         # Our channel (workers/transport.py) for plain redis:// only: kombu turns TLS on
         # by the transport's name, so rediss:// keeps kombu's own.
         broker_transport=("workers.transport:Transport"
-                          if urlsplit(settings.redis_url or "").scheme == "redis" else None),
+                          if fast_transport and scheme == "redis" else None),
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,

@@ -130,7 +130,7 @@ def flower(
     require(settings.redis_url, "redis_url")
     from workers.celery_app import celery_app, configure
 
-    configure(settings)
+    configure(settings, fast_transport=False)  # its Broker page needs a plain redis:// URL
     # Through Flower's environment option, so the password is not in `ps` output.
     os.environ["FLOWER_BASIC_AUTH"] = f"{user}:{password}"
     address, listen = host or settings.flower_host, port or settings.flower_port
