@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app.api import errors
 from app.api.limits import BodyLimit
@@ -40,7 +41,8 @@ def create_app() -> FastAPI:
     """Build the api."""
     settings = get_settings()
     refuse_unsafe(settings)
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from the installed package, not a CDN.
+    app = FastAPIOffline(
         title="Babel Queue",
         version="1.0",
         summary="Durable encode, enumerate and evaluate jobs on Celery, Redis and PostgreSQL.",
