@@ -20,7 +20,6 @@ from sqlalchemy.orm import Session
 
 from app import jobs
 from app.api.errors import ApiError, field_errors
-from app.api.metrics import SUBMITTED
 from app.config import get_settings
 from app.db import autocommit
 from app.keys import Principal
@@ -176,8 +175,6 @@ class Ingestor:
         for (kind, priority), ids in self.pending.items():
             jobs.schedule_publish(self.session, kind, priority, ids)
         self.session.commit()
-        for (kind, _), ids in self.pending.items():
-            SUBMITTED.labels(kind).inc(len(ids))
         return self.summary()
 
     def summary(self) -> dict[str, Any]:

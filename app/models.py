@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     Double,
     ForeignKey,
@@ -15,6 +16,7 @@ from sqlalchemy import (
     Index,
     Integer,
     SmallInteger,
+    Table,
     Text,
     func,
     text,
@@ -133,6 +135,14 @@ class Job(Base):
             postgresql_where=text("status = 'queued'"),
         ),
         Index("jobs_running_lease", "lease_until", postgresql_where=text("status = 'running'")),
+        # The oldest due job of a lane, for /metrics (migration 0006).
+        Index(
+            "jobs_queued_due",
+            "kind",
+            "priority",
+            text("(coalesce(run_after, created_at))"),
+            postgresql_where=text("status = 'queued'"),
+        ),
         Index(
             "jobs_unpublished",
             "priority",
@@ -183,3 +193,24 @@ class AuditEvent(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSONB)
     prev_hash: Mapped[str] = mapped_column(Text)
     hash: Mapped[str] = mapped_column(Text)
+
+
+class JobCount(Base):
+    """Jobs per kind, priority and status, kept by triggers on jobs (migration 0006)."""
+
+    __tablename__ = "job_counts"
+    kind: Mapped[str] = mapped_column(Text, primary_key=True)
+    priority: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    status: Mapped[str] = mapped_column(Text, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
+#: What each statement on jobs changed, until app.jobs.counts folds it into job_counts.
+job_count_deltas = Table(
+    "job_count_deltas",
+    Base.metadata,
+    Column("kind", Text, nullable=False),
+    Column("priority", SmallInteger, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("n", BigInteger, nullable=False),
+)

@@ -18,7 +18,9 @@ from sqlalchemy.exc import OperationalError
 from app import jobs
 from app.config import get_settings
 from app.db import session_scope
+from app.jobs import counts, metrics
 from app.jobs.manage import SLICE
+from app.models import PRIORITY_NAMES
 from app.notify import redis_client
 from app.testhooks import TEST_KINDS
 from workers.celery_app import KINDS, publish, queue_keys
@@ -63,6 +65,8 @@ def relay_pass(actor: str, prune: bool = True, stale: bool = True) -> PassReport
     report = PassReport()
     with session_scope() as session:
         report.expired = jobs.expire_leases(session, actor=actor)
+    with session_scope() as session:
+        counts.fold(session)  # keeps /metrics' read of job counts short
     idle = idle_kinds() if stale else []
     report.stale_checked = bool(idle)
     while True:
@@ -71,6 +75,7 @@ def relay_pass(actor: str, prune: bool = True, stale: bool = True) -> PassReport
         for (kind, priority), ids in groups.items():
             publish(kind, priority, ids, careful=True)
             report.published += len(ids)
+            metrics.record(metrics.REPUBLISHED, (kind, PRIORITY_NAMES[priority]), len(ids))
         if sum(len(v) for v in groups.values()) < SLICE:
             break
     days = get_settings().retention_days

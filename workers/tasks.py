@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from app import core, jobs, notify, testhooks
 from app.db import session_scope
 from app.memory import tune_gc
+from workers import observe  # noqa: F401  (heartbeats and metrics flushes)
 from workers.celery_app import TASK_NAME
 
 log = logging.getLogger(__name__)
@@ -43,12 +44,16 @@ def _tune_gc(**_: Any) -> None:
 
 def compute(job: jobs.Claimed) -> jobs.Outcome:
     """Run one claimed job; an exception becomes the job's error, never the chunk's."""
+    start = time.perf_counter()
     try:
         if job.kind in testhooks.TEST_KINDS and testhooks.enabled():
-            return jobs.Outcome(job, result=testhooks.run(job.kind, job.params))
-        return jobs.Outcome(job, result=core.run(job.kind, job.params))
+            outcome = jobs.Outcome(job, result=testhooks.run(job.kind, job.params))
+        else:
+            outcome = jobs.Outcome(job, result=core.run(job.kind, job.params))
     except Exception as exc:
-        return jobs.Outcome(job, error=jobs.error_info(exc))
+        outcome = jobs.Outcome(job, error=jobs.error_info(exc))
+    outcome.seconds = time.perf_counter() - start
+    return outcome
 
 
 def execute_chunk(

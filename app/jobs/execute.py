@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import operator
 import random
+import time
 import traceback
 from collections import Counter
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from app.audit import Link
 from app.config import get_settings
 from app.core.canonical import canonical_json
 from app.db import array_literal, driver_rows, driver_sql, hex_array_literal
+from app.jobs import metrics
 from app.jobs.counters import Moves, move_counters
 from app.models import Decision
 
@@ -40,6 +42,12 @@ class Claimed:
     head: Link
     #: held by a row lock in the open transaction, its row still `queued` (see take())
     inline: bool = False
+    priority: int = 1
+    #: seconds since submission when taken (the database's clock), whether a first start,
+    #: and time.monotonic() then: for the queue wait and latency metrics
+    waited: float = 0.0
+    first: bool = False
+    taken: float = 0.0
 
 
 #: Texts up to this length keep an inline encode to a few milliseconds even with codec hd.
@@ -59,7 +67,8 @@ def runs_inline(kind: str, params: dict[str, Any]) -> bool:
 # the same round trip as the lock, not a SET LOCAL of its own): see take().
 _LOCK_DUE = driver_sql(text(
     "SELECT j.id, j.kind, j.params, j.attempt + 1 AS attempt, j.attempt_base, "
-    "j.max_attempts, j.batch_id, j.audit_seq, j.audit_head "
+    "j.max_attempts, j.batch_id, j.audit_seq, j.audit_head, j.priority, "
+    "extract(epoch FROM now() - j.created_at) AS waited, j.started_at IS NULL AS first "
     "FROM unnest(CAST(:ids AS bigint[])) AS v(id) JOIN jobs j ON j.id = v.id "
     "WHERE j.status = 'queued' AND (j.run_after IS NULL OR j.run_after <= now()) "
     # An uncorrelated subquery: a one-time filter, run once before any row is read.
@@ -109,9 +118,11 @@ def take(session: Session, ids: Sequence[int], *, worker: str, inline_ok: bool =
         Claimed(r.id, r.kind, r.params, r.attempt, r.max_attempts - (r.attempt - r.attempt_base),
                 r.batch_id, audit.link_at(r.id, r.audit_seq, r.audit_head, "started", worker,
                                           {"attempt": r.attempt}, now, stamp),
-                inline_ok and runs_inline(r.kind, r.params))
+                inline_ok and runs_inline(r.kind, r.params), r.priority, float(r.waited),
+                r.first, time.monotonic())
         for r in rows
     ]
+    metrics.started(session, taken)
     inline = [c for c in taken if c.inline]
     claimed = [c for c in taken if not c.inline]
     if not inline:
@@ -158,6 +169,8 @@ class Outcome:
     #: the result's canonical JSON and its sha256, encoded once for every use
     canonical: str = ""
     sha: str = ""
+    #: seconds spent computing it
+    seconds: float = 0.0
 
 
 def error_info(exc: BaseException) -> dict[str, Any]:
@@ -242,6 +255,7 @@ def _succeed(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
         _write_results(session, kept)
         audit.insert_links(session, _links(kept))
     _write_decisions(session, [o for o in kept if o.job.kind == "evaluate"])
+    metrics.succeeded(session, kept)
     return _moves(outcomes, [(r.id, r.batch_id, "succeeded") for r in rows])
 
 
@@ -316,6 +330,7 @@ def _write_decisions(session: Session, outcomes: list[Outcome]) -> None:
             "remaining_budget": final["remaining_budget"],
         })
     session.execute(insert(Decision).on_conflict_do_nothing(), rows)
+    metrics.decided(session, rows)
 
 
 def _json(value: Any) -> str:
@@ -343,6 +358,7 @@ def _fail(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
         "errors": [_json(o.error) for o in outcomes], "run_afters": run_afters,
     }).all()
     audit.insert_links(session, _links(_kept(outcomes, rows)))
+    metrics.failed(session, outcomes, rows)
     return _moves(outcomes, [(r.id, r.batch_id, r.status) for r in rows])
 
 

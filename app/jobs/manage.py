@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from app import audit
 from app.config import get_settings
+from app.jobs import metrics
 from app.jobs.counters import move_counters
 from app.jobs.outbox import schedule_publish
 
@@ -114,6 +115,7 @@ def _cancel(session: Session, where: str, id_: int, actor: str) -> int:
     try:
         rows = _lock(session, where, {"id": id_})
         _move(session, rows, "cancelled", _CANCELLED, "cancelled", actor, _from)
+        metrics.cancelled(session, rows)
     except OperationalError as exc:
         if isinstance(exc.orig, LockNotAvailable):
             raise Busy(f"a worker is finishing these jobs; nothing was cancelled, "
@@ -142,6 +144,7 @@ def expire_leases(session: Session, *, actor: str, limit: int = 5000) -> int:
                 for r in rows]
     _move(session, rows, statuses, _EXPIRED, "lease_expired", actor,
           lambda r, status: {"attempt": r.attempt, "worker": r.worker, "to": status})
+    metrics.expired(session, rows, statuses)
     return len(rows)
 
 

@@ -16,6 +16,7 @@ from app import audit, core, pgcopy, testhooks
 from app.audit import Link
 from app.config import get_settings
 from app.db import driver_rows, driver_sql
+from app.jobs import metrics
 from app.jobs.outbox import schedule_publish
 from app.models import PRIORITIES, Job
 
@@ -70,6 +71,7 @@ def submit(
         assert existing is not None
         return existing, False
     schedule_publish(session, kind, PRIORITIES[priority], [job_id])
+    metrics.submitted(session, [(kind, PRIORITIES[priority])])
     return job, True
 
 
@@ -182,6 +184,7 @@ def store_rows(
                            [r for r, i in block.keyed if i not in kept_ids])
     pgcopy.copy_bytes(session, "audit_events", audit.COLUMNS, block.audit_copy)
     audit.insert_links(session, [block.keyed_links[i] for i in sorted(kept_ids)])
+    metrics.submitted(session, [(r.kind, r.priority) for r, _ in (*block.plain, *kept)])
     return block.plain + kept, duplicates
 
 

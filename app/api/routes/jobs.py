@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session
 from app import audit, jobs
 from app.api.deps import MAX_ID, IdPath, PrincipalDep, SessionDep
 from app.api.errors import ApiError
-from app.api.metrics import SUBMITTED
 from app.config import get_settings
 from app.db import autocommit, conn_rows, driver_autocommit, new_session
 from app.keys import Principal
@@ -119,9 +118,7 @@ def create_job(
             idempotency_key=key, ref=job_in.ref,
         )
         session.commit()
-        if created:
-            SUBMITTED.labels(job.kind).inc()
-        else:
+        if not created:
             response.status_code = 200
         return job_read(session, job)
 

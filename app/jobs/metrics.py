@@ -1,0 +1,298 @@
+"""Counters and histograms every process records and Redis adds up, so one scrape sees all.
+
+Workers, relays and api processes run in separate containers, often on separate
+machines. prometheus_client's multiprocess mode adds up the processes of one host
+through a shared directory: each worker container would need its own scrape target,
+port and service discovery, and Prometheus would have to sum them. Instead each process
+adds its deltas to one Redis hash per metric (HINCRBY, in one MULTI/EXEC about once a
+second), and the api's /metrics reads those hashes: the whole cluster, from any api
+replica, at a cost set by the number of series, never by jobs or processes.
+
+What describes a job's transition is counted only when its transaction commits
+(on_commit), so a rolled back claim or a fenced-out late outcome counts nothing.
+A process killed hard loses at most its last second of counts; an emptied Redis
+starts the counters again from zero, which Prometheus' rate() reads as a reset.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+from bisect import bisect_left
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from app.config import get_settings
+from app.models import PRIORITY_NAMES
+from app.notify import redis_client
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two flushes of a process's deltas to Redis.
+FLUSH_EVERY = 1.0
+#: Between label values in a hash field (never in a kind, route, status or decision).
+SEP = "\x1f"
+#: Seconds since its last heartbeat within which a worker counts as live.
+LIVE_WINDOW = 30.0
+
+RUN_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+               30, 60, 300)
+WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800,
+                3600, 14400)
+API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+UNIT_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A counter (buckets None) or a histogram, and the Redis hash that adds it up."""
+
+    name: str
+    help: str
+    labels: tuple[str, ...]
+    buckets: tuple[float, ...] | None = None
+
+    @property
+    def key(self) -> str:
+        """The Redis hash: one field per label set (and bucket, and sum)."""
+        return f"babelq:metrics:{self.name}"
+
+
+SUBMITTED = Metric("babelq_jobs_submitted", "Jobs stored", ("kind", "priority"))
+OUTCOMES = Metric(
+    "babelq_job_outcomes",
+    "Ends of attempts: succeeded, failed_attempt (a retry is scheduled), dead, cancelled",
+    ("kind", "outcome"))
+RETRIES = Metric("babelq_job_retries_scheduled", "Retries scheduled, by cause "
+                 "(error: the attempt raised; lease_expired: its worker vanished)",
+                 ("kind", "cause"))
+LEASE_EXPIRIES = Metric("babelq_lease_expiries", "Running jobs whose lease ran out", ("kind",))
+REPUBLISHED = Metric("babelq_relay_republished_jobs", "Queued jobs the relay published "
+                     "(new retries, returned leases, lost messages)", ("kind", "priority"))
+RUN_SECONDS = Metric("babelq_job_run_seconds", "Computing one attempt of a job", ("kind",),
+                     RUN_BUCKETS)
+QUEUE_WAIT = Metric("babelq_job_queue_wait_seconds", "From submission to first start",
+                    ("kind", "priority"), WAIT_BUCKETS)
+LATENCY = Metric("babelq_job_latency_seconds", "From submission to succeeded", ("kind",),
+                 WAIT_BUCKETS)
+DECISIONS = Metric("babelq_governor_decisions", "Governor decisions of evaluate jobs",
+                   ("decision", "stop_reason"))
+FINAL_RISK = Metric("babelq_governor_final_risk", "Risk of the final governor cycle", (),
+                    UNIT_BUCKETS)
+FINAL_SIMILARITY = Metric("babelq_governor_final_similarity",
+                          "Similarity of the final governor cycle", (), UNIT_BUCKETS)
+API_REQUESTS = Metric("babelq_api_requests", "HTTP requests the api answered",
+                      ("method", "route", "status"))
+API_SECONDS = Metric("babelq_api_request_duration_seconds", "Time to answer an HTTP request",
+                     ("method", "route"), API_BUCKETS)
+
+ALL: tuple[Metric, ...] = (SUBMITTED, OUTCOMES, RETRIES, LEASE_EXPIRIES, REPUBLISHED, RUN_SECONDS,
+                           QUEUE_WAIT, LATENCY, DECISIONS, FINAL_RISK, FINAL_SIMILARITY,
+                           API_REQUESTS, API_SECONDS)
+
+
+class _Pending:
+    """This process's deltas not yet in Redis: (hash, field) -> amount."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.deltas: defaultdict[tuple[str, str], float] = defaultdict(float)
+        self.flusher_pid = 0
+
+    def take(self) -> dict[tuple[str, str], float]:
+        with self.lock:
+            taken, self.deltas = self.deltas, defaultdict(float)
+        return taken
+
+    def give_back(self, deltas: dict[tuple[str, str], float]) -> None:
+        with self.lock:
+            for key, amount in deltas.items():
+                self.deltas[key] += amount
+
+
+_pending = _Pending()
+
+
+def _forget_parents_deltas() -> None:
+    """A forked child starts empty: its parent flushes what it had (else counted twice)."""
+    global _pending
+    _pending = _Pending()
+
+
+os.register_at_fork(after_in_child=_forget_parents_deltas)
+
+
+def _fields(metric: Metric, labels: Sequence[str], value: float) -> Iterable[tuple[str, float]]:
+    prefix = SEP.join(labels)
+    if metric.buckets is None:
+        yield prefix, value
+        return
+    yield f"{prefix}{SEP}{bisect_left(metric.buckets, value)}", 1
+    yield f"{prefix}{SEP}sum", value
+
+
+#: (labels, value) pairs of one metric.
+Items = Iterable[tuple[Sequence[str], float]]
+
+
+def record(metric: Metric, labels: Sequence[str], value: float = 1) -> None:
+    """Add value to a counter, or observe it in a histogram, now."""
+    record_many(metric, [(labels, value)])
+
+
+def record_many(metric: Metric, items: Items) -> None:
+    """record() each (labels, value) pair."""
+    fields = [f for labels, value in items for f in _fields(metric, labels, value)]
+    if not fields:
+        return
+    with _pending.lock:
+        for field, amount in fields:
+            _pending.deltas[(metric.key, field)] += amount
+    _start_flusher()
+
+
+_ON_COMMIT = "babelq_metrics"
+
+
+def on_commit(session: Session, metric: Metric, items: Items) -> None:
+    """record_many() once (and only if) the session's transaction commits."""
+    session.info.setdefault(_ON_COMMIT, []).append((metric, list(items)))
+
+
+@event.listens_for(Session, "after_commit")
+def _record_committed(session: Session) -> None:
+    for metric, items in session.info.pop(_ON_COMMIT, ()):
+        record_many(metric, items)
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_rolled_back(session: Session) -> None:
+    session.info.pop(_ON_COMMIT, None)
+
+
+# What each transition counts: called by app.jobs where the transition is written.
+
+
+def submitted(session: Session, lanes: Iterable[tuple[str, int]]) -> None:
+    """Jobs stored, given as (kind, priority number) per job."""
+    tally = Counter(lanes)
+    on_commit(session, SUBMITTED, [((k, PRIORITY_NAMES[p]), n) for (k, p), n in tally.items()])
+
+
+def started(session: Session, taken: Iterable[Any]) -> None:
+    """Queue wait of jobs starting for the first time (Claimed: kind, priority, waited)."""
+    on_commit(session, QUEUE_WAIT, [((c.kind, PRIORITY_NAMES[c.priority]), c.waited)
+                                    for c in taken if c.first])
+
+
+def succeeded(session: Session, kept: Sequence[Any]) -> None:
+    """Outcome, run time and latency of Outcomes whose success this transaction writes."""
+    now = time.monotonic()
+    on_commit(session, OUTCOMES, [((o.job.kind, "succeeded"), 1) for o in kept])
+    on_commit(session, RUN_SECONDS, [((o.job.kind,), o.seconds) for o in kept])
+    on_commit(session, LATENCY, [((o.job.kind,), o.job.waited + now - o.job.taken)
+                                 for o in kept])
+
+
+def failed(session: Session, outcomes: Sequence[Any], rows: Sequence[Any]) -> None:
+    """Failed attempts (rows: id, status of each job written): dead or retried."""
+    by_id = {o.job.id: o for o in outcomes}
+    ends = [(by_id[r.id], r.status) for r in rows]
+    on_commit(session, OUTCOMES, [((o.job.kind, "dead" if status == "dead"
+                                    else "failed_attempt"), 1) for o, status in ends])
+    on_commit(session, RETRIES, [((o.job.kind, "error"), 1) for o, status in ends
+                                 if status != "dead"])
+    on_commit(session, RUN_SECONDS, [((o.job.kind,), o.seconds) for o, _ in ends])
+
+
+def decided(session: Session, decisions: Sequence[dict[str, Any]]) -> None:
+    """Governor decisions written, with their final cycle's risk and similarity."""
+    on_commit(session, DECISIONS, [((d["decision"], d["stop_reason"] or ""), 1)
+                                   for d in decisions])
+    on_commit(session, FINAL_RISK, [((), d["risk"]) for d in decisions])
+    on_commit(session, FINAL_SIMILARITY, [((), d["similarity"]) for d in decisions])
+
+
+def cancelled(session: Session, rows: Sequence[Any]) -> None:
+    """Jobs cancelled (rows: kind)."""
+    on_commit(session, OUTCOMES, [((r.kind, "cancelled"), 1) for r in rows])
+
+
+def expired(session: Session, rows: Sequence[Any], statuses: Sequence[str]) -> None:
+    """Leases that ran out (rows: kind), and what became of their jobs."""
+    ends = list(zip(rows, statuses, strict=True))
+    on_commit(session, LEASE_EXPIRIES, [((r.kind,), 1) for r in rows])
+    on_commit(session, OUTCOMES, [((r.kind, "dead"), 1) for r, s in ends if s == "dead"])
+    on_commit(session, RETRIES, [((r.kind, "lease_expired"), 1) for r, s in ends
+                                 if s != "dead"])
+
+
+def flush() -> None:
+    """Send this process's deltas to Redis; on failure keep them for the next flush."""
+    deltas = _pending.take()
+    url = get_settings().redis_url
+    if not deltas or not url:
+        return
+    try:
+        pipe = redis_client(url).pipeline(transaction=True)
+        for (key, field), amount in deltas.items():
+            if field.endswith(f"{SEP}sum"):
+                pipe.hincrbyfloat(key, field, amount)
+            else:
+                pipe.hincrby(key, field, int(amount))
+        pipe.execute()
+    except redis.RedisError as exc:
+        _pending.give_back(deltas)
+        log.warning("metrics not flushed to Redis, will retry: %s", exc)
+
+
+def _start_flusher() -> None:
+    """A daemon thread per process (forked children start their own) that flushes."""
+    if _pending.flusher_pid == os.getpid():
+        return
+    with _pending.lock:
+        if _pending.flusher_pid == os.getpid():
+            return
+        _pending.flusher_pid = os.getpid()
+    threading.Thread(target=_flush_forever, name="babelq-metrics", daemon=True).start()
+
+
+def _flush_forever() -> None:
+    while True:
+        time.sleep(FLUSH_EVERY)
+        flush()
+
+
+atexit.register(flush)
+
+
+def read(metric: Metric) -> dict[str, float]:
+    """Every field of a metric's hash, summed over all processes."""
+    url = get_settings().redis_url or ""
+    raw: dict[Any, Any] = redis_client(url).hgetall(metric.key)  # type: ignore[assignment]
+    return {k.decode(): float(v) for k, v in raw.items()}
+
+
+def beat(node: str, queues: Sequence[str]) -> None:
+    """Say this worker node is alive and consumes these queues (every few seconds)."""
+    client = redis_client(get_settings().redis_url or "")
+    now = time.time()
+    client.zadd("babelq:live:workers", {f"{node}{SEP}{q}": now for q in queues})
+
+
+def live_workers() -> Counter[str]:
+    """Worker nodes seen within LIVE_WINDOW, per queue; older entries are dropped."""
+    client = redis_client(get_settings().redis_url or "")
+    now = time.time()
+    client.zremrangebyscore("babelq:live:workers", "-inf", now - 10 * LIVE_WINDOW)
+    members = client.zrangebyscore("babelq:live:workers", now - LIVE_WINDOW, "+inf")
+    return Counter(m.decode().rsplit(SEP, 1)[1] for m in members)  # type: ignore[union-attr]

@@ -1,0 +1,51 @@
+"""What a worker tells an operator: a heartbeat per node for /metrics' live workers, and
+its pool processes' last counts before they exit."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import redis
+from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
+
+from app.jobs import metrics
+
+log = logging.getLogger(__name__)
+
+#: Seconds between heartbeats; well inside metrics.LIVE_WINDOW.
+BEAT_EVERY = 5.0
+
+_stop = threading.Event()
+
+
+@worker_init.connect
+def _start_heartbeat(sender: Any, **_: Any) -> None:
+    """Beat from the worker's main process (sender: its WorkController) while it runs."""
+    node = str(sender.hostname)
+    queues = sorted(sender.app.amqp.queues.consume_from or sender.app.amqp.queues)
+    _stop.clear()
+    threading.Thread(target=_beat_forever, args=(node, queues), daemon=True,
+                     name="babelq-heartbeat").start()
+
+
+def _beat_forever(node: str, queues: list[str]) -> None:
+    while True:
+        try:
+            metrics.beat(node, queues)
+        except redis.RedisError as exc:
+            log.warning("heartbeat not sent: %s", exc)
+        if _stop.wait(BEAT_EVERY):
+            return
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    _stop.set()
+
+
+@worker_process_shutdown.connect
+def _flush_metrics(**_: Any) -> None:
+    """A pool process may exit without running atexit handlers."""
+    metrics.flush()
