@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from itertools import product
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -31,6 +32,7 @@ from app.core import KINDS
 from app.db import session_scope
 from app.jobs import counts
 from app.jobs import metrics as events
+from app.models import PRIORITIES
 from app.notify import redis_client
 from workers.celery_app import queue_keys
 
@@ -40,6 +42,11 @@ log = logging.getLogger(__name__)
 CACHE_SECONDS = 2.0
 
 REGISTRY = CollectorRegistry()
+
+#: Labels whose every value is known: their series are shown (as 0) before any event, so
+#: increase() and rate() see an alert's first event and dashboards show every lane.
+KNOWN = {"kind": KINDS, "priority": tuple(PRIORITIES), "outcome": events.OUTCOME_NAMES,
+         "cause": events.CAUSES}
 
 
 class StoreCollector(Collector):
@@ -108,11 +115,12 @@ def family(metric: events.Metric, fields: dict[str, float]) -> Any:
     labels = list(metric.labels)
     if metric.buckets is None:
         counter = CounterMetricFamily(metric.name, metric.help, labels=labels)
-        for field, value in sorted(fields.items()):
-            counter.add_metric(_split(field, len(labels)), value)
+        counts = {tuple(_split(f, len(labels))): v for f, v in fields.items()}
+        for label_values in sorted(set(counts) | _known(metric)):
+            counter.add_metric(list(label_values), counts.get(label_values, 0.0))
         return counter
     hist = HistogramMetricFamily(metric.name, metric.help, labels=labels)
-    series: dict[tuple[str, ...], dict[str, float]] = {}
+    series: dict[tuple[str, ...], dict[str, float]] = {v: {} for v in _known(metric)}
     for field, value in fields.items():
         *values, part = field.split(events.SEP)
         series.setdefault(tuple(values[:len(labels)]), {})[part] = value
@@ -123,6 +131,13 @@ def family(metric: events.Metric, fields: dict[str, float]) -> Any:
             buckets.append((_bound(bound), running))
         hist.add_metric(list(label_values), buckets, parts.get("sum", 0.0))
     return hist
+
+
+def _known(metric: events.Metric) -> set[tuple[str, ...]]:
+    """Every label set of a metric whose labels all have known values (else none)."""
+    if not metric.labels or not all(label in KNOWN for label in metric.labels):
+        return set()
+    return set(product(*(KNOWN[label] for label in metric.labels)))
 
 
 def _split(field: str, n: int) -> list[str]:

@@ -52,6 +52,11 @@ API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 
 UNIT_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
+#: Values of the outcome and cause labels.
+OUTCOME_NAMES = ("succeeded", "failed_attempt", "dead", "cancelled")
+CAUSES = ("error", "lease_expired")
+
+
 @dataclass(frozen=True)
 class Metric:
     """A counter (buckets None) or a histogram, and the Redis hash that adds it up."""
