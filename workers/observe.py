@@ -8,8 +8,10 @@ import threading
 from typing import Any
 
 import redis
-from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
+from celery.signals import setup_logging, worker_init, worker_process_shutdown, worker_shutdown
 
+from app import logs
+from app.config import get_settings
 from app.jobs import metrics
 
 log = logging.getLogger(__name__)
@@ -18,6 +20,13 @@ log = logging.getLogger(__name__)
 BEAT_EVERY = 5.0
 
 _stop = threading.Event()
+
+
+@setup_logging.connect
+def _configure_logging(loglevel: Any = None, **_: Any) -> None:
+    """Celery's lines in the format of every other process (BABELQ_LOG_FORMAT)."""
+    level = logging.getLevelName(loglevel) if isinstance(loglevel, int) else loglevel
+    logs.configure(get_settings().log_format, str(level or "INFO"))
 
 
 @worker_init.connect

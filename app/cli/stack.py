@@ -44,6 +44,8 @@ def api(
     """Serve the HTTP api (uvicorn)."""
     import uvicorn
 
+    from app import logs
+
     settings = get_settings()
     require(settings.database_url, "database_url")
     # A short graceful shutdown: open long-polls are cut, their clients poll again.
@@ -54,6 +56,7 @@ def api(
         port=port or settings.api_port,
         workers=workers,
         log_level=log_level,
+        log_config=logs.dict_config(settings.log_format, log_level),
         timeout_graceful_shutdown=5,
     )
 
@@ -72,6 +75,7 @@ def worker(
     settings = get_settings()
     require(settings.redis_url, "redis_url")
     require(settings.database_url, "database_url")
+    import workers.observe  # noqa: F401  (its setup_logging receiver formats Celery's lines)
     from workers.celery_app import celery_app, configure
 
     configure(settings)
@@ -86,9 +90,10 @@ def relay() -> None:
     settings = get_settings()
     require(settings.redis_url, "redis_url")
     require(settings.database_url, "database_url")
+    from app import logs
     from workers import relay as relay_loop
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(settings.log_format)
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:

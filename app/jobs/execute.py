@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import operator
 import random
 import time
@@ -25,7 +26,10 @@ from app.core.canonical import canonical_json
 from app.db import array_literal, driver_rows, driver_sql, hex_array_literal
 from app.jobs import metrics
 from app.jobs.counters import Moves, move_counters
+from app.logs import job_fields
 from app.models import Decision
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -43,6 +47,7 @@ class Claimed:
     #: held by a row lock in the open transaction, its row still `queued` (see take())
     inline: bool = False
     priority: int = 1
+    tenant_id: int | None = None
     #: seconds since submission when taken (the database's clock), whether a first start,
     #: and time.monotonic() then: for the queue wait and latency metrics
     waited: float = 0.0
@@ -67,7 +72,7 @@ def runs_inline(kind: str, params: dict[str, Any]) -> bool:
 # the same round trip as the lock, not a SET LOCAL of its own): see take().
 _LOCK_DUE = driver_sql(text(
     "SELECT j.id, j.kind, j.params, j.attempt + 1 AS attempt, j.attempt_base, "
-    "j.max_attempts, j.batch_id, j.audit_seq, j.audit_head, j.priority, "
+    "j.max_attempts, j.batch_id, j.audit_seq, j.audit_head, j.priority, j.tenant_id, "
     "extract(epoch FROM now() - j.created_at) AS waited, j.started_at IS NULL AS first "
     "FROM unnest(CAST(:ids AS bigint[])) AS v(id) JOIN jobs j ON j.id = v.id "
     "WHERE j.status = 'queued' AND (j.run_after IS NULL OR j.run_after <= now()) "
@@ -118,7 +123,8 @@ def take(session: Session, ids: Sequence[int], *, worker: str, inline_ok: bool =
         Claimed(r.id, r.kind, r.params, r.attempt, r.max_attempts - (r.attempt - r.attempt_base),
                 r.batch_id, audit.link_at(r.id, r.audit_seq, r.audit_head, "started", worker,
                                           {"attempt": r.attempt}, now, stamp),
-                inline_ok and runs_inline(r.kind, r.params), r.priority, float(r.waited),
+                inline_ok and runs_inline(r.kind, r.params), r.priority, r.tenant_id,
+                float(r.waited),
                 r.first, time.monotonic())
         for r in rows
     ]
@@ -359,7 +365,22 @@ def _fail(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
     }).all()
     audit.insert_links(session, _links(_kept(outcomes, rows)))
     metrics.failed(session, outcomes, rows)
+    _log_failed(outcomes, rows)
     return _moves(outcomes, [(r.id, r.batch_id, r.status) for r in rows])
+
+
+def _log_failed(outcomes: list[Outcome], rows: Sequence[Any]) -> None:
+    """One line per failed attempt written: retried, or dead (error type, never params)."""
+    by_id = {o.job.id: o for o in outcomes}
+    for r in rows:
+        o = by_id[r.id]
+        kind_of_error = (o.error or {}).get("type")
+        if r.status == "dead":
+            log.error("job dead after attempt %d: %s", o.job.attempt, kind_of_error,
+                      extra=job_fields(o.job))
+        else:
+            log.warning("job attempt %d failed (%s), retry scheduled", o.job.attempt,
+                        kind_of_error, extra=job_fields(o.job))
 
 
 def finish(session: Session, outcomes: Sequence[Outcome], *, worker: str,

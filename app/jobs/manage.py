@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -17,10 +18,13 @@ from app.config import get_settings
 from app.jobs import metrics
 from app.jobs.counters import move_counters
 from app.jobs.outbox import schedule_publish
+from app.logs import job_fields
+
+log = logging.getLogger(__name__)
 
 #: Rows of a transition, locked before anything is written.
 _LOCK = (
-    "SELECT id, batch_id, kind, priority, status, attempt, attempt_base, max_attempts, "
+    "SELECT id, batch_id, tenant_id, kind, priority, status, attempt, attempt_base, max_attempts, "
     "worker, audit_seq, audit_head FROM jobs WHERE {where}{tail} FOR UPDATE{skip}"
 )
 #: One write per row: its new status, the transition's own columns, and its audit head.
@@ -145,6 +149,9 @@ def expire_leases(session: Session, *, actor: str, limit: int = 5000) -> int:
     _move(session, rows, statuses, _EXPIRED, "lease_expired", actor,
           lambda r, status: {"attempt": r.attempt, "worker": r.worker, "to": status})
     metrics.expired(session, rows, statuses)
+    for r, status in zip(rows, statuses, strict=True):
+        log.warning("lease of worker %s expired; job %s", r.worker,
+                    "dead" if status == "dead" else "queued again", extra=job_fields(r))
     return len(rows)
 
 
