@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from app import jobs
+from app import jobs, tracing
 from app.api.errors import ApiError, field_errors
 from app.config import get_settings
 from app.db import autocommit
@@ -95,8 +95,8 @@ class Ingestor:
         self.max_line_bytes = settings.max_line_bytes
         self.attempts = settings.default_max_attempts
         self.batch_id = self.session.execute(
-            text("INSERT INTO batches (tenant_id) VALUES (:t) RETURNING id"),
-            {"t": self.principal.tenant_id},
+            text("INSERT INTO batches (tenant_id, traceparent) VALUES (:t, :tp) RETURNING id"),
+            {"t": self.principal.tenant_id, "tp": tracing.current_traceparent()},
         ).scalar_one()
 
     def reject(self, line: int, reason: str) -> None:

@@ -80,6 +80,8 @@ class Batch(Base):
     dead: Mapped[int] = mapped_column(Integer, default=0)
     cancelled: Mapped[int] = mapped_column(Integer, default=0)
     errors: Mapped[list[Any]] = mapped_column(JSONB, default=list)
+    #: W3C trace context of the upload, when tracing is on
+    traceparent: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _ts(nullable=False, default_now=True)
     started_at: Mapped[datetime | None] = _ts()
     finished_at: Mapped[datetime | None] = _ts()
@@ -113,6 +115,8 @@ class Job(Base):
     #: head of the job's audit chain, so appending needs no read of audit_events
     audit_seq: Mapped[int] = mapped_column(Integer, default=0)
     audit_head: Mapped[str] = mapped_column(Text, default="")
+    #: W3C trace context of the submission, when tracing is on
+    traceparent: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _ts(nullable=False, default_now=True)
     started_at: Mapped[datetime | None] = _ts()
     finished_at: Mapped[datetime | None] = _ts()

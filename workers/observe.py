@@ -8,9 +8,15 @@ import threading
 from typing import Any
 
 import redis
-from celery.signals import setup_logging, worker_init, worker_process_shutdown, worker_shutdown
+from celery.signals import (
+    setup_logging,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
-from app import logs
+from app import logs, tracing
 from app.config import get_settings
 from app.jobs import metrics
 
@@ -32,6 +38,7 @@ def _configure_logging(loglevel: Any = None, **_: Any) -> None:
 @worker_init.connect
 def _start_heartbeat(sender: Any, **_: Any) -> None:
     """Beat from the worker's main process (sender: its WorkController) while it runs."""
+    tracing.setup(get_settings(), "babelq-worker")  # thread pools: spans made here
     node = str(sender.hostname)
     queues = sorted(sender.app.amqp.queues.consume_from or sender.app.amqp.queues)
     _stop.clear()
@@ -52,6 +59,12 @@ def _beat_forever(node: str, queues: list[str]) -> None:
 @worker_shutdown.connect
 def _stop_heartbeat(**_: Any) -> None:
     _stop.set()
+
+
+@worker_process_init.connect
+def _setup_tracing(**_: Any) -> None:
+    """A prefork child exports its own spans (its parent's export thread did not fork)."""
+    tracing.setup(get_settings(), "babelq-worker")
 
 
 @worker_process_shutdown.connect

@@ -14,7 +14,7 @@ from celery.signals import celeryd_after_setup, worker_process_init
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from app import core, jobs, notify, testhooks
+from app import core, jobs, notify, testhooks, tracing
 from app.db import session_scope
 from app.memory import tune_gc
 from workers import observe  # noqa: F401  (heartbeats and metrics flushes)
@@ -45,13 +45,15 @@ def _tune_gc(**_: Any) -> None:
 def compute(job: jobs.Claimed) -> jobs.Outcome:
     """Run one claimed job; an exception becomes the job's error, never the chunk's."""
     start = time.perf_counter()
-    try:
-        if job.kind in testhooks.TEST_KINDS and testhooks.enabled():
-            outcome = jobs.Outcome(job, result=testhooks.run(job.kind, job.params))
-        else:
-            outcome = jobs.Outcome(job, result=core.run(job.kind, job.params))
-    except Exception as exc:
-        outcome = jobs.Outcome(job, error=jobs.error_info(exc))
+    with tracing.job_span(job) as span:
+        try:
+            if job.kind in testhooks.TEST_KINDS and testhooks.enabled():
+                outcome = jobs.Outcome(job, result=testhooks.run(job.kind, job.params))
+            else:
+                outcome = jobs.Outcome(job, result=core.run(job.kind, job.params))
+        except Exception as exc:
+            outcome = jobs.Outcome(job, error=jobs.error_info(exc))
+        tracing.outcome(span, outcome.error)
     outcome.seconds = time.perf_counter() - start
     return outcome
 
@@ -67,15 +69,17 @@ def execute_chunk(
     """
     with session_scope(engine) as session:
         inline, claimed = jobs.take(session, ids, worker=worker, inline_ok=not careful)
-        done = [compute(job) for job in inline]
+        with tracing.chunk_span(inline):
+            done = [compute(job) for job in inline]
         held = jobs.hold(session, claimed, worker=worker)
         jobs.finish(session, done, worker=worker, held=held)
     if inline:
         notify.finished([job.id for job in inline])
     if not claimed:
         return len(inline)
-    outcomes = [compute(job) for job in claimed]
-    _persist(outcomes, worker=worker, engine=engine)
+    with tracing.chunk_span(claimed):
+        outcomes = [compute(job) for job in claimed]
+        _persist(outcomes, worker=worker, engine=engine)
     notify.finished([o.job.id for o in outcomes])
     return len(inline) + len(claimed)
 

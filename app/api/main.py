@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from app import tracing
 from app.api import errors
 from app.api.limits import BodyLimit
 from app.api.observe import RequestMetrics
@@ -42,6 +43,7 @@ def create_app() -> FastAPI:
     """Build the api."""
     settings = get_settings()
     refuse_unsafe(settings)
+    tracing.setup(settings, "babelq-api")
     # /docs and /redoc load Swagger UI and ReDoc from the installed package, not a CDN.
     app = FastAPIOffline(
         title="Babel Queue",

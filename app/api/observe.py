@@ -1,4 +1,4 @@
-"""What the api tells an operator about each request: its metrics (and, later, its trace)."""
+"""What the api tells an operator about each request: its metrics, and its trace."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import tracing
 from app.jobs import metrics
 
 #: Methods counted under their own name; anything else is "other" (labels stay bounded).
@@ -20,7 +21,8 @@ def route_of(scope: Scope) -> str:
 
 
 class RequestMetrics:
-    """Counts every request by method, route template and status, and times it."""
+    """Counts every request by method, route template and status, and times it; when
+    tracing is on, runs it in a server span (continuing the producer's traceparent)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -38,10 +40,15 @@ class RequestMetrics:
                 status = message["status"]
             await send(message)
 
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            method = scope["method"] if scope["method"] in METHODS else "other"
-            route = route_of(scope)
-            metrics.record(metrics.API_REQUESTS, (method, route, str(status)))
-            metrics.record(metrics.API_SECONDS, (method, route), time.perf_counter() - start)
+        method = scope["method"] if scope["method"] in METHODS else "other"
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
+                   if k in (b"traceparent", b"tracestate")} if tracing.enabled() else {}
+        with tracing.request_span(method, headers) as span:
+            try:
+                await self.app(scope, receive, send_status)
+            finally:
+                route = route_of(scope)
+                tracing.name_request(span, method, route, status)
+                metrics.record(metrics.API_REQUESTS, (method, route, str(status)))
+                metrics.record(metrics.API_SECONDS, (method, route),
+                               time.perf_counter() - start)

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from app import audit, pgcopy
+from app import audit, pgcopy, tracing
 from app.audit import Link
 from app.config import get_settings
 from app.core.canonical import canonical_json
@@ -53,6 +53,8 @@ class Claimed:
     waited: float = 0.0
     first: bool = False
     taken: float = 0.0
+    #: W3C trace context of its submission (app/tracing.py)
+    traceparent: str | None = None
 
 
 #: Texts up to this length keep an inline encode to a few milliseconds even with codec hd.
@@ -73,6 +75,7 @@ def runs_inline(kind: str, params: dict[str, Any]) -> bool:
 _LOCK_DUE = driver_sql(text(
     "SELECT j.id, j.kind, j.params, j.attempt + 1 AS attempt, j.attempt_base, "
     "j.max_attempts, j.batch_id, j.audit_seq, j.audit_head, j.priority, j.tenant_id, "
+    "j.traceparent, "
     "extract(epoch FROM now() - j.created_at) AS waited, j.started_at IS NULL AS first "
     "FROM unnest(CAST(:ids AS bigint[])) AS v(id) JOIN jobs j ON j.id = v.id "
     "WHERE j.status = 'queued' AND (j.run_after IS NULL OR j.run_after <= now()) "
@@ -125,9 +128,11 @@ def take(session: Session, ids: Sequence[int], *, worker: str, inline_ok: bool =
                                           {"attempt": r.attempt}, now, stamp),
                 inline_ok and runs_inline(r.kind, r.params), r.priority, r.tenant_id,
                 float(r.waited),
-                r.first, time.monotonic())
+                r.first, time.monotonic(), r.traceparent)
         for r in rows
     ]
+    if tracing.enabled():
+        _batch_traces(session, taken)
     metrics.started(session, taken)
     inline = [c for c in taken if c.inline]
     claimed = [c for c in taken if not c.inline]
@@ -136,6 +141,21 @@ def take(session: Session, ids: Sequence[int], *, worker: str, inline_ok: bool =
         # and loses it, the jobs are simply queued again and fencing discards this attempt.
         session.execute(text("SET LOCAL synchronous_commit = off"))
     return inline, claimed
+
+
+_BATCH_TRACES = text("SELECT id, traceparent FROM batches WHERE id = ANY(CAST(:ids AS bigint[]))")
+
+
+def _batch_traces(session: Session, taken: list[Claimed]) -> None:
+    """A batch's jobs are traced in its upload's trace (batches.traceparent)."""
+    ids = {c.batch_id for c in taken if c.batch_id is not None and c.traceparent is None}
+    if not ids:
+        return
+    rows = session.execute(_BATCH_TRACES, {"ids": list(ids)}).all()
+    found: dict[int, str | None] = {r.id: r.traceparent for r in rows}
+    for c in taken:
+        if c.traceparent is None and c.batch_id is not None:
+            c.traceparent = found.get(c.batch_id)
 
 
 def hold(session: Session, claimed: Sequence[Claimed], *, worker: str) -> Moves:

@@ -12,7 +12,7 @@ from psycopg.types.json import Jsonb
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from app import audit, core, pgcopy, testhooks
+from app import audit, core, pgcopy, testhooks, tracing
 from app.audit import Link
 from app.config import get_settings
 from app.db import driver_rows, driver_sql
@@ -62,7 +62,7 @@ def submit(
         "id": job_id, "tenant_id": tenant_id, "kind": kind, "params": Jsonb(clean),
         "priority": PRIORITIES[priority], "max_attempts": attempts,
         "idempotency_key": idempotency_key, "ref": ref, "seq": link.seq, "head": link.hash,
-        **audit.arrays([link]),
+        "traceparent": tracing.current_traceparent(), **audit.arrays([link]),
     })
     job = rows[0] if rows else None
     if job is None:
@@ -87,8 +87,9 @@ def find_keyed(session: Session, tenant_id: int, idempotency_key: str) -> Job | 
 #: api's hottest write; see db.driver_autocommit), so compiled to its placeholders once.
 _INSERT_ONE = driver_sql(text(
     "WITH job AS (INSERT INTO jobs (id, tenant_id, kind, params, priority, max_attempts, "
-    "idempotency_key, ref, published_at, audit_seq, audit_head) VALUES (:id, :tenant_id, "
-    ":kind, :params, :priority, :max_attempts, :idempotency_key, :ref, now(), :seq, :head) "
+    "idempotency_key, ref, published_at, audit_seq, audit_head, traceparent) VALUES (:id, "
+    ":tenant_id, :kind, :params, :priority, :max_attempts, :idempotency_key, :ref, now(), "
+    ":seq, :head, :traceparent) "
     "ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
     f"RETURNING *), event AS ({audit.EVENTS_FROM_ARRAYS} JOIN job ON job.id = e.job_id) "
     "SELECT * FROM job"

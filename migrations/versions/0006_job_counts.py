@@ -11,6 +11,9 @@ row; app.jobs.counts folds the deltas into job_counts (the relay every pass, a s
 before it reads). Seeded from the jobs present, under a lock that keeps writers out
 while the triggers are created (one scan, at migration time only).
 
+jobs.traceparent and batches.traceparent keep the trace context of a submission
+(app/tracing.py), NULL unless tracing is on.
+
 jobs_queued_due serves min(coalesce(run_after, created_at)) per lane: how long the
 longest-waiting due job has waited (a job backing off or delayed is not waiting yet).
 
@@ -69,9 +72,14 @@ def upgrade() -> None:
                "SELECT kind, priority, status, count(*) FROM jobs GROUP BY 1, 2, 3")
     op.execute("CREATE INDEX jobs_queued_due ON jobs (kind, priority, "
                "(coalesce(run_after, created_at))) WHERE status = 'queued'")
+    # The W3C trace context of a job's (or a batch's) submission: app/tracing.py.
+    op.execute("ALTER TABLE jobs ADD COLUMN traceparent text")
+    op.execute("ALTER TABLE batches ADD COLUMN traceparent text")
 
 
 def downgrade() -> None:
+    op.execute("ALTER TABLE batches DROP COLUMN traceparent")
+    op.execute("ALTER TABLE jobs DROP COLUMN traceparent")
     op.execute("DROP INDEX jobs_queued_due")
     for name, _, _ in _TRIGGERS:
         op.execute(f"DROP TRIGGER job_counts_{name} ON jobs")
