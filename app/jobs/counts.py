@@ -1,13 +1,15 @@
 """Jobs per lane and status, and the oldest waiting job per lane, without reading jobs.
 
-Triggers on jobs (migration 0006) append what each statement changed to
-job_count_deltas; fold() adds those rows into job_counts. Reading costs the number of
+Triggers on jobs (migration 0006) append what each UPDATE and DELETE changed to
+job_count_deltas, and added() what an insert added; fold() adds those rows into
+job_counts. Reading costs the number of
 lanes and statuses plus the deltas not yet folded, never the number of jobs: the
 relay folds every pass, and a reader folds first.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import text
@@ -36,6 +38,13 @@ _COUNTS = text(
     "GROUP BY kind, priority, status ORDER BY kind, priority, status"
 )
 
+#: Jobs just inserted, queued, per lane: what the triggers do not see (see migration 0006).
+_ADDED = text(
+    "INSERT INTO job_count_deltas (kind, priority, status, n) SELECT kind, priority, "
+    "'queued', n FROM unnest(CAST(:kinds AS text[]), CAST(:priorities AS smallint[]), "
+    "CAST(:ns AS bigint[])) AS a(kind, priority, n)"
+)
+
 #: Seconds the longest-waiting due job of each lane has waited: one descent of the
 #: jobs_queued_due index per lane. A job backing off or delayed is not waiting yet.
 _OLDEST = text(
@@ -55,6 +64,14 @@ class LaneCount:
     priority: str
     status: str
     n: int
+
+
+def added(session: Session, lanes: Mapping[tuple[str, int], int]) -> None:
+    """Count jobs this transaction inserted as queued: n per (kind, priority number)."""
+    if lanes:
+        session.execute(_ADDED, {"kinds": [k for k, _ in lanes],
+                                 "priorities": [p for _, p in lanes],
+                                 "ns": list(lanes.values())})
 
 
 def fold(session: Session) -> bool:

@@ -23,7 +23,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,10 +187,9 @@ def _drop_rolled_back(session: Session) -> None:
 # What each transition counts: called by app.jobs where the transition is written.
 
 
-def submitted(session: Session, lanes: Iterable[tuple[str, int]]) -> None:
-    """Jobs stored, given as (kind, priority number) per job."""
-    tally = Counter(lanes)
-    on_commit(session, SUBMITTED, [((k, PRIORITY_NAMES[p]), n) for (k, p), n in tally.items()])
+def submitted(session: Session, lanes: Mapping[tuple[str, int], int]) -> None:
+    """Jobs stored: how many per (kind, priority number)."""
+    on_commit(session, SUBMITTED, [((k, PRIORITY_NAMES[p]), n) for (k, p), n in lanes.items()])
 
 
 def started(session: Session, taken: Iterable[Any]) -> None:

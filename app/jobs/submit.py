@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ from app import audit, core, pgcopy, testhooks, tracing
 from app.audit import Link
 from app.config import get_settings
 from app.db import driver_rows, driver_sql
-from app.jobs import metrics
+from app.jobs import counts, metrics
 from app.jobs.outbox import schedule_publish
 from app.models import PRIORITIES, Job
 
@@ -71,7 +72,7 @@ def submit(
         assert existing is not None
         return existing, False
     schedule_publish(session, kind, PRIORITIES[priority], [job_id])
-    metrics.submitted(session, [(kind, PRIORITIES[priority])])
+    metrics.submitted(session, {(kind, PRIORITIES[priority]): 1})
     return job, True
 
 
@@ -91,7 +92,10 @@ _INSERT_ONE = driver_sql(text(
     ":tenant_id, :kind, :params, :priority, :max_attempts, :idempotency_key, :ref, now(), "
     ":seq, :head, :traceparent) "
     "ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
-    f"RETURNING *), event AS ({audit.EVENTS_FROM_ARRAYS} JOIN job ON job.id = e.job_id) "
+    f"RETURNING *), event AS ({audit.EVENTS_FROM_ARRAYS} JOIN job ON job.id = e.job_id), "
+    # Counted for /metrics in the same statement (app.jobs.counts.added, for one job).
+    "counted AS (INSERT INTO job_count_deltas (kind, priority, status, n) "
+    "SELECT kind, priority, status, 1 FROM job) "
     "SELECT * FROM job"
 ))
 
@@ -185,7 +189,9 @@ def store_rows(
                            [r for r, i in block.keyed if i not in kept_ids])
     pgcopy.copy_bytes(session, "audit_events", audit.COLUMNS, block.audit_copy)
     audit.insert_links(session, [block.keyed_links[i] for i in sorted(kept_ids)])
-    metrics.submitted(session, [(r.kind, r.priority) for r, _ in (*block.plain, *kept)])
+    lanes = Counter((r.kind, r.priority) for r, _ in (*block.plain, *kept))
+    counts.added(session, lanes)
+    metrics.submitted(session, lanes)
     return block.plain + kept, duplicates
 
 

@@ -18,7 +18,7 @@ from app import jobs
 from app.api import metrics as api_metrics
 from app.config import get_settings
 from app.db import session_scope
-from app.jobs import metrics
+from app.jobs import counts, metrics
 from tests.faults.stack import wait_for
 from tests.integration.conftest import auth
 from tests.integration.test_batches import NDJSON, ndjson, wait_done
@@ -167,6 +167,7 @@ def test_backlog_and_oldest_waiting_job_per_lane(
             "INSERT INTO jobs (tenant_id, kind, params, priority, audit_head, published_at, "
             "created_at) VALUES (1, 'unserved', '{}', 0, '', now(), now() - interval '1 hour'), "
             "(1, 'unserved', '{}', 0, '', now(), now())"))
+        counts.added(session, {("unserved", 0): 2})  # as app.jobs.submit counts its inserts
     samples = scrape(api, admin_key)
     lane = (("kind", "unserved"), ("priority", "high"))
     assert samples[("babelq_queue_backlog", lane)] == 2
