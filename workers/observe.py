@@ -16,9 +16,9 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from app import logs, tracing
 from app.config import get_settings
 from app.jobs import metrics
+from app.observe import logs, tracing
 
 log = logging.getLogger(__name__)
 

@@ -10,14 +10,14 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from app import tracing
 from app.api import errors
 from app.api.limits import BodyLimit
 from app.api.observe import RequestMetrics
 from app.api.routes import batches, jobs, keys, system
 from app.api.waiters import Waiters
 from app.config import Settings, get_settings
-from app.memory import tune_gc
+from app.observe import tracing
+from app.ops.memory import tune_gc
 
 log = logging.getLogger(__name__)
 

@@ -27,14 +27,13 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from app.broker.notify import redis_client
+from app.broker.queues import KINDS, queue_keys
 from app.config import get_settings
-from app.core import KINDS
-from app.db import session_scope
 from app.jobs import counts
 from app.jobs import metrics as events
-from app.models import PRIORITIES
-from app.notify import redis_client
-from workers.celery_app import queue_keys
+from app.store.db import session_scope
+from app.store.models import PRIORITIES
 
 log = logging.getLogger(__name__)
 

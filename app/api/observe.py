@@ -7,8 +7,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import tracing
 from app.jobs import metrics
+from app.observe import tracing
 
 #: Methods counted under their own name; anything else is "other" (labels stay bounded).
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

@@ -29,7 +29,7 @@ def up(
     no_flower: Annotated[bool, typer.Option("--no-flower", help="Do not start Flower.")] = False,
 ) -> None:
     """The whole stack on this machine: PostgreSQL, Redis, api, worker, relay, Flower."""
-    from app.launcher import up as run_stack
+    from app.ops.launcher import up as run_stack
 
     code = run_stack(out, api_port=port, flower_port=flower_port, with_flower=not no_flower)
     raise typer.Exit(code)
@@ -44,7 +44,7 @@ def api(
     """Serve the HTTP api (uvicorn)."""
     import uvicorn
 
-    from app import logs
+    from app.observe import logs
 
     settings = get_settings()
     require(settings.database_url, "database_url")
@@ -75,8 +75,8 @@ def worker(
     settings = get_settings()
     require(settings.redis_url, "redis_url")
     require(settings.database_url, "database_url")
-    import workers.observe  # noqa: F401  (its setup_logging receiver formats Celery's lines)
-    from workers.celery_app import celery_app, configure
+    import workers.tasks  # noqa: F401  (registers run_chunk; workers.observe formats its logs)
+    from app.broker.celery_app import celery_app, configure
 
     configure(settings)
     argv = ["worker", "-Q", queues, "--pool", pool, "--loglevel", loglevel, "-E"]
@@ -90,7 +90,7 @@ def relay() -> None:
     settings = get_settings()
     require(settings.redis_url, "redis_url")
     require(settings.database_url, "database_url")
-    from app import logs
+    from app.observe import logs
     from workers import relay as relay_loop
 
     logs.configure(settings.log_format)
@@ -133,7 +133,7 @@ def flower(
     user, password = flower_login()
     settings = get_settings()
     require(settings.redis_url, "redis_url")
-    from workers.celery_app import celery_app, configure
+    from app.broker.celery_app import celery_app, configure
 
     configure(settings, fast_transport=False)  # its Broker page needs a plain redis:// URL
     # Through Flower's environment option, so the password is not in `ps` output.
@@ -144,7 +144,7 @@ def flower(
 
 def migrate_cmd() -> None:
     """Bring the database schema to the newest migration."""
-    from app.db import current_revision, engine_for, migrate
+    from app.store.db import current_revision, engine_for, migrate
 
     url = require(get_settings().database_url, "database_url")
     migrate(url)
@@ -155,7 +155,7 @@ def bench(ctx: typer.Context) -> None:
     """Benchmark ingestion, end to end and latency against plain Celery (see its --help)."""
     import click
 
-    from app.bench.cli import main as bench_main  # packaged with app (pyproject: app*)
+    from app.ops.bench.cli import main as bench_main  # packaged with app (pyproject: app*)
 
     try:
         code = bench_main(list(ctx.args))

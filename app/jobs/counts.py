@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from app.models import PRIORITY_NAMES
+from app.store.models import PRIORITY_NAMES
 
 #: Any fixed number: fold() runs in one transaction at a time, the others skip.
 _FOLD_LOCK = 0x62715F636F756E74

@@ -31,9 +31,9 @@ import redis
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from app.broker.notify import redis_client
 from app.config import get_settings
-from app.models import PRIORITY_NAMES
-from app.notify import redis_client
+from app.store.models import PRIORITY_NAMES
 
 log = logging.getLogger(__name__)
 

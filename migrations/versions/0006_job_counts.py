@@ -14,7 +14,7 @@ made COPY capture every row into a transition table, 35 against 20 us a row for
 writers out while the triggers are created (one scan, at migration time only).
 
 jobs.traceparent and batches.traceparent keep the trace context of a submission
-(app/tracing.py), NULL unless tracing is on.
+(app/observe/tracing.py), NULL unless tracing is on.
 
 jobs_queued_due serves min(coalesce(run_after, created_at)) per lane: how long the
 longest-waiting due job has waited (a job backing off or delayed is not waiting yet).
@@ -73,7 +73,7 @@ def upgrade() -> None:
                "SELECT kind, priority, status, count(*) FROM jobs GROUP BY 1, 2, 3")
     op.execute("CREATE INDEX jobs_queued_due ON jobs (kind, priority, "
                "(coalesce(run_after, created_at))) WHERE status = 'queued'")
-    # The W3C trace context of a job's (or a batch's) submission: app/tracing.py.
+    # The W3C trace context of a job's (or a batch's) submission: app/observe/tracing.py.
     op.execute("ALTER TABLE jobs ADD COLUMN traceparent text")
     op.execute("ALTER TABLE batches ADD COLUMN traceparent text")
 

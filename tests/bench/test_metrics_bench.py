@@ -16,9 +16,9 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 
-from app.db import migrate
-from app.embedded import create_database, drop_database
 from app.jobs import counts
+from app.ops.embedded import create_database, drop_database
+from app.store.db import migrate
 
 pytestmark = pytest.mark.bench
 

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.supervisor import free_port
+from app.ops.supervisor import free_port
 from tests.faults.stack import BABELQ, Proc, babelq_env, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

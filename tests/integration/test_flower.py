@@ -19,11 +19,12 @@ import httpx
 import pytest
 import redis
 
+from app.broker.celery_app import chunk_message
+from app.broker.queues import queue_keys
 from app.config import Settings
-from app.embedded import EmbeddedRedis, start_redis
-from app.supervisor import free_port
+from app.ops.embedded import EmbeddedRedis, start_redis
+from app.ops.supervisor import free_port
 from tests.faults.stack import BABELQ, Proc, babelq_env, wait_for
-from workers.celery_app import chunk_message, queue_keys
 
 #: Messages left in each queue before any worker runs: (normal lane, high lane).
 WAITING = {"encode": (2, 1), "enumerate": (2, 0), "evaluate": (1, 0)}

@@ -13,17 +13,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.logs import JOB_FIELDS, ConsoleFormatter, JsonFormatter
-from app.supervisor import free_port
+from app.observe.logs import JOB_FIELDS, ConsoleFormatter, JsonFormatter
+from app.ops.supervisor import free_port
 from tests.faults.stack import BABELQ, Proc, babelq_env, wait_for
 from tests.integration.conftest import auth
 from tests.integration.test_jobs_api import submit_and_wait
-from tests.integration.test_metrics import poison_jobs  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.usefixtures("worker", "relay", "poison_jobs")
+@pytest.mark.usefixtures("worker", "relay")
 def test_every_line_about_a_job_names_it(
     api: TestClient, key_a: str, caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -6,7 +6,6 @@ change is exactly what this test did, whatever the session ran before.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,9 +15,8 @@ from sqlalchemy import text
 
 from app import jobs
 from app.api import metrics as api_metrics
-from app.config import get_settings
-from app.db import session_scope
 from app.jobs import counts, metrics
+from app.store.db import session_scope
 from tests.faults.stack import wait_for
 from tests.integration.conftest import auth
 from tests.integration.test_batches import NDJSON, ndjson, wait_done
@@ -50,18 +48,8 @@ def fresh_scrapes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(api_metrics, "CACHE_SECONDS", 0.0)
 
 
-@pytest.fixture
-def poison_jobs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """test_fail jobs are accepted and run (the worker threads share these settings)."""
-    monkeypatch.setenv("BABELQ_TEST_HOOKS", "1")
-    get_settings.cache_clear()
-    yield
-    monkeypatch.delenv("BABELQ_TEST_HOOKS")
-    get_settings.cache_clear()
-
-
 def test_outcomes_times_and_requests_are_counted_once(
-    api: TestClient, admin_key: str, key_a: str, fresh_scrapes: None, poison_jobs: None,
+    api: TestClient, admin_key: str, key_a: str, fresh_scrapes: None,
 ) -> None:
     before = scrape(api, admin_key)
     for i in range(3):
