@@ -6,6 +6,10 @@ change is exactly what this test did, whatever the session ran before.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,11 +19,12 @@ from sqlalchemy import text
 
 from app import jobs
 from app.api import metrics as api_metrics
+from app.config import Settings
 from app.jobs import counts, metrics
 from app.store.db import session_scope
-from tests.faults.stack import wait_for
+from tests.faults.stack import BABELQ, Proc, babelq_env, wait_for
 from tests.integration.conftest import auth
-from tests.integration.test_batches import NDJSON, ndjson, wait_done
+from tests.integration.test_batches import NDJSON, ndjson, paused, wait_done
 from tests.integration.test_jobs_api import EVALUATE_RISK, submit_and_wait
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker", "relay")]
@@ -175,3 +180,56 @@ def test_live_workers_per_queue(api: TestClient, admin_key: str, fresh_scrapes: 
     samples = scrape(api, admin_key)
     for queue in ("encode", "enumerate", "evaluate"):
         assert samples[("babelq_workers_live", (("queue", queue),))] >= 1
+
+
+def test_counts_of_several_worker_processes_add_up(
+    api: TestClient, admin_key: str, key_a: str, celery_app: Any, worker: Any,
+    settings: Settings, fresh_scrapes: None,
+) -> None:
+    """A real prefork worker (two pool processes) runs every job: its counts reach /metrics."""
+    logs = Path(tempfile.mkdtemp(prefix="bq-metrics-"))
+    node = f"metered-{os.getpid()}@localhost"
+    proc = Proc("worker", [BABELQ, "worker", "-Q", "enumerate", "-c", "2", "-n", node],
+                logs / "worker.log", ready_line=b"ready.")
+    proc.start(babelq_env(database_url=str(settings.database_url),
+                          redis_url=str(settings.redis_url)))
+    try:
+        proc.wait_ready(90)
+        before = scrape(api, admin_key)
+        with paused(celery_app, worker, "enumerate"):
+            ids = [api.post("/v1/jobs", headers=auth(key_a), json={
+                "kind": "enumerate", "priority": "low",
+                "params": {"query": f"processes {i}", "max_results": 2}}).json()["id"]
+                for i in range(12)]
+            for job_id in ids:
+                assert _wait(api, key_a, job_id)["status"] == "succeeded"
+        with session_scope() as session:
+            ran_by = set(session.execute(text("SELECT DISTINCT worker FROM jobs WHERE id = "
+                                              "ANY(:ids)"), {"ids": ids}).scalars())
+        assert ran_by == {node}
+        last: dict[str, Samples] = {}
+
+        def counted() -> bool:  # each pool process flushes within a second
+            last["after"] = scrape(api, admin_key)
+            return grew(before, last["after"], "babelq_job_outcomes_total",
+                        kind="enumerate", outcome="succeeded") >= len(ids)
+
+        wait_for("the worker processes' counts", counted, 20, every=0.5)
+        after = last["after"]
+        assert grew(before, after, "babelq_job_outcomes_total", kind="enumerate",
+                    outcome="succeeded") == len(ids)
+        assert grew(before, after, "babelq_job_run_seconds_count", kind="enumerate") == len(ids)
+        assert grew(before, after, "babelq_job_queue_wait_seconds_count", kind="enumerate",
+                    priority="low") == len(ids)
+        assert after[("babelq_workers_live", (("queue", "enumerate"),))] >= 2  # both nodes
+    finally:
+        proc.stop()
+        shutil.rmtree(logs, ignore_errors=True)
+
+
+def _wait(api: TestClient, key: str, job_id: int) -> dict[str, Any]:
+    for _ in range(30):
+        job = api.get(f"/v1/jobs/{job_id}", params={"wait": 10}, headers=auth(key)).json()
+        if job["status"] in ("succeeded", "dead", "cancelled"):
+            return dict(job)
+    raise AssertionError(f"job {job_id} did not finish")
