@@ -136,15 +136,6 @@ def _forget_parents_deltas() -> None:
 os.register_at_fork(after_in_child=_forget_parents_deltas)
 
 
-def _fields(metric: Metric, labels: Sequence[str], value: float) -> Iterable[tuple[str, float]]:
-    prefix = SEP.join(labels)
-    if metric.buckets is None:
-        yield prefix, value
-        return
-    yield f"{prefix}{SEP}{bisect_left(metric.buckets, value)}", 1
-    yield f"{prefix}{SEP}sum", value
-
-
 #: (labels, value) pairs of one metric.
 Items = Iterable[tuple[Sequence[str], float]]
 
@@ -155,14 +146,36 @@ def record(metric: Metric, labels: Sequence[str], value: float = 1) -> None:
 
 
 def record_many(metric: Metric, items: Items) -> None:
-    """record() each (labels, value) pair."""
-    fields = [f for labels, value in items for f in _fields(metric, labels, value)]
+    """record() each (labels, value) pair: added up here first, one field per label set."""
+    _add(metric, _tally(metric, items))
+
+
+def _add(metric: Metric, fields: dict[str, float]) -> None:
     if not fields:
         return
+    key = metric.key
     with _pending.lock:
-        for field, amount in fields:
-            _pending.deltas[(metric.key, field)] += amount
+        for field, amount in fields.items():
+            _pending.deltas[(key, field)] += amount
     _start_flusher()
+
+
+def _tally(metric: Metric, items: Items) -> dict[str, float]:
+    """Hash fields and amounts: a counter's per label set; a histogram's buckets and sum."""
+    totals: defaultdict[tuple[str, ...], float] = defaultdict(float)
+    if metric.buckets is None:
+        for labels, value in items:
+            totals[tuple(labels)] += value
+        return {SEP.join(labels): total for labels, total in totals.items()}
+    bounds = metric.buckets
+    hits: defaultdict[tuple[str, ...], Counter[int]] = defaultdict(Counter)
+    for labels, value in items:
+        key = tuple(labels)  # the same object when labels is a tuple
+        hits[key][bisect_left(bounds, value)] += 1
+        totals[key] += value
+    fields = {f"{SEP.join(k)}{SEP}{i}": float(n) for k, c in hits.items() for i, n in c.items()}
+    fields.update({f"{SEP.join(k)}{SEP}sum": total for k, total in totals.items()})
+    return fields
 
 
 _ON_COMMIT = "babelq_metrics"
@@ -170,13 +183,13 @@ _ON_COMMIT = "babelq_metrics"
 
 def on_commit(session: Session, metric: Metric, items: Items) -> None:
     """record_many() once (and only if) the session's transaction commits."""
-    session.info.setdefault(_ON_COMMIT, []).append((metric, list(items)))
+    session.info.setdefault(_ON_COMMIT, []).append((metric, _tally(metric, items)))
 
 
 @event.listens_for(Session, "after_commit")
 def _record_committed(session: Session) -> None:
-    for metric, items in session.info.pop(_ON_COMMIT, ()):
-        record_many(metric, items)
+    for metric, fields in session.info.pop(_ON_COMMIT, ()):
+        _add(metric, fields)
 
 
 @event.listens_for(Session, "after_rollback")
@@ -194,17 +207,17 @@ def submitted(session: Session, lanes: Mapping[tuple[str, int], int]) -> None:
 
 def started(session: Session, taken: Iterable[Any]) -> None:
     """Queue wait of jobs starting for the first time (Claimed: kind, priority, waited)."""
-    on_commit(session, QUEUE_WAIT, [((c.kind, PRIORITY_NAMES[c.priority]), c.waited)
-                                    for c in taken if c.first])
+    on_commit(session, QUEUE_WAIT, (((c.kind, PRIORITY_NAMES[c.priority]), c.waited)
+                                    for c in taken if c.first))
 
 
 def succeeded(session: Session, kept: Sequence[Any]) -> None:
     """Outcome, run time and latency of Outcomes whose success this transaction writes."""
     now = time.monotonic()
-    on_commit(session, OUTCOMES, [((o.job.kind, "succeeded"), 1) for o in kept])
-    on_commit(session, RUN_SECONDS, [((o.job.kind,), o.seconds) for o in kept])
-    on_commit(session, LATENCY, [((o.job.kind,), o.job.waited + now - o.job.taken)
-                                 for o in kept])
+    on_commit(session, OUTCOMES, (((o.job.kind, "succeeded"), 1) for o in kept))
+    on_commit(session, RUN_SECONDS, (((o.job.kind,), o.seconds) for o in kept))
+    on_commit(session, LATENCY, (((o.job.kind,), o.job.waited + now - o.job.taken)
+                                 for o in kept))
 
 
 def failed(session: Session, outcomes: Sequence[Any], rows: Sequence[Any]) -> None:
