@@ -16,13 +16,13 @@ from celery.signals import (
     worker_shutdown,
 )
 
+from app.broker import sums
 from app.config import get_settings
-from app.jobs import metrics
 from app.observe import logs, tracing
 
 log = logging.getLogger(__name__)
 
-#: Seconds between heartbeats; well inside metrics.LIVE_WINDOW.
+#: Seconds between heartbeats; well inside sums.LIVE_WINDOW.
 BEAT_EVERY = 5.0
 
 _stop = threading.Event()
@@ -49,7 +49,7 @@ def _start_heartbeat(sender: Any, **_: Any) -> None:
 def _beat_forever(node: str, queues: list[str]) -> None:
     while True:
         try:
-            metrics.beat(node, queues)
+            sums.beat(node, queues)
         except redis.RedisError as exc:
             log.warning("heartbeat not sent: %s", exc)
         if _stop.wait(BEAT_EVERY):
@@ -70,4 +70,4 @@ def _setup_tracing(**_: Any) -> None:
 @worker_process_shutdown.connect
 def _flush_metrics(**_: Any) -> None:
     """A pool process may exit without running atexit handlers."""
-    metrics.flush()
+    sums.flush()

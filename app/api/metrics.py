@@ -27,6 +27,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from app.broker import sums
 from app.broker.notify import redis_client
 from app.broker.queues import KINDS, queue_keys
 from app.config import get_settings
@@ -61,7 +62,7 @@ class StoreCollector(Collector):
         yield from self._cache[1]
 
     def _fresh(self) -> Iterator[Any]:
-        events.flush()  # this process's own deltas too
+        sums.flush()  # this process's own deltas too
         for source in (self._jobs, self._events, self._broker):
             try:
                 yield from source()
@@ -100,9 +101,9 @@ class StoreCollector(Collector):
         for kind in KINDS:
             depth.add_metric([kind], sum(client.llen(k) for k in queue_keys(kind)))
         yield depth
-        live = events.live_workers()
+        live = sums.live_workers()
         workers = GaugeMetricFamily("babelq_workers_live", "Worker nodes that sent a heartbeat "
-                                    f"within {events.LIVE_WINDOW:.0f} s, per queue they consume",
+                                    f"within {sums.LIVE_WINDOW:.0f} s, per queue they consume",
                                     labels=["queue"])
         for kind in KINDS:
             workers.add_metric([kind], live.get(kind, 0))

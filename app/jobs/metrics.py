@@ -6,7 +6,8 @@ through a shared directory: each worker container would need its own scrape targ
 port and service discovery, and Prometheus would have to sum them. Instead each process
 adds its deltas to one Redis hash per metric (HINCRBY, in one MULTI/EXEC about once a
 second), and the api's /metrics reads those hashes: the whole cluster, from any api
-replica, at a cost set by the number of series, never by jobs or processes.
+replica, at a cost set by the number of series, never by jobs or processes (the adding
+up is app.broker.sums).
 
 What describes a job's transition is counted only when its transaction commits
 (on_commit), so a rolled back claim or a fenced-out late outcome counts nothing.
@@ -16,10 +17,6 @@ starts the counters again from zero, which Prometheus' rate() reads as a reset.
 
 from __future__ import annotations
 
-import atexit
-import logging
-import os
-import threading
 import time
 from bisect import bisect_left
 from collections import Counter, defaultdict
@@ -27,22 +24,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from app.broker.notify import redis_client
-from app.config import get_settings
+from app.broker import sums
 from app.store.models import PRIORITY_NAMES
 
-log = logging.getLogger(__name__)
-
-#: Seconds between two flushes of a process's deltas to Redis.
-FLUSH_EVERY = 1.0
-#: Between label values in a hash field (never in a kind, route, status or decision).
-SEP = "\x1f"
-#: Seconds since its last heartbeat within which a worker counts as live.
-LIVE_WINDOW = 30.0
+SEP = sums.SEP
 
 RUN_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
                30, 60, 300)
@@ -105,37 +93,6 @@ ALL: tuple[Metric, ...] = (SUBMITTED, OUTCOMES, RETRIES, LEASE_EXPIRIES, REPUBLI
                            API_REQUESTS, API_SECONDS)
 
 
-class _Pending:
-    """This process's deltas not yet in Redis: (hash, field) -> amount."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.deltas: defaultdict[tuple[str, str], float] = defaultdict(float)
-        self.flusher_pid = 0
-
-    def take(self) -> dict[tuple[str, str], float]:
-        with self.lock:
-            taken, self.deltas = self.deltas, defaultdict(float)
-        return taken
-
-    def give_back(self, deltas: dict[tuple[str, str], float]) -> None:
-        with self.lock:
-            for key, amount in deltas.items():
-                self.deltas[key] += amount
-
-
-_pending = _Pending()
-
-
-def _forget_parents_deltas() -> None:
-    """A forked child starts empty: its parent flushes what it had (else counted twice)."""
-    global _pending
-    _pending = _Pending()
-
-
-os.register_at_fork(after_in_child=_forget_parents_deltas)
-
-
 #: (labels, value) pairs of one metric.
 Items = Iterable[tuple[Sequence[str], float]]
 
@@ -151,13 +108,7 @@ def record_many(metric: Metric, items: Items) -> None:
 
 
 def _add(metric: Metric, fields: dict[str, float]) -> None:
-    if not fields:
-        return
-    key = metric.key
-    with _pending.lock:
-        for field, amount in fields.items():
-            _pending.deltas[(key, field)] += amount
-    _start_flusher()
+    sums.add(metric.key, fields)
 
 
 def _tally(metric: Metric, items: Items) -> dict[str, float]:
@@ -253,63 +204,6 @@ def expired(session: Session, rows: Sequence[Any], statuses: Sequence[str]) -> N
                                  if s != "dead"])
 
 
-def flush() -> None:
-    """Send this process's deltas to Redis; on failure keep them for the next flush."""
-    deltas = _pending.take()
-    url = get_settings().redis_url
-    if not deltas or not url:
-        return
-    try:
-        pipe = redis_client(url).pipeline(transaction=True)
-        for (key, field), amount in deltas.items():
-            if field.endswith(f"{SEP}sum"):
-                pipe.hincrbyfloat(key, field, amount)
-            else:
-                pipe.hincrby(key, field, int(amount))
-        pipe.execute()
-    except redis.RedisError as exc:
-        _pending.give_back(deltas)
-        log.warning("metrics not flushed to Redis, will retry: %s", exc)
-
-
-def _start_flusher() -> None:
-    """A daemon thread per process (forked children start their own) that flushes."""
-    if _pending.flusher_pid == os.getpid():
-        return
-    with _pending.lock:
-        if _pending.flusher_pid == os.getpid():
-            return
-        _pending.flusher_pid = os.getpid()
-    threading.Thread(target=_flush_forever, name="babelq-metrics", daemon=True).start()
-
-
-def _flush_forever() -> None:
-    while True:
-        time.sleep(FLUSH_EVERY)
-        flush()
-
-
-atexit.register(flush)
-
-
 def read(metric: Metric) -> dict[str, float]:
-    """Every field of a metric's hash, summed over all processes."""
-    url = get_settings().redis_url or ""
-    raw: dict[Any, Any] = redis_client(url).hgetall(metric.key)  # type: ignore[assignment]
-    return {k.decode(): float(v) for k, v in raw.items()}
-
-
-def beat(node: str, queues: Sequence[str]) -> None:
-    """Say this worker node is alive and consumes these queues (every few seconds)."""
-    client = redis_client(get_settings().redis_url or "")
-    now = time.time()
-    client.zadd("babelq:live:workers", {f"{node}{SEP}{q}": now for q in queues})
-
-
-def live_workers() -> Counter[str]:
-    """Worker nodes seen within LIVE_WINDOW, per queue; older entries are dropped."""
-    client = redis_client(get_settings().redis_url or "")
-    now = time.time()
-    client.zremrangebyscore("babelq:live:workers", "-inf", now - 10 * LIVE_WINDOW)
-    members = client.zrangebyscore("babelq:live:workers", now - LIVE_WINDOW, "+inf")
-    return Counter(m.decode().rsplit(SEP, 1)[1] for m in members)  # type: ignore[union-attr]
+    """Every field of a metric's hash, added up over all processes."""
+    return sums.read(metric.key)

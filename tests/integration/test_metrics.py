@@ -19,6 +19,7 @@ from sqlalchemy import text
 
 from app import jobs
 from app.api import metrics as api_metrics
+from app.broker import sums
 from app.config import Settings
 from app.jobs import counts, metrics
 from app.store.db import session_scope
@@ -70,7 +71,7 @@ def test_outcomes_times_and_requests_are_counted_once(
         job, _ = jobs.submit(session, tenant_id=1, kind="encode", params={"text": "x"},
                              actor="test", priority="low")
         assert jobs.cancel(session, job.id, actor="test")
-    metrics.flush()
+    sums.flush()
     after = scrape(api, admin_key)
 
     def change(name: str, **labels: str) -> float:
@@ -98,7 +99,7 @@ def test_outcomes_times_and_requests_are_counted_once(
                   route="/v1/jobs/{job_id}") >= 5
     assert change("babelq_api_requests_total", method="GET", route="unmatched", status="404") == 0
     api.get("/no/such/page", headers=auth(admin_key))
-    metrics.flush()
+    sums.flush()
     assert grew(after, scrape(api, admin_key), "babelq_api_requests_total", method="GET",
                 route="unmatched", status="404") == 1
 
@@ -107,7 +108,7 @@ def test_histograms_are_cumulative_with_an_inf_bucket(
     api: TestClient, admin_key: str, key_a: str, fresh_scrapes: None,
 ) -> None:
     submit_and_wait(api, key_a, {"kind": "encode", "priority": "low", "params": {"text": "h"}})
-    metrics.flush()
+    sums.flush()
     samples = scrape(api, admin_key)
     buckets = sorted((float(dict(labels)["le"]), v) for (name, labels), v in samples.items()
                      if name == "babelq_job_run_seconds_bucket" and ("kind", "encode") in labels)

@@ -17,7 +17,7 @@ import yaml
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.jobs import metrics
+from app.broker import sums
 from tests.integration.conftest import auth
 from tests.integration.test_jobs_api import EVALUATE_RISK, submit_and_wait
 
@@ -40,7 +40,7 @@ def scrape(api: TestClient, admin_key: str, key_a: str) -> str:
                  {"kind": "enumerate", "params": {"query": "scraped", "max_results": 2}},
                  {"kind": "evaluate", "params": EVALUATE_RISK}):
         assert submit_and_wait(api, key_a, body)["status"] == "succeeded"
-    metrics.flush()
+    sums.flush()
     response = api.get("/metrics", headers=auth(admin_key))
     assert response.status_code == 200
     return response.text
