@@ -136,8 +136,7 @@ def lock_queued(session: Session, ids: Sequence[int], *, worker: str, inline_ok:
                 r.batch_id, audit.link_at(r.id, r.audit_seq, r.audit_head, "started", worker,
                                           {"attempt": r.attempt}, now, stamp),
                 inline_ok and runs_inline(r.kind, r.params), r.priority, r.tenant_id,
-                float(r.waited),
-                r.first, time.monotonic(), r.traceparent)
+                float(r.waited), r.first, time.monotonic(), r.traceparent)
         for r in rows
     ]
     if tracing.enabled():
