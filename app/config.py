@@ -29,7 +29,12 @@ class Settings(BaseSettings):
     #: Where `babelq up` keeps embedded server data and credentials.json.
     home: Path = Path(".babelq")
     database_url: str | None = None
+    #: redis://host:6379/0, or Sentinel: sentinel://host1:26379;sentinel://host2:26379
     redis_url: str | None = None
+    #: The master's name at the sentinels, when redis_url lists sentinel:// entries.
+    redis_sentinel_master: str = "mymaster"
+    #: The sentinels' own password (their requirepass), if any; the master's is in the URL.
+    redis_sentinel_password: str | None = None
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -67,6 +72,12 @@ class Settings(BaseSettings):
     retry_backoff_max: float = 600.0
     #: Jobs per broker message for batches.
     chunk_size: int = Field(500, ge=1, le=10_000)
+    #: Seconds of work one message should hold: chunks of slow kinds get fewer jobs
+    #: (measured run time per job, per kind), never more than chunk_size.
+    chunk_seconds: float = Field(0.25, gt=0)
+    #: Messages waiting in Redis per lane (kind and priority); the rest waits in PostgreSQL.
+    #: A few per worker process serving the lane; a worker refills it as it finishes a chunk.
+    dispatch_window: int = Field(4, ge=1, le=1000)
     #: Modules (comma separated) that register extra job kinds (app/jobs/kinds.py); the
     #: test suite's test_fail and test_sleep come this way. Refused in production.
     plugins: str = ""

@@ -13,7 +13,7 @@ from fastapi_offline import FastAPIOffline
 from app.api import errors
 from app.api.limits import BodyLimit
 from app.api.observe import RequestMetrics
-from app.api.routes import batches, jobs, keys, system
+from app.api.routes import batches, jobs, keys, system, tenants
 from app.api.waiters import Waiters
 from app.config import Settings, get_settings
 from app.observe import tracing
@@ -57,6 +57,7 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(keys.router)
     app.include_router(batches.router)
+    app.include_router(tenants.router)
     app.add_middleware(BodyLimit, default=settings.max_body_bytes,
                        overrides={"/v1/batches": settings.max_batch_body_bytes})
     app.add_middleware(RequestMetrics)  # outermost: counts 413s and errors too

@@ -11,7 +11,7 @@ from __future__ import annotations
 from app.core.status import TERMINAL, TRANSITIONS, JobStatus
 from app.jobs.counters import Moves, move_counters
 from app.jobs.execute import LockedJob, Outcome, backoff, claim, error_info, finish, lock_queued
-from app.jobs.manage import Busy, cancel, cancel_batch, expire_leases, prune, retry, take_due
+from app.jobs.manage import Busy, cancel, cancel_batch, expire_leases, prune, retry
 from app.jobs.pending_publish import schedule_publish
 from app.jobs.submit import (
     JobRow,
@@ -55,6 +55,5 @@ __all__ = [
     "schedule_publish",
     "store_rows",
     "submit",
-    "take_due",
     "validate",
 ]

@@ -1,7 +1,8 @@
-"""Bulk ingestion: NDJSON lines in, validated, stored in chunks, published after commit.
+"""Bulk ingestion: NDJSON lines in, validated, stored in blocks, pending for dispatch.
 
-An upload is one transaction: either every accepted line is stored (and then
-published) or, on any failure, nothing is. Memory stays flat in the batch size:
+An upload is one transaction: either every accepted line is stored (and made pending:
+a dispatch pass sends it, fairly among tenants, see app.jobs.dispatch) or, on any
+failure, nothing is. Memory stays flat in the batch size:
 lines are handled a block at a time and only job ids are kept until commit.
 """
 
@@ -20,7 +21,9 @@ from sqlalchemy.orm import Session
 
 from app import jobs
 from app.config import get_settings
+from app.jobs.dispatch import pend
 from app.jobs.keys import Principal
+from app.jobs.pending_publish import schedule_fill
 from app.jobs.refusals import NothingAccepted, TooManyLines
 from app.jobs.submission import KIND_MAX, JobCreate, field_errors
 from app.observe import tracing
@@ -159,7 +162,8 @@ class Ingestor:
         self.accepted += len(inserted)
 
     def commit(self) -> dict[str, Any]:
-        """Store the batch's totals, commit, then publish; NothingAccepted if no line was."""
+        """Store the batch's totals and pending jobs, commit, then run a dispatch pass;
+        NothingAccepted if no line was."""
         for line, reason in self.duplicates:
             self.reject(line, reason)
         self.rejected_lines.sort(key=lambda r: r["line"])
@@ -175,7 +179,8 @@ class Ingestor:
              "e": orjson.dumps(self.rejected_lines).decode()},
         )
         for (kind, priority), ids in self.pending.items():
-            jobs.schedule_publish(self.session, kind, priority, ids)
+            pend(self.session, self.principal.tenant_id, kind, priority, ids)
+        schedule_fill(self.session)
         self.session.commit()
         return self.summary()
 

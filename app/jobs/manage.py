@@ -13,11 +13,11 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from app.config import get_settings
 from app.core.status import JobStatus
 from app.jobs import audit, metrics
 from app.jobs.counters import move_counters
-from app.jobs.pending_publish import schedule_publish
+from app.jobs.dispatch import pend_jobs
+from app.jobs.pending_publish import schedule_fill
 from app.observe.logs import job_fields
 
 log = logging.getLogger(__name__)
@@ -167,8 +167,9 @@ def retry(session: Session, job_id: int, *, actor: str) -> bool:
     """dead|cancelled → queued by hand, with a fresh allowance of attempts."""
     rows = session.execute(_LOCK_RETRY, {"id": job_id}).all()
     _move(session, rows, JobStatus.QUEUED, _RETRY, "retried", actor, _from)
-    for r in rows:
-        schedule_publish(session, r.kind, r.priority, [r.id])
+    if rows:
+        pend_jobs(session, [r.id for r in rows])
+        schedule_fill(session)
     return bool(rows)
 
 
@@ -189,53 +190,9 @@ def expire_leases(session: Session, *, actor: str, limit: int = 5000) -> int:
     return len(rows)
 
 
-#: Due queued jobs never published: new retries and returned leases (served by the
-#: jobs_unpublished index), stamped published now.
-UNPUBLISHED_SQL = """
-UPDATE jobs SET published_at = now()
-FROM (SELECT id FROM jobs
-      WHERE status = 'queued' AND published_at IS NULL
-        AND (run_after IS NULL OR run_after <= now())
-      ORDER BY priority, id LIMIT :limit FOR UPDATE SKIP LOCKED) AS due
-WHERE jobs.id = due.id RETURNING jobs.id, jobs.kind, jobs.priority
-"""
-#: Due queued jobs published long ago, of a kind whose broker queue is empty: their
-#: message was lost. Stamped published now.
-STALE_SQL = """
-UPDATE jobs SET published_at = now()
-FROM (SELECT id FROM jobs
-      WHERE status = 'queued' AND published_at < now() - make_interval(secs => :stale)
-        AND kind = ANY(CAST(:idle AS text[]))
-        AND (run_after IS NULL OR run_after <= now())
-      ORDER BY priority, id LIMIT :limit FOR UPDATE SKIP LOCKED) AS due
-WHERE jobs.id = due.id RETURNING jobs.id, jobs.kind, jobs.priority
-"""
-_UNPUBLISHED, _STALE = text(UNPUBLISHED_SQL), text(STALE_SQL)
-
-
-#: Jobs take_due and prune handle per call; a full slice means more may be waiting.
+#: Jobs prune handles per call (and the relay makes pending per call); a full slice
+#: means more may be waiting.
 SLICE = 10_000
-
-
-def take_due(
-    session: Session, *, idle_kinds: Sequence[str], limit: int = SLICE
-) -> dict[tuple[str, int], list[int]]:
-    """Queued jobs to (re)publish, grouped by (kind, priority).
-
-    Never-published ones (new retries, returned leases) are always due. Ones published
-    more than `requeue_after` ago are due only for kinds whose broker queue is empty:
-    with a backlog in Redis their message is most likely still waiting there.
-    """
-    rows = list(session.execute(_UNPUBLISHED, {"limit": limit}).all())
-    if idle_kinds and len(rows) < limit:
-        rows += session.execute(_STALE, {
-            "stale": get_settings().requeue_after, "idle": list(idle_kinds),
-            "limit": limit - len(rows),
-        }).all()
-    groups: dict[tuple[str, int], list[int]] = {}
-    for r in sorted(rows, key=lambda r: r.id):
-        groups.setdefault((r.kind, r.priority), []).append(r.id)
-    return groups
 
 
 #: Batches that finished before the retention period (:days ago).

@@ -69,8 +69,9 @@ RETRIES = Metric("babelq_job_retries_scheduled", "Retries scheduled, by cause "
                  "(error: the attempt raised; lease_expired: its worker vanished)",
                  ("kind", "cause"))
 LEASE_EXPIRIES = Metric("babelq_lease_expiries", "Running jobs whose lease ran out", ("kind",))
-REPUBLISHED = Metric("babelq_relay_republished_jobs", "Queued jobs the relay published "
-                     "(new retries, returned leases, lost messages)", ("kind", "priority"))
+REPUBLISHED = Metric("babelq_relay_republished_messages", "Messages the relay sent again: "
+                     "not taken within requeue_after (lost by Redis, never published, or "
+                     "a claim a crash undid)", ("kind", "priority"))
 RUN_SECONDS = Metric("babelq_job_run_seconds", "Computing one attempt of a job", ("kind",),
                      RUN_BUCKETS)
 QUEUE_WAIT = Metric("babelq_job_queue_wait_seconds", "From submission to first start",
@@ -188,6 +189,11 @@ def decided(session: Session, decisions: Sequence[dict[str, Any]]) -> None:
                                    for d in decisions])
     on_commit(session, FINAL_RISK, [((), d["risk"]) for d in decisions])
     on_commit(session, FINAL_SIMILARITY, [((), d["similarity"]) for d in decisions])
+
+
+def republished(session: Session, sent: Sequence[Any]) -> None:
+    """Messages sent again (Sent: kind, priority number)."""
+    on_commit(session, REPUBLISHED, (((s.kind, PRIORITY_NAMES[s.priority]), 1) for s in sent))
 
 
 def cancelled(session: Session, rows: Sequence[Any]) -> None:
