@@ -1,6 +1,6 @@
 """/metrics: the whole cluster's numbers, at a cost that does not grow with the jobs table.
 
-- Events (outcomes, retries, lease expiries, republished jobs, run time, queue wait,
+- Events (outcomes, retries, lease expiries, republished messages, run time, queue wait,
   governor decisions, api requests) are added up in Redis by the processes that saw
   them (app.jobs.metrics): a few HGETALLs.
 - Jobs per kind, priority and status, the backlog per lane and its oldest due job come
