@@ -39,6 +39,8 @@ class PassReport:
     #: messages sent from PostgreSQL into the lanes' windows
     published: int = 0
     pruned: int = 0
+    #: jobs of batches whose cancel had stopped half way
+    cancelled: int = 0
 
 
 def relay_pass(actor: str, prune: bool = True) -> PassReport:
@@ -57,11 +59,31 @@ def relay_pass(actor: str, prune: bool = True) -> PassReport:
             break
     report.resent = dispatch.resend()
     report.published = dispatch.run_pass()
+    report.cancelled = finish_cancels(actor)
     days = get_settings().retention_days
     if prune and days > 0:
         with session_scope() as session:
             report.pruned = jobs.prune(session, older_than_days=days)
     return report
+
+
+#: How long the relay waits for a job row a worker holds, when finishing a cancel.
+CANCEL_LOCK_WAIT = "200ms"
+
+
+def finish_cancels(actor: str) -> int:
+    """Go on with the cancels that stopped half way (409, or an api that went away)."""
+    done = 0
+    with session_scope() as session:
+        batch_ids = jobs.cancelling_batches(session)
+    for batch_id in batch_ids:
+        try:
+            with session_scope() as session:
+                done += jobs.cancel_batch(session, batch_id, actor=actor,
+                                          lock_wait=CANCEL_LOCK_WAIT)
+        except jobs.Busy:
+            continue  # a worker holds some of its rows: next pass
+    return done
 
 
 def run(stop: threading.Event | None = None, interval: float | None = None) -> None:
@@ -78,7 +100,8 @@ def run(stop: threading.Event | None = None, interval: float | None = None) -> N
             report = relay_pass(actor, prune=prune)
             if prune:  # a full slice: more is waiting, so prune again next pass
                 next_prune = time.monotonic() + (0 if report.pruned >= SLICE else PRUNE_EVERY)
-            if report.expired or report.pended or report.resent or report.pruned:
+            if (report.expired or report.pended or report.resent or report.pruned
+                    or report.cancelled):
                 log.info("relay: %s", report)
         except (OperationalError, redis.RedisError, OSError) as exc:
             log.warning("relay pass failed, will retry: %s", exc)

@@ -23,6 +23,7 @@ from app.jobs.dispatch import refill, settle
 from app.observe import tracing
 from app.ops.memory import tune_gc
 from app.store.db import session_scope
+from workers.heartbeat import HEARTBEAT
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def execute_chunk(ids: Sequence[int], *, worker: str, claim_first: bool = False,
     if inline:
         notify.finished([job.id for job in inline])
     if claimed:
-        with tracing.chunk_span(claimed):
+        with HEARTBEAT.hold(claimed), tracing.chunk_span(claimed):
             outcomes = [compute(job) for job in claimed]
             _persist(outcomes, worker=worker)
         notify.finished([o.job.id for o in outcomes])

@@ -59,7 +59,8 @@ def create_app() -> FastAPI:
     app.include_router(batches.router)
     app.include_router(tenants.router)
     app.add_middleware(BodyLimit, default=settings.max_body_bytes,
-                       overrides={"/v1/batches": settings.max_batch_body_bytes})
+                       overrides={"/v1/batches": settings.max_batch_body_bytes},
+                       json={"/v1/batches": settings.max_json_batch_bytes})
     app.add_middleware(RequestMetrics)  # outermost: counts 413s and errors too
     tune_gc()  # start-up is done: freeze what it made
     return app

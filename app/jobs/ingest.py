@@ -8,6 +8,7 @@ lines are handled a block at a time and only job ids are kept until commit.
 
 from __future__ import annotations
 
+import re
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -73,6 +74,21 @@ def _plain(obj: dict[str, Any]) -> bool:
             and type(params) is dict and type(priority) is str and priority in PRIORITIES)
 
 
+def storable(text: str) -> str:
+    """text as PostgreSQL can store it in JSONB: NUL and lone surrogates escaped as \\uXXXX.
+
+    A reason quotes the offending line's keys and values, whatever they hold; one that
+    could not be stored would fail the whole upload, its valid lines with it.
+    """
+    if "\x00" in text:
+        text = text.replace("\x00", "\\u0000")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8") if _SURROGATE.search(
+        text) else text
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _reason(errors: list[dict[str, Any]]) -> str:
     return "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
 
@@ -107,7 +123,7 @@ class Ingestor:
         """Count a bad line; keep the first ones with their reasons."""
         self.rejected += 1
         if len(self.rejected_lines) < REJECTED_SAMPLE:
-            self.rejected_lines.append({"line": line, "reason": reason})
+            self.rejected_lines.append({"line": line, "reason": storable(reason)})
 
     def feed(self, block: Iterable[tuple[int, bytes | None]]) -> None:
         """Validate and store a block of (line number, raw line); None means too long."""

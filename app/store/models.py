@@ -19,6 +19,7 @@ from sqlalchemy import (
     SmallInteger,
     Table,
     Text,
+    false,
     func,
     text,
 )
@@ -92,11 +93,15 @@ class Batch(Base):
     dead: Mapped[int] = mapped_column(Integer, default=0)
     cancelled: Mapped[int] = mapped_column(Integer, default=0)
     errors: Mapped[list[Any]] = mapped_column(JSONB, default=list)
+    #: a cancel is under way, a slice at a time: workers start none of its jobs
+    cancelling: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     #: W3C trace context of the upload, when tracing is on
     traceparent: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _ts(nullable=False, default_now=True)
     started_at: Mapped[datetime | None] = _ts()
     finished_at: Mapped[datetime | None] = _ts()
+
+    __table_args__ = (Index("batches_cancelling", "id", postgresql_where=text("cancelling")),)
 
 
 class Job(Base):
