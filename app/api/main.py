@@ -14,6 +14,7 @@ from app.api.limits import BodyLimit
 from app.api.routes import batches, jobs, keys, system
 from app.api.waiters import Waiters
 from app.config import Settings, get_settings
+from app.console import install as install_console
 from app.memory import tune_gc
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(keys.router)
     app.include_router(batches.router)
+    install_console(app)
     app.add_middleware(BodyLimit, default=settings.max_body_bytes,
                        overrides={"/v1/batches": settings.max_batch_body_bytes})
     tune_gc()  # start-up is done: freeze what it made
