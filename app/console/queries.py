@@ -33,7 +33,8 @@ WINDOW = 100_000
 #: Jobs per page of the list.
 PAGE = 50
 
-#: Per lane (kind and priority): backlog, running, finished within the rate window.
+#: Per lane (kind and priority): backlog, running, and jobs run to an end (succeeded or
+#: dead) within the rate window.
 _LANES = text("""
 SELECT lk.kind, lp.priority,
   (SELECT count(*) FROM (SELECT 1 FROM jobs j WHERE j.tenant_id = ANY(CAST(:tenants AS bigint[]))
@@ -44,7 +45,7 @@ SELECT lk.kind, lp.priority,
      AND j.kind = lk.kind AND j.priority = lp.priority) AS running,
   (SELECT count(*) FROM (SELECT 1 FROM jobs j WHERE j.tenant_id = ANY(CAST(:tenants AS bigint[]))
      AND j.kind = lk.kind AND j.priority = lp.priority
-     AND j.status IN ('succeeded', 'dead', 'cancelled')
+     AND j.status IN ('succeeded', 'dead')
      AND j.finished_at IS NOT NULL AND j.finished_at > now() - :rate_window
      LIMIT :cap) f) AS finished
 FROM unnest(CAST(:kinds AS text[])) AS lk(kind)

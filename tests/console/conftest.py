@@ -83,8 +83,9 @@ class ConsoleStack:
 
 
 def _make_keys(engine: Engine) -> dict[str, str]:
-    from app.keys import create_key
     from sqlalchemy.orm import Session
+
+    from app.keys import create_key
 
     keys = {}
     with Session(engine) as session:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlalchemy import text
 
@@ -81,7 +83,7 @@ def test_retry_needs_the_csrf_token_and_is_audited_with_the_key(stack: ConsoleSt
 
 
 def test_batch_cancel_needs_the_csrf_token(stack: ConsoleStack) -> None:
-    lines = "\n".join('{"kind": "encode", "params": {"text": "line %d"}}' % i for i in range(3))
+    lines = "\n".join(json.dumps({**ENCODE, "params": {"text": f"line {i}"}}) for i in range(3))
     client = login(stack, "a")
     with stack.paused_worker():
         with stack.client(stack.keys["a"]) as c:
