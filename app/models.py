@@ -146,7 +146,10 @@ class Job(Base):
               postgresql_where=text("finished_at IS NOT NULL")),
         Index("jobs_console_failed", "status", "id",
               postgresql_where=text("status IN ('dead', 'cancelled')")),
-        Index("jobs_console_ref", "ref", "id", postgresql_where=text("ref IS NOT NULL")),
+        Index("jobs_console_tenant_failed", "tenant_id", "status", "id",
+              postgresql_where=text("status IN ('dead', 'cancelled')")),
+        Index("jobs_console_ref", "ref", postgresql_using="hash",
+              postgresql_where=text("ref IS NOT NULL")),
     )
 
 

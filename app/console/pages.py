@@ -24,9 +24,11 @@ TenantParam = Annotated[str | None, Query(max_length=100)]
 def _overview_context(login: LoginDep, tenant: str | None) -> dict[str, object]:
     with new_session() as session:
         scope = scope_of(session, login, tenant)
-        view = queries.overview(session, scope.count_ids)
+        view = queries.overview(session, scope.count_ids,
+                                per_tenant=scope.login.principal.is_admin and not tenant)
     return {**scope.context(), "view": view, "nav": "overview", "kinds": queries.KINDS,
             "statuses": queries.STATUSES, "cap": queries.COUNT_CAP, "now": datetime.now(UTC),
+            "tenant_cap": queries.TENANT_CAP,
             "rate_seconds": int(queries.RATE_WINDOW.total_seconds())}
 
 

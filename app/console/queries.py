@@ -1,9 +1,12 @@
 """What the console reads, each statement bounded at 10 million jobs (migration 0007).
 
 Counts stop at COUNT_CAP index entries each, so a refresh of the overview never scans
-the table. Job lists page by id (keyset); filters no index serves (kind, created range,
-error and params text) are searched one window of WINDOW ids per page, and the page says
-which ids it has searched.
+the table. Running jobs are read once per refresh from their own partial index: there
+are few (the chunks workers hold), and joined with the tenant index the planner would
+read a whole tenant's rows for each lane. Job lists page by id (keyset); filters no
+index serves (kind, created range, error and params text, the statuses other than dead
+and cancelled) are searched one window of WINDOW ids per page, and the page says which
+ids it has searched.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any, get_args
 from sqlalchemy import ColumnElement, Select, String, cast, select, text
 from sqlalchemy.orm import Session
 
-from app.models import Batch, Job
+from app.models import Batch, Job, Tenant
 from app.schemas import Kind
 
 KINDS: tuple[str, ...] = get_args(Kind)
@@ -24,6 +27,8 @@ STATUSES = ("queued", "running", "succeeded", "dead", "cancelled")
 FINISHED = ("succeeded", "dead", "cancelled")
 #: Most index entries one overview count reads; beyond it the page shows "100,000+".
 COUNT_CAP = 100_000
+#: The per-tenant table's counts stop here: an admin's overview has one row per tenant.
+TENANT_CAP = 10_000
 #: Throughput is what finished in this window, per second.
 RATE_WINDOW = timedelta(seconds=10)
 #: The overview's counts of finished jobs cover this much of the past.
@@ -36,13 +41,14 @@ PAGE = 50
 #: Per lane (kind and priority): backlog, running, and jobs run to an end (succeeded or
 #: dead) within the rate window.
 _LANES = text("""
+WITH running AS MATERIALIZED (SELECT tenant_id, kind, priority FROM jobs
+                              WHERE status = 'running')
 SELECT lk.kind, lp.priority,
   (SELECT count(*) FROM (SELECT 1 FROM jobs j WHERE j.tenant_id = ANY(CAST(:tenants AS bigint[]))
      AND j.kind = lk.kind AND j.priority = lp.priority AND j.status = 'queued'
      LIMIT :cap) q) AS queued,
-  (SELECT count(*) FROM jobs j WHERE j.status = 'running'
-     AND j.tenant_id = ANY(CAST(:tenants AS bigint[]))
-     AND j.kind = lk.kind AND j.priority = lp.priority) AS running,
+  (SELECT count(*) FROM running r WHERE r.tenant_id = ANY(CAST(:tenants AS bigint[]))
+     AND r.kind = lk.kind AND r.priority = lp.priority) AS running,
   (SELECT count(*) FROM (SELECT 1 FROM jobs j WHERE j.tenant_id = ANY(CAST(:tenants AS bigint[]))
      AND j.kind = lk.kind AND j.priority = lp.priority
      AND j.status IN ('succeeded', 'dead')
@@ -61,6 +67,25 @@ SELECT k.kind, s.status,
      AND j.finished_at > now() - :recent LIMIT :cap) c) AS n
 FROM unnest(CAST(:kinds AS text[])) AS k(kind)
 CROSS JOIN unnest(CAST('{succeeded,dead,cancelled}' AS text[])) AS s(status)
+""")
+
+#: Per tenant (an admin's view of every tenant): backlog, running, and within RECENT the
+#: jobs that succeeded and died.
+_PER_TENANT = text("""
+WITH running AS MATERIALIZED (SELECT tenant_id FROM jobs WHERE status = 'running')
+SELECT t.id, t.name,
+  (SELECT count(*) FROM (SELECT 1 FROM jobs j WHERE j.tenant_id = t.id
+     AND j.status = 'queued' LIMIT :cap) q) AS queued,
+  (SELECT count(*) FROM running r WHERE r.tenant_id = t.id) AS running,
+  (SELECT count(*) FROM (SELECT 1 FROM jobs j WHERE j.tenant_id = t.id
+     AND j.kind = ANY(CAST(:kinds AS text[])) AND j.priority = ANY(CAST('{0,1,2}' AS smallint[]))
+     AND j.status = 'succeeded' AND j.finished_at IS NOT NULL
+     AND j.finished_at > now() - :recent LIMIT :cap) s) AS succeeded,
+  (SELECT count(*) FROM (SELECT 1 FROM jobs j WHERE j.tenant_id = t.id
+     AND j.kind = ANY(CAST(:kinds AS text[])) AND j.priority = ANY(CAST('{0,1,2}' AS smallint[]))
+     AND j.status = 'dead' AND j.finished_at IS NOT NULL
+     AND j.finished_at > now() - :recent LIMIT :cap) d) AS dead
+FROM tenants t WHERE t.id = ANY(CAST(:tenants AS bigint[])) ORDER BY t.name
 """)
 
 _TENANTS = text("SELECT id, name FROM tenants ORDER BY name")
@@ -91,6 +116,8 @@ class Overview:
     #: (kind, status) -> count: queued and running now, finished ones within RECENT
     counts: dict[tuple[str, str], int]
     batches: list[Batch]
+    #: (tenant name, queued, running, succeeded and dead within RECENT): an admin's view
+    per_tenant: list[tuple[str, int, int, int, int]] = field(default_factory=list)
 
 
 def tenants(session: Session) -> list[tuple[int, str]]:
@@ -98,8 +125,10 @@ def tenants(session: Session) -> list[tuple[int, str]]:
     return [(r.id, r.name) for r in session.execute(_TENANTS)]
 
 
-def overview(session: Session, tenant_ids: Sequence[int]) -> Overview:
-    """Lanes, counts by kind and status, and unfinished batches of these tenants."""
+def overview(session: Session, tenant_ids: Sequence[int], *, per_tenant: bool = False
+             ) -> Overview:
+    """Lanes, counts by kind and status, and unfinished batches of these tenants; with
+    per_tenant, also each tenant's backlog and recent outcomes."""
     params = {"tenants": list(tenant_ids), "kinds": list(KINDS), "cap": COUNT_CAP,
               "rate_window": RATE_WINDOW, "recent": RECENT}
     lanes = [Lane(r.kind, r.priority, r.queued, r.running,
@@ -114,7 +143,10 @@ def overview(session: Session, tenant_ids: Sequence[int]) -> Overview:
     batches = list(session.scalars(
         select(Batch).where(Batch.tenant_id.in_(tenant_ids), Batch.finished_at.is_(None))
         .order_by(Batch.id.desc()).limit(20)))
-    return Overview(lanes, counts, batches)
+    rows = (session.execute(_PER_TENANT, {**params, "cap": TENANT_CAP}).all()
+            if per_tenant else [])
+    return Overview(lanes, counts, batches,
+                    [(r.name, r.queued, r.running, r.succeeded, r.dead) for r in rows])
 
 
 @dataclass(slots=True)
@@ -133,9 +165,15 @@ class JobQuery:
 
     @property
     def windowed(self) -> bool:
-        """Whether a filter no index serves is on: then a page searches WINDOW ids."""
+        """Whether a filter no index serves is on: then a page searches WINDOW ids.
+
+        Indexes serve a tenant, a batch, the dead and cancelled statuses, and a search
+        by id, ref or idempotency key. Any other filter may have to pass over millions of
+        newer rows (a backlog of queued jobs ahead of the succeeded ones, say).
+        """
         text_search = bool(self.q) and self.field in ("error", "params")
-        return text_search or any(v is not None for v in (
+        other_status = self.status is not None and self.status not in ("dead", "cancelled")
+        return text_search or other_status or any(v is not None for v in (
             self.kind, self.created_after, self.created_before))
 
 
@@ -198,6 +236,9 @@ def filtered(query: JobQuery, tenant_ids: Sequence[int] | None) -> Select[Any] |
         if search is None:
             return None
         stmt = stmt.where(search)
+        if query.field == "idempotency_key" and tenant_ids is None:
+            # its index leads with the tenant: one seek per tenant, not a scan of it all
+            stmt = stmt.where(Job.tenant_id.in_(select(Tenant.id)))
     return stmt
 
 

@@ -233,11 +233,14 @@ def test_another_tenant_cannot_reach_these_pages(stack: ConsoleStack, browser: B
 
 def test_an_admin_sees_every_tenant_and_picks_one(stack: ConsoleStack, browser: Browser) -> None:
     browser.login(stack.keys["admin"])
+    assert "console-a" in browser.text("#per-tenant") and "console-b" in browser.text(
+        "#per-tenant")
+    browser.shot("12a-overview-admin-all-tenants")
     Select(browser.el("#tenant")).select_by_visible_text("console-a")
     browser.driver.find_element(By.CSS_SELECTOR, "form.filters button").click()
     browser.wait_text("h1", "console-a")
     browser.el("#lanes")
-    browser.shot("12-overview-admin")
+    browser.shot("12b-overview-admin-one-tenant")
     browser.open("/console/jobs?field=ref&q=order-4711")
     assert browser.text("#jobs").count("order-4711") == 1
     browser.logout()
