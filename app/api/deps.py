@@ -10,8 +10,8 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError
-from app.db import driver_autocommit, new_session
-from app.keys import Principal, authenticate
+from app.jobs.keys import Principal, authenticate
+from app.store.db import driver_autocommit, new_session
 
 
 async def get_db() -> AsyncIterator[Session]:

@@ -9,7 +9,7 @@ import logging
 
 import redis.asyncio as aioredis
 
-from app.notify import CHANNEL
+from app.broker.notify import CHANNEL
 
 log = logging.getLogger(__name__)
 

@@ -14,15 +14,22 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from app import jobs
-from app.api.deps import IdPath
-from app.api.errors import ApiError
 from app.console import queries
 from app.console.auth import FormDep, LoginDep
 from app.console.detail import visible_batch, visible_job
 from app.console.render import page
-from app.console.scope import Scope, describe, job_query, query_fields, query_string, scope_of
-from app.db import new_session
-from app.limits import check_cap
+from app.console.scope import (
+    IdPath,
+    Scope,
+    describe,
+    job_query,
+    query_fields,
+    query_string,
+    scope_of,
+)
+from app.jobs.admission import check_cap
+from app.jobs.refusals import Refused
+from app.store.db import new_session
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
@@ -56,7 +63,7 @@ def retry_job(job_id: IdPath, login: LoginDep, _: FormDep) -> RedirectResponse:
         job = visible_job(session, scope_of(session, login, None), job_id)
         try:
             check_cap(session, job.tenant_id, 1)
-        except ApiError:
+        except Refused:
             return _back(f"/console/jobs/{job_id}", "capped")
         done = jobs.retry(session, job.id, actor=login.principal.actor)
         session.commit()
@@ -122,6 +129,6 @@ def retry_dead(request: Request, login: LoginDep, form: FormDep) -> HTMLResponse
             done += n
             if n < BULK_SLICE:
                 break
-    except ApiError:
+    except Refused:
         pass  # the tenant's cap: what was queued so far stays, the page shows how many
     return _confirmation(request, scope, form, done)

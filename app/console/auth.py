@@ -15,8 +15,8 @@ from app.config import get_settings
 from app.console import sessions
 from app.console.render import page
 from app.console.sessions import Login
-from app.db import driver_autocommit
-from app.keys import authenticate
+from app.jobs.keys import authenticate
+from app.store.db import driver_autocommit
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 

@@ -13,8 +13,8 @@ from app.console import queries
 from app.console.auth import LoginDep
 from app.console.render import page
 from app.console.scope import SEARCH_FIELDS, job_query, query_string, scope_of
-from app.db import new_session
-from app.models import Batch
+from app.store.db import new_session
+from app.store.models import Batch
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 

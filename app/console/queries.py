@@ -14,15 +14,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, get_args
+from typing import Any
 
 from sqlalchemy import ColumnElement, Select, String, cast, select, text
 from sqlalchemy.orm import Session
 
-from app.models import Batch, Job, Tenant
-from app.schemas import Kind
+from app.core import KINDS as CORE_KINDS
+from app.store.models import Batch, Job, Tenant
 
-KINDS: tuple[str, ...] = get_args(Kind)
+KINDS: tuple[str, ...] = tuple(CORE_KINDS)
 STATUSES = ("queued", "running", "succeeded", "dead", "cancelled")
 FINISHED = ("succeeded", "dead", "cancelled")
 #: Most index entries one overview count reads; beyond it the page shows "100,000+".

@@ -5,20 +5,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Annotated
 from urllib.parse import urlencode
 
+from fastapi import Path
 from sqlalchemy.orm import Session
 
 from app.console import queries
 from app.console.queries import JobQuery
 from app.console.sessions import Login
-from app.models import PRIORITY_NAMES
+from app.store.models import PRIORITY_NAMES
 
 #: What the search box can search in, as (form value, label).
 SEARCH_FIELDS = [("ref", "ref"), ("id", "job id"), ("idempotency_key", "idempotency key"),
                  ("error", "error text"), ("params", "params")]
 #: Longest search text taken from a form.
 MAX_Q = 200
+#: A job or batch id in a path (PostgreSQL's bigint range; larger ones get 422).
+IdPath = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 class NotFound(Exception):

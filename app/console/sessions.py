@@ -15,8 +15,8 @@ from typing import Any
 
 import psycopg
 
-from app.db import conn_rows
-from app.keys import Principal
+from app.jobs.keys import Principal
+from app.store.db import conn_rows
 
 #: How long a console login lasts; the key's revocation ends it sooner.
 SESSION_LIFETIME = timedelta(hours=8)

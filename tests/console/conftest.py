@@ -18,9 +18,10 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 
 from app.config import Settings
-from app.db import normalize_url
-from app.supervisor import free_port
+from app.ops.supervisor import free_port
+from app.store.db import normalize_url
 from tests.faults.stack import BABELQ, QUEUES, TIMINGS, Proc, babelq_env, wait_for
+from tests.plugins import testkinds
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +76,7 @@ class ConsoleStack:
 
     def key_id(self, name: str) -> int:
         """The id of one of the stack's keys."""
-        from app.keys import hash_key
+        from app.jobs.keys import hash_key
 
         with self.engine.connect() as conn:
             return int(conn.execute(text("SELECT id FROM api_keys WHERE key_hash = :h"),
@@ -85,7 +86,7 @@ class ConsoleStack:
 def _make_keys(engine: Engine) -> dict[str, str]:
     from sqlalchemy.orm import Session
 
-    from app.keys import create_key
+    from app.jobs.keys import create_key
 
     keys = {}
     with Session(engine) as session:
@@ -101,8 +102,8 @@ def stack(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
     """api, worker and relay processes, started once for the console tests."""
     work = tmp_path_factory.mktemp("console-stack")
     port = free_port()
-    env = babelq_env(home=str(work / "home"), database_url=str(settings.database_url),
-                     redis_url=str(settings.redis_url), test_hooks="1", **TIMINGS)
+    env = {**babelq_env(home=str(work / "home"), database_url=str(settings.database_url),
+                        redis_url=str(settings.redis_url), **TIMINGS), **testkinds.ENV}
     procs = {
         "api": Proc("api", [BABELQ, "api", "--port", str(port), "--log-level", "warning"],
                     work / "api.log"),

@@ -8,10 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from app import keys
 from app.api.deps import AdminDep, IdPath, SessionDep
 from app.api.errors import ApiError
-from app.schemas import ErrorBody, Label
+from app.api.schemas import ErrorBody, Label
+from app.jobs import keys
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 

@@ -7,24 +7,25 @@ from collections.abc import Sequence
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-_OUTBOX = "babelq_outbox"
+#: Where a session keeps the jobs to publish at commit (session.info): a list, no table.
+PENDING = "babelq_pending_publish"
 
 
 def schedule_publish(session: Session, kind: str, priority: int, ids: Sequence[int]) -> None:
     """Publish these job ids once (and only if) the session's transaction commits."""
-    session.info.setdefault(_OUTBOX, []).append((kind, priority, ids))
+    session.info.setdefault(PENDING, []).append((kind, priority, ids))
 
 
 @event.listens_for(Session, "after_commit")
-def _publish_outbox(session: Session) -> None:
-    pending = session.info.pop(_OUTBOX, [])
+def _publish_pending(session: Session) -> None:
+    pending = session.info.pop(PENDING, [])
     if pending:
-        from workers.celery_app import publish_safely
+        from app.broker.celery_app import publish_safely
 
         for kind, priority, ids in pending:
             publish_safely(kind, priority, ids)
 
 
 @event.listens_for(Session, "after_rollback")
-def _drop_outbox(session: Session) -> None:
-    session.info.pop(_OUTBOX, None)
+def _drop_pending(session: Session) -> None:
+    session.info.pop(PENDING, None)

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from app.bench.system import MB, RssSampler
+from app.ops.bench.system import MB, RssSampler
 
 #: Issue 4's targets: (metric path, comparison, bound).
 TARGETS: list[tuple[str, str, float]] = [
