@@ -25,6 +25,11 @@ async def _csrf_refused(request: Request, _: Exception) -> Response:
                 "the page and try again."}, status=403)
 
 
+async def _too_large(request: Request, _: Exception) -> Response:
+    return page(request, "error.html", {"status": 413, "login": None, "message":
+                "That form is larger than any form of the console."}, status=413)
+
+
 async def _not_found(request: Request, exc: Exception) -> Response:
     return page(request, "error.html", {"status": 404, "login": None, "message": str(exc)},
                 status=404)
@@ -37,4 +42,5 @@ def install(app: FastAPI) -> None:
     app.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")
     app.add_exception_handler(auth.LoginRequired, _login_required)
     app.add_exception_handler(auth.CsrfRefused, _csrf_refused)
+    app.add_exception_handler(auth.FormTooLarge, _too_large)
     app.add_exception_handler(NotFound, _not_found)

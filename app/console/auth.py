@@ -36,6 +36,10 @@ class CsrfRefused(Exception):
     """An action without this session's CSRF token: refused with 403."""
 
 
+class FormTooLarge(Exception):
+    """A form body larger than any console form: refused with 413 unread."""
+
+
 def _cookie_args() -> dict[str, object]:
     """httpOnly, SameSite=Strict, scoped to /console; Secure in production (behind TLS)."""
     return {"httponly": True, "samesite": "strict", "path": "/console",
@@ -61,9 +65,13 @@ LoginDep = Annotated[Login, Depends(current_login)]
 
 async def form_fields(request: Request) -> dict[str, str]:
     """An urlencoded form's fields (the first value of each)."""
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
-        raise CsrfRefused
+    if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
+        raise FormTooLarge
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise FormTooLarge
     fields = parse_qs(body.decode(errors="replace"), keep_blank_values=True)
     return {k: v[0] for k, v in fields.items()}
 

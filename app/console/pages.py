@@ -26,7 +26,7 @@ def _overview_context(login: LoginDep, tenant: str | None) -> dict[str, object]:
         scope = scope_of(session, login, tenant)
         view = queries.overview(session, scope.count_ids,
                                 per_tenant=scope.login.principal.is_admin and not tenant)
-    return {**scope.context(), "view": view, "nav": "overview", "kinds": queries.KINDS,
+    return {**scope.context(), "view": view, "nav": "overview", "kinds": queries.kinds(),
             "statuses": queries.STATUSES, "cap": queries.COUNT_CAP, "now": datetime.now(UTC),
             "tenant_cap": queries.TENANT_CAP,
             "rate_seconds": int(queries.RATE_WINDOW.total_seconds())}
@@ -57,7 +57,7 @@ def read_jobs(request: Request, login: LoginDep) -> HTMLResponse:
             "created_before": params.get("created_before", "")}
     return page(request, "jobs.html", {
         **scope.context(), "nav": "jobs", "q": query, "page": result, "form": form,
-        "fields": SEARCH_FIELDS, "statuses": queries.STATUSES, "kinds": queries.KINDS,
+        "fields": SEARCH_FIELDS, "statuses": queries.STATUSES, "kinds": queries.kinds(),
         "filter_query": query_string(query, scope.tenant), "window": queries.WINDOW,
         "page_size": queries.PAGE,
     })

@@ -20,9 +20,9 @@ from sqlalchemy import ColumnElement, Select, String, cast, select, text
 from sqlalchemy.orm import Session
 
 from app.core import KINDS as CORE_KINDS
+from app.jobs.kinds import extra
 from app.store.models import Batch, Job, Tenant
 
-KINDS: tuple[str, ...] = tuple(CORE_KINDS)
 STATUSES = ("queued", "running", "succeeded", "dead", "cancelled")
 FINISHED = ("succeeded", "dead", "cancelled")
 #: Most index entries one overview count reads; beyond it the page shows "100,000+".
@@ -120,6 +120,11 @@ class Overview:
     per_tenant: list[tuple[str, int, int, int, int]] = field(default_factory=list)
 
 
+def kinds() -> tuple[str, ...]:
+    """Every job kind: app.core's three, then any a plugin registered."""
+    return tuple(CORE_KINDS) + tuple(sorted(extra()))
+
+
 def tenants(session: Session) -> list[tuple[int, str]]:
     """Every tenant's id and name (few: one per team)."""
     return [(r.id, r.name) for r in session.execute(_TENANTS)]
@@ -129,7 +134,7 @@ def overview(session: Session, tenant_ids: Sequence[int], *, per_tenant: bool = 
              ) -> Overview:
     """Lanes, counts by kind and status, and unfinished batches of these tenants; with
     per_tenant, also each tenant's backlog and recent outcomes."""
-    params = {"tenants": list(tenant_ids), "kinds": list(KINDS), "cap": COUNT_CAP,
+    params = {"tenants": list(tenant_ids), "kinds": list(kinds()), "cap": COUNT_CAP,
               "rate_window": RATE_WINDOW, "recent": RECENT}
     lanes = [Lane(r.kind, r.priority, r.queued, r.running,
                   r.finished / RATE_WINDOW.total_seconds(), r.finished >= COUNT_CAP)

@@ -87,7 +87,7 @@ def job_query(params: Mapping[str, str]) -> JobQuery:
     field = params.get("field", "ref")
     return JobQuery(
         status=status if status in queries.STATUSES else None,
-        kind=kind if kind in queries.KINDS else None,
+        kind=kind if kind in queries.kinds() else None,
         batch_id=_int(params.get("batch")),
         created_after=_moment(params.get("created_after")),
         created_before=_moment(params.get("created_before")),

@@ -68,9 +68,12 @@ class Browser:
         """The visible text of the element matching css."""
         return str(self.el(css).text)
 
-    def wait_text(self, css: str, part: str) -> None:
+    def wait_text(self, css: str, part: str, timeout: float = 30) -> None:
         """Wait until the element matching css shows part (the page may still be loading)."""
-        wait_for(f"{part!r} in {css}", lambda: part in self.text(css), 30)
+        try:
+            wait_for(f"{part!r} in {css}", lambda: part in self.text(css), timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; it shows {self.text(css)!r}") from None
 
     def shot(self, name: str) -> Path:
         """Save the page as name.png."""
@@ -149,7 +152,7 @@ def test_the_overview_updates_live(stack: ConsoleStack, browser: Browser) -> Non
                          priority="high")
         browser.wait_text(cell, "2")  # no reload: the page fetched its live part again
         browser.shot("01b-overview-live-backlog")
-    browser.wait_text(cell, "0")
+    browser.wait_text(cell, "0", timeout=90)  # the worker, thawed, runs them
 
 
 def test_an_evaluate_job_shows_its_decision_cycles_and_chart(stack: ConsoleStack,

@@ -46,6 +46,12 @@ def test_pages_need_a_login(stack: ConsoleStack, path: str) -> None:
     assert r.status_code == 303 and r.headers["location"] == "/console/login"
 
 
+def test_an_oversized_form_is_refused_unread(stack: ConsoleStack) -> None:
+    client = login(stack, "a")
+    r = client.post("/console/jobs/1/cancel", data={"csrf": csrf_of(client), "pad": "x" * 20_000})
+    assert r.status_code == 413
+
+
 def test_a_bearer_key_alone_does_not_open_the_console(stack: ConsoleStack) -> None:
     r = stack.client(stack.keys["admin"]).get("/console")
     assert r.status_code == 303

@@ -6,8 +6,7 @@ function poll(el) {
   const every = parseInt(el.dataset.every || "3000", 10);
   const tick = async () => {
     try {
-      const response = await fetch(el.dataset.poll, {credentials: "same-origin",
-                                                      headers: {"X-Console-Poll": "1"}});
+      const response = await fetch(el.dataset.poll, {credentials: "same-origin"});
       if (response.redirected || response.status === 401) {
         window.location.reload();  // the session ended: the server sends us to the login
         return;
