@@ -51,11 +51,15 @@ class ConsoleStack:
     @contextmanager
     def paused_worker(self) -> Iterator[None]:
         """Freeze the worker (SIGSTOP): what is submitted meanwhile stays queued."""
-        self.procs["worker"].signal_group(signal.SIGSTOP)
+        worker = self.procs["worker"]
+        worker.signal_group(signal.SIGSTOP)
         try:
             yield
         finally:
-            self.procs["worker"].signal_group(signal.SIGCONT)
+            worker.signal_group(signal.SIGCONT)
+            if not worker.alive:  # a Celery worker may exit when its broker link drops
+                worker.start(self.env)
+                worker.wait_ready()
 
     def status(self, job_id: int) -> str:
         """A job's status, read from PostgreSQL."""

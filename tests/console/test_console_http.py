@@ -105,6 +105,22 @@ def test_batch_cancel_needs_the_csrf_token(stack: ConsoleStack) -> None:
     assert cancelled == 3
 
 
+def test_batch_results_download_as_ndjson_in_line_order(stack: ConsoleStack) -> None:
+    lines = [{**ENCODE, "params": {"text": f"download {i}"}} for i in range(3)]
+    with stack.client(stack.keys["a"]) as c:
+        batch = c.post("/v1/batches", json={"jobs": lines}).json()["id"]
+    with stack.engine.connect() as conn:
+        ids = conn.execute(text("SELECT id FROM jobs WHERE batch_id = :b"), {"b": batch})
+        for job in ids.scalars():
+            stack.wait_status(job, "succeeded")
+    r = login(stack, "a").get(f"/console/batches/{batch}/results.ndjson")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-ndjson"
+    assert "attachment" in r.headers["content-disposition"]
+    rows = [json.loads(line) for line in r.text.splitlines()]
+    assert [row["line"] for row in rows] == [1, 2, 3]
+    assert all(row["status"] == "succeeded" and row["result"] for row in rows)
+
+
 def test_bulk_retry_needs_the_csrf_token_and_stays_in_the_tenant(stack: ConsoleStack) -> None:
     ref = "bulk-http"
     mine = [stack.submit(stack.keys["a"], kind="test_fail", params={}, max_attempts=1, ref=ref)
