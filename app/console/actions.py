@@ -37,6 +37,8 @@ router = APIRouter(prefix="/console", include_in_schema=False)
 BULK_SLICE = 500
 #: Slices one confirmation runs; more needs another confirmation.
 BULK_SLICES = 20
+#: Dead jobs one confirmation may queue again (and the most its page counts).
+PER_CONFIRMATION = BULK_SLICE * BULK_SLICES
 
 
 def _back(path: str, notice: str) -> RedirectResponse:
@@ -84,15 +86,16 @@ def cancel_batch(batch_id: IdPath, login: LoginDep, _: FormDep) -> RedirectRespo
 
 
 def _confirmation(request: Request, scope: Scope, params: dict[str, str],
-                  done: int | None) -> HTMLResponse:
+                  done: int | None, refused: str | None = None) -> HTMLResponse:
     query = job_query({**params, "status": "dead"})
     with new_session() as session:
-        matching = len(queries.dead_ids(session, query, scope.tenant_ids, queries.COUNT_CAP))
+        matching = queries.count_dead(session, query, scope.tenant_ids, PER_CONFIRMATION)
     return page(request, "retry_dead.html", {
         **scope.context(), "nav": "jobs", "done": done, "matching": matching,
-        "cap": queries.COUNT_CAP, "slice": BULK_SLICE, "per_request": BULK_SLICE * BULK_SLICES,
+        "cap": PER_CONFIRMATION, "slice": BULK_SLICE, "per_request": PER_CONFIRMATION,
         "description": describe(query, scope.tenant), "hidden": query_fields(query, scope.tenant),
         "filter_query": query_string(query, scope.tenant),
+        "notice": refused, "notice_error": refused is not None,
     })
 
 
@@ -122,13 +125,13 @@ def retry_dead(request: Request, login: LoginDep, form: FormDep) -> HTMLResponse
     query = job_query({**form, "status": "dead"})
     with new_session() as session:
         scope = scope_of(session, login, form.get("tenant"))
-    done = 0
+    done, refused = 0, None
     try:
         for _ in range(BULK_SLICES):
             n = _retry_slice(scope, query, login.principal.actor)
             done += n
             if n < BULK_SLICE:
                 break
-    except Refused:
-        pass  # the tenant's cap: what was queued so far stays, the page shows how many
-    return _confirmation(request, scope, form, done)
+    except Refused as exc:  # the tenant's cap: the slices already queued stay queued
+        refused = f"Stopped: {exc.message}"
+    return _confirmation(request, scope, form, done, refused)

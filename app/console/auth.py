@@ -65,7 +65,8 @@ LoginDep = Annotated[Login, Depends(current_login)]
 
 async def form_fields(request: Request) -> dict[str, str]:
     """An urlencoded form's fields (the first value of each)."""
-    if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
         raise FormTooLarge
     body = b""
     async for chunk in request.stream():
@@ -76,10 +77,15 @@ async def form_fields(request: Request) -> dict[str, str]:
     return {k: v[0] for k, v in fields.items()}
 
 
+def _same(sent: str, expected: str) -> bool:
+    """Constant-time equality of two tokens (as bytes: a form may send any text)."""
+    return hmac.compare_digest(sent.encode(), expected.encode())
+
+
 async def checked_form(request: Request, login: LoginDep) -> dict[str, str]:
     """The form of an action, once its CSRF token has been found to be this session's."""
     fields = await form_fields(request)
-    if not hmac.compare_digest(fields.get("csrf", ""), login.csrf):
+    if not _same(fields.get("csrf", ""), login.csrf):
         raise CsrfRefused
     return fields
 
@@ -110,7 +116,7 @@ async def login(request: Request) -> Response:
     """Exchange an API key for a session cookie; the key itself is never stored."""
     fields = await form_fields(request)
     expected = request.cookies.get(LOGIN_COOKIE, "")
-    if not expected or not hmac.compare_digest(fields.get("csrf", ""), expected):
+    if not expected or not _same(fields.get("csrf", ""), expected):
         raise CsrfRefused
     token, error = await run_in_threadpool(_principal_of, fields.get("key", "").strip())
     if token is None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, String, cast, select, text
+from sqlalchemy import ColumnElement, Select, String, cast, func, select, text
 from sqlalchemy.orm import Session
 
 from app.core import KINDS as CORE_KINDS
@@ -280,6 +280,16 @@ def dead_ids(session: Session, query: JobQuery, tenant_ids: Sequence[int] | None
         return []
     ids = stmt.with_only_columns(Job.id, Job.tenant_id).limit(limit)
     return [(r.id, r.tenant_id) for r in session.execute(ids)]
+
+
+def count_dead(session: Session, query: JobQuery, tenant_ids: Sequence[int] | None,
+               cap: int) -> int:
+    """How many dead jobs match the query, counting up to cap."""
+    stmt = filtered(JobQuery(**{**_fields(query), "status": "dead", "cursor": None}), tenant_ids)
+    if stmt is None:
+        return 0
+    ids = stmt.with_only_columns(Job.id).order_by(None).limit(cap).subquery()
+    return int(session.scalar(select(func.count()).select_from(ids)) or 0)
 
 
 def _fields(query: JobQuery) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """One real stack for the console tests: api, one worker and the relay as OS processes.
 
 They run against the session's PostgreSQL database and Redis, with the test-only job
-kinds on (a poison job goes dead at once), and stop when this package's tests are done.
+kinds on (a poison job goes dead at once). One stack per module, stopped at its end: its
+worker must not take the jobs of later tests, which bring their own worker (pytest's
+"package" scope lasts the whole session in a directory without __init__.py).
 """
 
 from __future__ import annotations
@@ -101,9 +103,9 @@ def _make_keys(engine: Engine) -> dict[str, str]:
     return keys
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def stack(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:
-    """api, worker and relay processes, started once for the console tests."""
+    """api, worker and relay processes, started once per test module."""
     work = tmp_path_factory.mktemp("console-stack")
     port = free_port()
     env = {**babelq_env(home=str(work / "home"), database_url=str(settings.database_url),

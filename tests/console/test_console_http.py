@@ -67,7 +67,7 @@ def _cancel_checked(stack: ConsoleStack, job: int) -> None:
     anonymous = stack.client().post(f"/console/jobs/{job}/cancel", data={"csrf": "x"})
     assert anonymous.status_code == 303 and anonymous.headers["location"] == "/console/login"
     client = login(stack, "a")
-    for data in ({}, {"csrf": "forged"}, {"csrf": csrf_of(login(stack, "b"))}):
+    for data in ({}, {"csrf": "forged"}, {"csrf": "é"}, {"csrf": csrf_of(login(stack, "b"))}):
         assert client.post(f"/console/jobs/{job}/cancel", data=data).status_code == 403
     assert stack.status(job) == "queued"
     r = client.post(f"/console/jobs/{job}/cancel", data={"csrf": csrf_of(client)})
