@@ -77,8 +77,14 @@ def cancel_batch(batch_id: IdPath, login: LoginDep, _: FormDep) -> RedirectRespo
     """Cancel every job of the batch that has not started."""
     with new_session() as session:
         visible_batch(session, scope_of(session, login, None), batch_id)
+        jobs.mark_cancelling(session, batch_id)
+        session.commit()
+        # A slice per transaction, as the api does; past a busy worker the batch stays
+        # marked and the relay finishes the cancel.
         try:
-            jobs.cancel_batch(session, batch_id, actor=login.principal.actor)
+            while jobs.cancel_batch(session, batch_id,
+                                    actor=login.principal.actor) == jobs.CANCEL_SLICE:
+                session.commit()
         except jobs.Busy:
             return _back(f"/console/batches/{batch_id}", "busy")
         session.commit()

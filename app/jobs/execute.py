@@ -65,12 +65,16 @@ def runs_inline(kind: str, params: dict[str, Any]) -> bool:
 #
 # It also sets idle_in_transaction_session_timeout to the lease for this transaction (in
 # the same round trip as the lock, not a SET LOCAL of its own): see lock_queued(). The
-# uncorrelated subquery is a one-time filter, run once before any row is read.
+# uncorrelated subqueries are one-time filters, run once before any row is read; the
+# first makes no job of a batch being cancelled start (the few marked batches are read
+# through the batches_cancelling partial index).
 LOCK_QUEUED_SQL = """
 SELECT j.id, j.kind, j.params, j.attempt + 1 AS attempt, j.attempt_base, j.max_attempts,
        j.batch_id, j.audit_seq, j.audit_head
 FROM unnest(CAST(:ids AS bigint[])) AS v(id) JOIN jobs j ON j.id = v.id
 WHERE j.status = 'queued' AND (j.run_after IS NULL OR j.run_after <= now())
+  AND (j.batch_id IS NULL OR j.batch_id <> ALL(coalesce(
+       (SELECT array_agg(b.id) FROM batches b WHERE b.cancelling), '{}')))
   AND (SELECT set_config('idle_in_transaction_session_timeout', :idle, true)) IS NOT NULL
 ORDER BY j.id FOR UPDATE OF j SKIP LOCKED
 """

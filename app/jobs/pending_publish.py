@@ -1,31 +1,64 @@
-"""Publishing after commit: a session's jobs reach the broker only if it commits."""
+"""Publishing after commit: a session's messages reach the broker only if it commits.
+
+A session records what to send (single jobs that go straight to their lane) and whether
+to run a dispatch pass (new pending jobs); both happen after commit and never fail the
+caller: whatever is left behind, the relay sends within requeue_after.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-#: Where a session keeps the jobs to publish at commit (session.info): a list, no table.
+from app.broker import window
+from app.broker.window import Sent
+
+log = logging.getLogger(__name__)
+
+#: Where a session keeps the messages to publish at commit (session.info): a list.
 PENDING = "babelq_pending_publish"
+#: Set in session.info when a dispatch pass should run after commit.
+FILL = "babelq_fill"
 
 
-def schedule_publish(session: Session, kind: str, priority: int, ids: Sequence[int]) -> None:
-    """Publish these job ids once (and only if) the session's transaction commits."""
-    session.info.setdefault(PENDING, []).append((kind, priority, ids))
+def schedule_publish(session: Session, sent: Sent) -> None:
+    """Publish this recorded message once (and only if) the session's transaction commits."""
+    session.info.setdefault(PENDING, []).append(sent)
+
+
+def schedule_fill(session: Session) -> None:
+    """Run a dispatch pass after commit, so new pending jobs start at once."""
+    session.info[FILL] = True
+
+
+def lane_has_room(kind: str, priority: int) -> bool:
+    """Whether a single job may go straight to Redis; False when Redis cannot tell."""
+    try:
+        return window.lane_has_room(kind, priority)
+    except Exception as exc:  # the job is pending instead; a dispatch pass sends it
+        log.warning("lane length unknown, job left to the dispatcher: %s", exc)
+        return False
 
 
 @event.listens_for(Session, "after_commit")
 def _publish_pending(session: Session) -> None:
-    pending = session.info.pop(PENDING, [])
-    if pending:
-        from app.broker.celery_app import publish_safely
+    pending: list[Sent] = session.info.pop(PENDING, [])
+    fill = session.info.pop(FILL, False)
+    if not pending and not fill:
+        return
+    from app.jobs import dispatch  # dispatch itself commits sessions: imported late
 
-        for kind, priority, ids in pending:
-            publish_safely(kind, priority, ids)
+    try:
+        window.send(pending)
+        if fill:
+            dispatch.run_pass()
+    except Exception as exc:  # committed: the relay sends what is left
+        log.warning("publish after commit failed, the relay will send: %s", exc)
 
 
 @event.listens_for(Session, "after_rollback")
 def _drop_pending(session: Session) -> None:
     session.info.pop(PENDING, None)
+    session.info.pop(FILL, None)

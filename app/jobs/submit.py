@@ -14,10 +14,11 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app import core
+from app.broker.window import Sent
 from app.config import get_settings
 from app.jobs import audit, kinds
 from app.jobs.audit import Link
-from app.jobs.pending_publish import schedule_publish
+from app.jobs.pending_publish import lane_has_room, schedule_publish
 from app.store import pgcopy
 from app.store.db import driver_rows, driver_sql
 from app.store.models import PRIORITIES
@@ -90,19 +91,22 @@ def submit(
     job_id = reserve_ids(session, 1)[0]
     details = {"kind": kind, "priority": priority, "max_attempts": attempts}
     link = audit.link(job_id, 0, "", "submitted", actor, details)
+    lane = PRIORITIES[priority]
     rows = driver_rows(session, _INSERT_ONE, {
         "id": job_id, "tenant_id": tenant_id, "kind": kind, "params": Jsonb(clean),
-        "priority": PRIORITIES[priority], "max_attempts": attempts,
+        "priority": lane, "max_attempts": attempts,
         "idempotency_key": idempotency_key, "ref": ref, "seq": link.seq, "head": link.hash,
-        **audit.arrays([link]),
+        "direct": lane_has_room(kind, lane), **audit.arrays([link]),
     })
     if not rows:
         assert idempotency_key is not None  # only a keyed insert can skip its row
         existing = find_keyed(session, tenant_id, idempotency_key)
         assert existing is not None
         return existing, False
-    schedule_publish(session, kind, PRIORITIES[priority], [job_id])
-    return JobRow._make(rows[0]), True
+    *columns, dispatch = rows[0]
+    if dispatch is not None:
+        schedule_publish(session, Sent(dispatch, kind, lane, [job_id]))
+    return JobRow._make(columns), True
 
 
 #: The tenant's job submitted with an idempotency key.
@@ -124,6 +128,9 @@ def find_keyed(session: Session, tenant_id: int, idempotency_key: str) -> JobRow
 #: One job and its submitted event in one statement; no row (and no event) when the
 #: tenant's idempotency key was seen. Run by the driver itself (a single submission is the
 #: api's hottest write; see db.driver_autocommit), so compiled to its placeholders once.
+#: With :direct (its lane's window has room) and no max_running on the tenant, the job's
+#: message is recorded (`dispatch`, published after commit); else the job is pending, and
+#: a dispatch pass sends it in its tenant's turn (app.jobs.dispatch).
 INSERT_ONE_SQL = """
 WITH job AS (
   INSERT INTO jobs (id, tenant_id, kind, params, priority, max_attempts, idempotency_key, ref,
@@ -139,10 +146,20 @@ event AS (
          CAST(:e_created_at AS timestamptz[]), CAST(:e_details AS jsonb[]),
          CAST(:e_prev_hash AS text[]), CAST(:e_hash AS text[]))
        AS e(job_id, seq, event_type, actor, created_at, details, prev_hash, hash)
-  JOIN job ON job.id = e.job_id)
+  JOIN job ON job.id = e.job_id),
+sent AS (
+  INSERT INTO dispatches (tenant_id, kind, priority, ids)
+  SELECT tenant_id, kind, priority, ARRAY[id] FROM job
+  WHERE :direct AND NOT EXISTS (
+    SELECT 1 FROM tenants t WHERE t.id = job.tenant_id AND t.max_running IS NOT NULL)
+  RETURNING id),
+pend AS (
+  INSERT INTO pending_jobs (tenant_id, kind, priority, ids, size)
+  SELECT tenant_id, kind, priority, ARRAY[id], 1 FROM job WHERE NOT EXISTS (SELECT 1 FROM sent))
 SELECT id, tenant_id, batch_id, line, kind, params, priority, status, attempt, attempt_base,
        max_attempts, run_after, lease_until, published_at, worker, error, idempotency_key,
-       ref, audit_seq, audit_head, created_at, started_at, finished_at, updated_at
+       ref, audit_seq, audit_head, created_at, started_at, finished_at, updated_at,
+       (SELECT id FROM sent) AS dispatch
 FROM job
 """
 _INSERT_ONE = driver_sql(text(INSERT_ONE_SQL))

@@ -17,10 +17,11 @@ from sqlalchemy import (
     Integer,
     SmallInteger,
     Text,
+    false,
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from app.core.status import INITIAL, TERMINAL, JobStatus, sql_list
@@ -51,6 +52,15 @@ class Tenant(Base):
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     name: Mapped[str] = mapped_column(Text, unique=True)
     created_at: Mapped[datetime] = _ts(nullable=False, default_now=True)
+    #: share of the dispatch when several tenants are backlogged in a lane (migration 0003)
+    weight: Mapped[float] = mapped_column(Double, server_default=text("1"))
+    #: cap on this tenant's jobs in flight (sent or running) across all workers; None: none
+    max_running: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (
+        CheckConstraint("weight > 0", name="tenants_weight_positive"),
+        CheckConstraint("max_running > 0", name="tenants_max_running_positive"),
+    )
 
 
 class ApiKey(Base):
@@ -81,9 +91,13 @@ class Batch(Base):
     dead: Mapped[int] = mapped_column(Integer, default=0)
     cancelled: Mapped[int] = mapped_column(Integer, default=0)
     errors: Mapped[list[Any]] = mapped_column(JSONB, default=list)
+    #: a cancel is under way, a slice at a time: workers start none of its jobs
+    cancelling: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = _ts(nullable=False, default_now=True)
     started_at: Mapped[datetime | None] = _ts()
     finished_at: Mapped[datetime | None] = _ts()
+
+    __table_args__ = (Index("batches_cancelling", "id", postgresql_where=text("cancelling")),)
 
 
 class Job(Base):
@@ -199,6 +213,50 @@ class AuditEvent(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSONB)
     prev_hash: Mapped[str] = mapped_column(Text)
     hash: Mapped[str] = mapped_column(Text)
+
+
+class PendingJobs(Base):
+    """Job ids handed to the dispatcher and not yet sent to Redis (app.jobs.dispatch)."""
+
+    __tablename__ = "pending_jobs"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(Text)
+    priority: Mapped[int] = mapped_column(SmallInteger)
+    ids: Mapped[list[int]] = mapped_column(ARRAY(BigInteger))
+    #: len(ids), kept so counting a backlog never reads the arrays
+    size: Mapped[int] = mapped_column(Integer)
+    #: how many of ids (the first ones) were sent already
+    taken: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    created_at: Mapped[datetime] = _ts(nullable=False, default_now=True)
+
+    __table_args__ = (Index("pending_jobs_lane", "kind", "priority", "tenant_id", "id"),)
+
+
+class Dispatch(Base):
+    """A message sent to Redis and not yet taken by a worker (app.jobs.dispatch)."""
+
+    __tablename__ = "dispatches"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(Text)
+    priority: Mapped[int] = mapped_column(SmallInteger)
+    ids: Mapped[list[int]] = mapped_column(ARRAY(BigInteger))
+    sent_at: Mapped[datetime] = _ts(nullable=False, default_now=True)
+
+    __table_args__ = (Index("dispatches_sent_at", "sent_at"),)
+
+
+class FairDeficit(Base):
+    """Deficit round robin state of one tenant in one lane (kind, priority)."""
+
+    __tablename__ = "fair_deficits"
+    kind: Mapped[str] = mapped_column(Text, primary_key=True)
+    priority: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    deficit: Mapped[float] = mapped_column(Double, server_default=text("0"))
+    #: whether this tenant holds the lane's turn
+    turn: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
 
 
 class ConsoleSession(Base):

@@ -126,6 +126,19 @@ def test_keys_create_prints_only_a_key_that_authenticates(stack: Stack) -> None:
     assert [(k["name"], key.startswith(k["prefix"])) for k in listed] == [("ci", True)]
 
 
+def test_tenants_set_then_list(stack: Stack) -> None:
+    stack.ok("keys", "create", "--tenant", "cli-fair")
+    out = stack.ok("tenants", "set", "cli-fair", "--weight", "3", "--max-running", "200")
+    assert "weight 3, max running 200" in out
+    listed = {t["name"]: t for t in json.loads(stack.ok("tenants", "list", "--json"))}
+    assert (listed["cli-fair"]["weight"], listed["cli-fair"]["max_running"]) == (3.0, 200)
+    stack.ok("tenants", "set", "cli-fair", "--unlimited")
+    listed = {t["name"]: t for t in json.loads(stack.ok("tenants", "list", "--json"))}
+    assert listed["cli-fair"]["max_running"] is None
+    unknown = stack.run("tenants", "set", "no-such-tenant", "--weight", "2")
+    assert unknown.returncode == 1 and "no tenant" in unknown.stderr + unknown.stdout
+
+
 def test_submit_and_wait_gives_the_known_answer(stack: Stack) -> None:
     out = stack.ok("submit", "encode", "--param", "text=hello world", "--wait", "--json")
     job = json.loads(out)

@@ -186,8 +186,8 @@ def retry_job(job_id: IdPath, session: SessionDep, principal: PrincipalDep) -> J
 def read_audit(job_id: IdPath, session: SessionDep, principal: PrincipalDep) -> AuditRead:
     """The job's audit trail and whether its hash chain verifies."""
     job = get_job(session, principal, job_id)
-    events = audit.job_events(session, job.id)
-    report = audit.verify_job(session, job.id, events)
+    events = audit.job_events(session, job.id)  # after the row: see audit.verify_job
+    report = audit.verify_job(session, job.id, events, (job.audit_seq, job.audit_head))
     return AuditRead(
         job_id=job.id, verified=report.ok, broken_seq=report.broken_seq, reason=report.reason,
         events=[
