@@ -8,6 +8,7 @@ worker must not take the jobs of later tests, which bring their own worker (pyte
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 from collections.abc import Callable, Iterator
@@ -18,7 +19,9 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import Session
 
+from app import jobs
 from app.config import Settings
 from app.ops.supervisor import free_port
 from app.store.db import normalize_url
@@ -80,6 +83,23 @@ class ConsoleStack:
                                      "WHERE job_id = :i ORDER BY seq"), {"i": job_id})
             return [(r.event_type, r.actor) for r in rows]
 
+    def drain(self) -> None:
+        """Wait until the console tenants' jobs have all ended, then cancel what remains:
+        later tests share this database, and a job left queued is in their backlog."""
+        unfinished = ("SELECT count(*) FROM jobs j JOIN tenants t ON t.id = j.tenant_id "
+                      "WHERE t.name LIKE 'console-%' AND j.status IN ('queued', 'running')")
+
+        def count() -> int:
+            with self.engine.connect() as conn:
+                return int(conn.execute(text(unfinished)).scalar_one())
+
+        with contextlib.suppress(AssertionError):
+            wait_for("the console tests' jobs to end", lambda: count() == 0, 60)
+        with Session(self.engine) as session:
+            for job_id in session.execute(text(unfinished.replace("count(*)", "j.id"))).scalars():
+                jobs.cancel(session, job_id, actor="console-tests")
+            session.commit()
+
     def key_id(self, name: str) -> int:
         """The id of one of the stack's keys."""
         from app.jobs.keys import hash_key
@@ -124,7 +144,9 @@ def stack(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
     try:
         wait_for("the api", _answers(url, procs["api"]), 60)
         procs["worker"].wait_ready()
-        yield ConsoleStack(url, procs, env, engine, _make_keys(engine))
+        stack = ConsoleStack(url, procs, env, engine, _make_keys(engine))
+        yield stack
+        stack.drain()
     finally:
         for proc in procs.values():
             proc.stop()

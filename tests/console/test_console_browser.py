@@ -23,6 +23,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 try:
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -65,8 +66,14 @@ class Browser:
         return self.driver.find_element(By.CSS_SELECTOR, css)
 
     def text(self, css: str) -> str:
-        """The visible text of the element matching css."""
-        return str(self.el(css).text)
+        """The visible text of the element matching css (found again if a live region
+        replaced it meanwhile)."""
+        for _ in range(10):
+            try:
+                return str(self.el(css).text)
+            except StaleElementReferenceException:
+                continue
+        raise AssertionError(f"{css} kept being replaced")
 
     def wait_text(self, css: str, part: str, timeout: float = 30) -> None:
         """Wait until the element matching css shows part (the page may still be loading)."""
