@@ -6,7 +6,7 @@ them cost each relay pass nothing. jobs_held serves the one statement that relea
 those whose time has come (app.jobs.delayed.release_due).
 
 Revision ID: 0005
-Revises: 0003, 0004
+Revises: 0004
 Create Date: 2026-12-05
 """
 
