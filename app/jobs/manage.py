@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.core.status import JobStatus
-from app.jobs import audit, metrics
+from app.jobs import audit, metrics, webhooks
 from app.jobs.counters import move_counters
 from app.jobs.dispatch import pend_jobs
 from app.jobs.pending_publish import schedule_fill
@@ -27,13 +27,13 @@ log = logging.getLogger(__name__)
 
 #: cancel: the job, if queued or running.
 LOCK_CANCEL_SQL = """
-SELECT id, batch_id, kind, priority, status, attempt, attempt_base, max_attempts, worker,
+SELECT id, batch_id, tenant_id, kind, priority, status, attempt, attempt_base, max_attempts, worker,
        audit_seq, audit_head
 FROM jobs WHERE id = :id AND status IN ('queued', 'running') FOR UPDATE
 """
 #: cancel_batch: a slice of the batch's jobs that have not started.
 LOCK_CANCEL_BATCH_SQL = """
-SELECT id, batch_id, kind, priority, status, attempt, attempt_base, max_attempts, worker,
+SELECT id, batch_id, tenant_id, kind, priority, status, attempt, attempt_base, max_attempts, worker,
        audit_seq, audit_head
 FROM jobs WHERE batch_id = :id AND status = 'queued' ORDER BY id LIMIT :limit FOR UPDATE
 """
@@ -48,7 +48,7 @@ WHERE jobs.id = v.id
 
 #: retry: the job, if dead or cancelled.
 LOCK_RETRY_SQL = """
-SELECT id, batch_id, kind, priority, status, attempt, attempt_base, max_attempts, worker,
+SELECT id, batch_id, tenant_id, kind, priority, status, attempt, attempt_base, max_attempts, worker,
        audit_seq, audit_head
 FROM jobs WHERE id = :id AND status IN ('dead', 'cancelled') FOR UPDATE
 """
@@ -189,6 +189,8 @@ def _cancel(session: Session, lock: TextClause, id_: int, actor: str, *, limit: 
         rows = session.execute(lock, {"id": id_, "limit": limit}).all()
         _move(session, rows, JobStatus.CANCELLED, _CANCEL, "cancelled", actor, _from)
         metrics.cancelled(session, rows)
+        webhooks.record_job_events(session, "job.cancelled",
+                                   [(r.id, r.tenant_id, r.batch_id) for r in rows])
     except OperationalError as exc:
         if isinstance(exc.orig, LockNotAvailable):
             raise Busy(f"a worker is finishing these jobs; nothing more was cancelled, "
@@ -221,6 +223,9 @@ def expire_leases(session: Session, *, actor: str, limit: int = 5000) -> int:
     for r, status in zip(rows, statuses, strict=True):
         log.warning("lease of worker %s expired; job %s", r.worker,
                     "dead" if status == "dead" else "queued again", extra=job_fields(r))
+    webhooks.record_job_events(session, "job.dead", [
+        (r.id, r.tenant_id, r.batch_id) for r, s in zip(rows, statuses, strict=True)
+        if s == JobStatus.DEAD])
     return len(rows)
 
 
