@@ -47,6 +47,8 @@ REGISTRY = CollectorRegistry()
 #: increase() and rate() see an alert's first event and dashboards show every lane.
 KNOWN = {"kind": KINDS, "priority": tuple(PRIORITIES), "outcome": events.OUTCOME_NAMES,
          "cause": events.CAUSES}
+#: Metrics whose label values differ from KNOWN's: not shown before their first event.
+UNSEEDED = frozenset({events.WEBHOOK_DELIVERIES.name})
 
 
 class StoreCollector(Collector):
@@ -135,7 +137,8 @@ def family(metric: events.Metric, fields: dict[str, float]) -> Any:
 
 def _known(metric: events.Metric) -> set[tuple[str, ...]]:
     """Every label set of a metric whose labels all have known values (else none)."""
-    if not metric.labels or not all(label in KNOWN for label in metric.labels):
+    if metric.name in UNSEEDED or not metric.labels \
+            or not all(label in KNOWN for label in metric.labels):
         return set()
     return set(product(*(KNOWN[label] for label in metric.labels)))
 

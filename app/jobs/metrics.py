@@ -84,6 +84,9 @@ FINAL_RISK = Metric("babelq_governor_final_risk", "Risk of the final governor cy
                     UNIT_BUCKETS)
 FINAL_SIMILARITY = Metric("babelq_governor_final_similarity",
                           "Similarity of the final governor cycle", (), UNIT_BUCKETS)
+WEBHOOK_DELIVERIES = Metric("babelq_webhook_deliveries", "Webhook delivery attempts: "
+                            "delivered (2xx) or failed_attempt (retried until retry_until)",
+                            ("event", "outcome"))
 API_REQUESTS = Metric("babelq_api_requests", "HTTP requests the api answered",
                       ("method", "route", "status"))
 API_SECONDS = Metric("babelq_api_request_duration_seconds", "Time to answer an HTTP request",
@@ -91,7 +94,7 @@ API_SECONDS = Metric("babelq_api_request_duration_seconds", "Time to answer an H
 
 ALL: tuple[Metric, ...] = (SUBMITTED, OUTCOMES, RETRIES, LEASE_EXPIRIES, REPUBLISHED, RUN_SECONDS,
                            QUEUE_WAIT, LATENCY, DECISIONS, FINAL_RISK, FINAL_SIMILARITY,
-                           API_REQUESTS, API_SECONDS)
+                           WEBHOOK_DELIVERIES, API_REQUESTS, API_SECONDS)
 
 
 #: (labels, value) pairs of one metric.
@@ -194,6 +197,12 @@ def decided(session: Session, decisions: Sequence[dict[str, Any]]) -> None:
 def republished(session: Session, sent: Sequence[Any]) -> None:
     """Messages sent again (Sent: kind, priority number)."""
     on_commit(session, REPUBLISHED, (((s.kind, PRIORITY_NAMES[s.priority]), 1) for s in sent))
+
+
+def delivered(session: Session, attempts: Sequence[Any]) -> None:
+    """Webhook delivery attempts written (Attempt: delivery.event, ok)."""
+    on_commit(session, WEBHOOK_DELIVERIES, (((a.delivery.event, "delivered" if a.ok
+                                              else "failed_attempt"), 1) for a in attempts))
 
 
 def cancelled(session: Session, rows: Sequence[Any]) -> None:

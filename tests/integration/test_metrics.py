@@ -24,9 +24,11 @@ from app.config import Settings
 from app.jobs import counts, metrics
 from app.store.db import session_scope
 from tests.faults.stack import BABELQ, Proc, babelq_env, wait_for
-from tests.integration.conftest import auth
+from tests.integration.conftest import auth, make_key
 from tests.integration.test_batches import NDJSON, ndjson, paused, wait_done
 from tests.integration.test_jobs_api import EVALUATE_RISK, submit_and_wait
+from tests.integration.test_webhooks import finished, receiver, register, settled  # noqa: F401
+from tests.integration.test_webhooks import submit as submit_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker", "relay")]
 
@@ -241,3 +243,20 @@ def _wait(api: TestClient, key: str, job_id: int) -> dict[str, Any]:
         if job["status"] in ("succeeded", "dead", "cancelled"):
             return dict(job)
     raise AssertionError(f"job {job_id} did not finish")
+
+
+def test_webhook_delivery_attempts_are_counted(
+    api: TestClient, admin_key: str, receiver: Any, fresh_scrapes: None,  # noqa: F811
+) -> None:
+    """A receiver that fails once: one failed attempt, then one delivery, of job.succeeded."""
+    key = make_key("hooks-metered")
+    hook = register(api, key, receiver.url("/metered"), ["job.succeeded"])
+    receiver.listen("/metered", hook["secret"], answer=lambda n: 500 if n <= 1 else 200)
+    before = scrape(api, admin_key)
+    finished(api, key, submit_job(api, key)["id"])
+    wait_for("the delivery", lambda: settled(api, key, hook["id"]), 30)
+    sums.flush()
+    after = scrape(api, admin_key)
+    for outcome in ("failed_attempt", "delivered"):
+        assert grew(before, after, "babelq_webhook_deliveries_total", event="job.succeeded",
+                    outcome=outcome) == 1
