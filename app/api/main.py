@@ -14,6 +14,7 @@ from app.api.limits import BodyLimit
 from app.api.routes import batches, jobs, keys, schedules, system, tenants, webhooks
 from app.api.waiters import Waiters
 from app.config import Settings, get_settings
+from app.console import install as install_console
 from app.ops.memory import tune_gc
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ def create_app() -> FastAPI:
     app.include_router(tenants.router)
     app.include_router(webhooks.router)
     app.include_router(schedules.router)
+    install_console(app)
     app.add_middleware(BodyLimit, default=settings.max_body_bytes,
                        overrides={"/v1/batches": settings.max_batch_body_bytes},
                        json={"/v1/batches": settings.max_json_batch_bytes})

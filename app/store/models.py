@@ -162,6 +162,17 @@ class Job(Base):
             "id",
             postgresql_where=text("status = 'queued' AND published_at IS NULL"),
         ),
+        # The console's (migration 0007): backlog and throughput per lane, failed jobs, refs.
+        Index("jobs_console_queued", "tenant_id", "kind", "priority",
+              postgresql_where=text("status = 'queued'")),
+        Index("jobs_console_finished", "tenant_id", "kind", "priority", "status", "finished_at",
+              postgresql_where=text("finished_at IS NOT NULL")),
+        Index("jobs_console_failed", "status", "id",
+              postgresql_where=text("status IN ('dead', 'cancelled')")),
+        Index("jobs_console_tenant_failed", "tenant_id", "status", "id",
+              postgresql_where=text("status IN ('dead', 'cancelled')")),
+        Index("jobs_console_ref", "ref", postgresql_using="hash",
+              postgresql_where=text("ref IS NOT NULL")),
     )
 
 
@@ -321,3 +332,15 @@ class Schedule(Base):
         UniqueConstraint("tenant_id", "name", name="schedules_tenant_name"),
         Index("schedules_due", "next_fire_at", postgresql_where=text("NOT paused")),
     )
+
+
+class ConsoleSession(Base):
+    """A login to the web console: the sha256 of its cookie and the key it stands for."""
+
+    __tablename__ = "console_sessions"
+    token_hash: Mapped[str] = mapped_column(Text, primary_key=True)
+    key_id: Mapped[int] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = _ts(nullable=False, default_now=True)
+    expires_at: Mapped[datetime] = _ts(nullable=False)
