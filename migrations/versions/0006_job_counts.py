@@ -20,7 +20,7 @@ jobs_queued_due serves min(coalesce(run_after, created_at)) per lane: how long t
 longest-waiting due job has waited (a job backing off or delayed is not waiting yet).
 
 Revision ID: 0006
-Revises: 0007
+Revises: 0005
 Create Date: 2026-12-05
 """
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0006"
-down_revision = "0007"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
