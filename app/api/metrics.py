@@ -35,6 +35,7 @@ from app.jobs import counts
 from app.jobs import metrics as events
 from app.store.db import session_scope
 from app.store.models import PRIORITIES
+from app.webhooks import EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,9 @@ REGISTRY = CollectorRegistry()
 #: increase() and rate() see an alert's first event and dashboards show every lane.
 KNOWN = {"kind": KINDS, "priority": tuple(PRIORITIES), "outcome": events.OUTCOME_NAMES,
          "cause": events.CAUSES}
-#: Metrics whose label values differ from KNOWN's: not shown before their first event.
-UNSEEDED = frozenset({events.WEBHOOK_DELIVERIES.name})
+#: Metrics whose labels take other values than KNOWN's.
+KNOWN_FOR = {events.WEBHOOK_DELIVERIES.name: {"event": EVENTS,
+                                               "outcome": events.DELIVERY_OUTCOMES}}
 
 
 class StoreCollector(Collector):
@@ -137,10 +139,10 @@ def family(metric: events.Metric, fields: dict[str, float]) -> Any:
 
 def _known(metric: events.Metric) -> set[tuple[str, ...]]:
     """Every label set of a metric whose labels all have known values (else none)."""
-    if metric.name in UNSEEDED or not metric.labels \
-            or not all(label in KNOWN for label in metric.labels):
+    known = KNOWN_FOR.get(metric.name, KNOWN)
+    if not metric.labels or not all(label in known for label in metric.labels):
         return set()
-    return set(product(*(KNOWN[label] for label in metric.labels)))
+    return set(product(*(known[label] for label in metric.labels)))
 
 
 def _split(field: str, n: int) -> list[str]:

@@ -42,6 +42,8 @@ UNIT_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 #: Values of the outcome and cause labels.
 OUTCOME_NAMES = ("succeeded", "failed_attempt", "dead", "cancelled")
+#: Values of a webhook delivery attempt's outcome label.
+DELIVERY_OUTCOMES = ("delivered", "failed_attempt")
 CAUSES = ("error", "lease_expired")
 
 

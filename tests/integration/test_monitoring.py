@@ -81,7 +81,7 @@ def test_promtool_accepts_the_config_and_rules() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     done = promtool("check", "rules", str(DEPLOY / "prometheus" / "alerts.yml"))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "7 rules found" in done.stdout
+    assert "8 rules found" in done.stdout
 
 
 def test_promtool_accepts_a_real_scrape(scrape: str) -> None:
