@@ -105,6 +105,30 @@ class Settings(BaseSettings):
     #: Queued plus running jobs per tenant; 0 means no cap.
     max_queued_per_tenant: int = Field(0, ge=0)
 
+    # Webhooks, delayed jobs and schedules (README "Webhooks", "Delayed and periodic jobs").
+    #: Let webhook URLs resolve to loopback, private or link-local addresses (development).
+    webhook_allow_private: bool = False
+    #: Seals endpoint secrets at rest (AES-GCM); production refuses new endpoints without it.
+    webhook_secret_key: str | None = None
+    #: Webhook requests in flight at once, per sender (the relay runs one).
+    webhook_concurrency: int = Field(64, ge=1, le=1000)
+    #: Seconds a receiver has to answer.
+    webhook_timeout: float = Field(10.0, gt=0)
+    #: Exponential backoff with jitter between attempts of a delivery (seconds).
+    webhook_backoff_base: float = Field(10.0, gt=0)
+    webhook_backoff_max: float = Field(3600.0, gt=0)
+    #: Seconds after its event a delivery is retried before it is marked failed.
+    webhook_retry_for: float = Field(86_400.0, gt=0)
+    #: Attempts kept per delivery (status code and time of each).
+    webhook_history: int = Field(20, ge=1, le=1000)
+    #: Seconds a claimed delivery is held by its sender before another may take it.
+    webhook_lease_seconds: float = Field(60.0, gt=0)
+    #: Seconds workers trust their list of tenants that have endpoints: a new endpoint gets
+    #: the events of jobs finishing at most this long after it was created.
+    webhook_endpoint_cache_seconds: float = Field(5.0, ge=0)
+    #: Longest delay (run_at or delay) a job may be submitted with.
+    max_delay_seconds: float = Field(366 * 86_400.0, gt=0)
+
     def credentials_path(self) -> Path:
         """Where `babelq up` stores generated URLs and secrets."""
         return self.home / "credentials.json"

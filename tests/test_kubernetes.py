@@ -130,6 +130,9 @@ def test_each_kind_has_workers_scaled_on_its_backlog(build_name: str, kind: str)
     assert trigger["type"] == "prometheus"
     query = trigger["metadata"]["query"]
     assert f'kind="{kind}"' in query and "queued" in query
+    # Every api pod exports the same PostgreSQL count: a plain sum over the scraped pods
+    # would multiply the backlog by their number (and the workers with it).
+    assert query.startswith("max(sum by (instance) ("), query
     assert scaled["spec"]["fallback"]["replicas"] >= 1, "a metrics outage must not idle a kind"
 
 

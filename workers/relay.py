@@ -17,9 +17,10 @@ from sqlalchemy.exc import OperationalError
 
 from app import jobs
 from app.config import get_settings
-from app.jobs import dispatch
+from app.jobs import delayed, dispatch, schedules
 from app.jobs.manage import SLICE
 from app.store.db import session_scope
+from workers import webhooks
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,9 @@ class PassReport:
     """What one relay pass did."""
 
     expired: int = 0
+    #: delayed jobs whose time came, and schedules that fired
+    released: int = 0
+    fired: int = 0
     #: never-published queued jobs (retries, returned leases) made pending
     pended: int = 0
     #: messages sent again: sent more than requeue_after ago and never taken
@@ -49,6 +53,10 @@ def relay_pass(actor: str, prune: bool = True) -> PassReport:
     report = PassReport()
     with session_scope() as session:
         report.expired = jobs.expire_leases(session, actor=actor)
+    with session_scope() as session:
+        report.released = delayed.release_due(session)
+    with session_scope() as session:
+        report.fired = schedules.fire_due(session, actor=actor)
     while True:
         with session_scope() as session:
             pended = dispatch.pend_unpublished(session, limit=SLICE)
@@ -89,6 +97,7 @@ def run(stop: threading.Event | None = None, interval: float | None = None) -> N
     stop = stop or threading.Event()
     pause = interval if interval is not None else get_settings().relay_interval
     actor = f"relay@{socket.gethostname()}"
+    webhooks.start(stop)
     next_prune = 0.0
     while not stop.is_set():
         try:
@@ -99,7 +108,7 @@ def run(stop: threading.Event | None = None, interval: float | None = None) -> N
             if prune:  # a full slice: more is waiting, so prune again next pass
                 next_prune = time.monotonic() + (0 if report.pruned >= SLICE else PRUNE_EVERY)
             if (report.expired or report.pended or report.resent or report.pruned
-                    or report.cancelled):
+                    or report.cancelled or report.released or report.fired):
                 log.info("relay: %s", report)
         except (OperationalError, redis.RedisError, OSError) as exc:
             log.warning("relay pass failed, will retry: %s", exc)

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from app.config import get_settings
 from app.core.canonical import canonical_json
 from app.core.status import JobStatus
-from app.jobs import audit
+from app.jobs import audit, webhooks
 from app.jobs.audit import Link
 from app.jobs.counters import Moves, move_counters
 from app.store import pgcopy
@@ -199,7 +199,7 @@ FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:seqs AS int[
 WHERE jobs.id = v.id
   AND jobs.status = CASE WHEN v.inline THEN 'queued' ELSE 'running' END
   AND jobs.attempt = v.attempt - CASE WHEN v.inline THEN 1 ELSE 0 END
-RETURNING jobs.id, jobs.batch_id
+RETURNING jobs.id, jobs.batch_id, jobs.tenant_id
 """
 _SUCCEED = text(SUCCEED_SQL)
 
@@ -216,7 +216,7 @@ WITH won AS (
   WHERE jobs.id = v.id
     AND jobs.status = CASE WHEN v.inline THEN 'queued' ELSE 'running' END
     AND jobs.attempt = v.attempt - CASE WHEN v.inline THEN 1 ELSE 0 END
-  RETURNING jobs.id, jobs.batch_id),
+  RETURNING jobs.id, jobs.batch_id, jobs.tenant_id),
 res AS (
   INSERT INTO results (job_id, result, result_sha256)
   SELECT r.id, r.result, r.sha
@@ -231,7 +231,7 @@ ev AS (
          CAST(:e_prev_hash AS text[]), CAST(:e_hash AS text[]))
        AS e(job_id, seq, event_type, actor, created_at, details, prev_hash, hash)
   JOIN won ON won.id = e.job_id)
-SELECT id, batch_id FROM won
+SELECT id, batch_id, tenant_id FROM won
 """
 _SUCCEED_WITH_ROWS = driver_sql(text(SUCCEED_WITH_ROWS_SQL))
 
@@ -254,7 +254,7 @@ FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:statuses AS 
 WHERE jobs.id = v.id
   AND jobs.status = CASE WHEN v.inline THEN 'queued' ELSE 'running' END
   AND jobs.attempt = v.attempt - CASE WHEN v.inline THEN 1 ELSE 0 END
-RETURNING jobs.id, jobs.batch_id, v.status
+RETURNING jobs.id, jobs.batch_id, jobs.tenant_id, v.status
 """
 _FAIL = text(FAIL_SQL)
 
@@ -280,6 +280,8 @@ def _succeed(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
         _write_results(session, kept)
         audit.insert_links(session, _links(kept))
     _write_decisions(session, [o for o in kept if o.job.kind == "evaluate"])
+    webhooks.record_job_events(session, "job.succeeded",
+                               [(r.id, r.tenant_id, r.batch_id) for r in rows])
     return _moves(outcomes, [(r.id, r.batch_id, S) for r in rows])
 
 
@@ -381,6 +383,8 @@ def _fail(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
         "errors": [_json(o.error) for o in outcomes], "run_afters": run_afters,
     }).all()
     audit.insert_links(session, _links(_kept(outcomes, rows)))
+    webhooks.record_job_events(session, "job.dead", [(r.id, r.tenant_id, r.batch_id)
+                                                     for r in rows if r.status == "dead"])
     return _moves(outcomes, [(r.id, r.batch_id, r.status) for r in rows])
 
 

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from app import jobs
 from app.config import get_settings
+from app.jobs.delayed import BadDelay, run_after
 from app.jobs.dispatch import pend
 from app.jobs.keys import Principal
 from app.jobs.pending_publish import schedule_fill
@@ -55,8 +56,12 @@ def parse_line(raw: bytes, line: int, default_priority: str, default_attempts: i
         raise ValueError(_reason(field_errors(exc.errors(), prefix))) from None
     except (KeyError, ValueError) as exc:
         raise ValueError(f"kind: {exc}") from None
+    try:
+        after = run_after(job.run_at, job.delay)
+    except BadDelay as exc:
+        raise ValueError(f"run_at: {exc}") from None
     return jobs.NewJob(line, job.kind, params, PRIORITIES[job.priority],
-                       job.max_attempts or default_attempts, job.idempotency_key, job.ref)
+                       job.max_attempts or default_attempts, job.idempotency_key, job.ref, after)
 
 
 #: The fields of a line that _plain() checks itself.
@@ -173,7 +178,8 @@ class Ingestor:
             for row, job_id in dups
         ]
         for row, job_id in inserted:
-            self.pending.setdefault((row.kind, row.priority), array("q")).append(job_id)
+            if row.run_after is None:  # a delayed job is released by the relay when due
+                self.pending.setdefault((row.kind, row.priority), array("q")).append(job_id)
         self.accepted += len(inserted)
 
     def commit(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.core.status import JobStatus
-from app.jobs import audit
+from app.jobs import audit, webhooks
 from app.jobs.counters import move_counters
 from app.jobs.dispatch import pend_jobs
 from app.jobs.pending_publish import schedule_fill
@@ -23,13 +23,13 @@ from app.jobs.pending_publish import schedule_fill
 
 #: cancel: the job, if queued or running.
 LOCK_CANCEL_SQL = """
-SELECT id, batch_id, kind, priority, status, attempt, attempt_base, max_attempts, worker,
+SELECT id, batch_id, tenant_id, kind, priority, status, attempt, attempt_base, max_attempts, worker,
        audit_seq, audit_head
 FROM jobs WHERE id = :id AND status IN ('queued', 'running') FOR UPDATE
 """
 #: cancel_batch: a slice of the batch's jobs that have not started.
 LOCK_CANCEL_BATCH_SQL = """
-SELECT id, batch_id, kind, priority, status, attempt, attempt_base, max_attempts, worker,
+SELECT id, batch_id, tenant_id, kind, priority, status, attempt, attempt_base, max_attempts, worker,
        audit_seq, audit_head
 FROM jobs WHERE batch_id = :id AND status = 'queued' ORDER BY id LIMIT :limit FOR UPDATE
 """
@@ -44,7 +44,7 @@ WHERE jobs.id = v.id
 
 #: retry: the job, if dead or cancelled.
 LOCK_RETRY_SQL = """
-SELECT id, batch_id, kind, priority, status, attempt, attempt_base, max_attempts, worker,
+SELECT id, batch_id, tenant_id, kind, priority, status, attempt, attempt_base, max_attempts, worker,
        audit_seq, audit_head
 FROM jobs WHERE id = :id AND status IN ('dead', 'cancelled') FOR UPDATE
 """
@@ -60,7 +60,7 @@ WHERE jobs.id = v.id
 
 #: expire_leases: running jobs whose lease ran out, oldest first, skipping locked ones.
 LOCK_EXPIRED_SQL = """
-SELECT id, batch_id, kind, priority, status, attempt, attempt_base, max_attempts, worker,
+SELECT id, batch_id, tenant_id, kind, priority, status, attempt, attempt_base, max_attempts, worker,
        audit_seq, audit_head
 FROM jobs WHERE status = 'running' AND lease_until < now()
 ORDER BY lease_until LIMIT :limit FOR UPDATE SKIP LOCKED
@@ -184,6 +184,8 @@ def _cancel(session: Session, lock: TextClause, id_: int, actor: str, *, limit: 
     try:
         rows = session.execute(lock, {"id": id_, "limit": limit}).all()
         _move(session, rows, JobStatus.CANCELLED, _CANCEL, "cancelled", actor, _from)
+        webhooks.record_job_events(session, "job.cancelled",
+                                   [(r.id, r.tenant_id, r.batch_id) for r in rows])
     except OperationalError as exc:
         if isinstance(exc.orig, LockNotAvailable):
             raise Busy(f"a worker is finishing these jobs; nothing more was cancelled, "
@@ -212,6 +214,9 @@ def expire_leases(session: Session, *, actor: str, limit: int = 5000) -> int:
                 else JobStatus.QUEUED for r in rows]
     _move(session, rows, statuses, _EXPIRE, "lease_expired", actor,
           lambda r, status: {"attempt": r.attempt, "worker": r.worker, "to": status})
+    webhooks.record_job_events(session, "job.dead", [
+        (r.id, r.tenant_id, r.batch_id) for r, s in zip(rows, statuses, strict=True)
+        if s == JobStatus.DEAD])
     return len(rows)
 
 

@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
@@ -55,9 +55,13 @@ def list_jobs(
     session: Session, *, tenant_id: int | None, status: str | None = None,
     kind: str | None = None, batch_id: int | None = None,
     created_after: datetime | None = None, created_before: datetime | None = None,
-    before_id: int | None = None, limit: int = 100,
+    before_id: int | None = None, limit: int = 100, scheduled: bool | None = None,
 ) -> list[Job]:
-    """Jobs newest first, filtered (tenant_id None: every tenant's), at most limit."""
+    """Jobs newest first, filtered (tenant_id None: every tenant's), at most limit.
+
+    scheduled: True for queued jobs waiting for a later time (run_at, delay, or a retry's
+    backoff), False for every other job.
+    """
     stmt = select(Job).order_by(Job.id.desc()).limit(limit)
     if tenant_id is not None:
         stmt = stmt.where(Job.tenant_id == tenant_id)
@@ -66,6 +70,9 @@ def list_jobs(
     for value, clause in filters:
         if value is not None:
             stmt = stmt.where(clause)
+    if scheduled is not None:
+        waiting = (Job.status == JobStatus.QUEUED) & (Job.run_after > func.now())
+        stmt = stmt.where(waiting if scheduled else ~waiting)
     if created_after is not None:
         stmt = stmt.where(Job.created_at >= created_after)
     if created_before is not None:

@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session
 from app.ops.embedded import EmbeddedRedis, create_database, start_redis
 from app.store.db import migrate, normalize_url
 from tests.faults import checks
+from tests.faults.pg_standby import PrimaryStandby
 from tests.faults.recovery import Recorder
 from tests.faults.stack import Stack, encode_lines, submit_batch, wait_for, wait_progress
-from tests.pg_standby import PrimaryStandby
 
 pytestmark = pytest.mark.faults
 

@@ -26,6 +26,7 @@ from app.ops.supervisor import free_port, stop_process
 from app.store.db import migrate, normalize_url
 from tests.faults import checks
 from tests.faults.recovery import Recorder
+from tests.faults.sentinel_cluster import MASTER_NAME, SentinelCluster
 from tests.faults.stack import (
     BABELQ,
     Servers,
@@ -36,7 +37,6 @@ from tests.faults.stack import (
     wait_for,
     wait_progress,
 )
-from tests.sentinel_cluster import MASTER_NAME, SentinelCluster
 
 pytestmark = pytest.mark.faults
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
@@ -19,9 +18,9 @@ from app.api.errors import ApiError
 from app.api.metrics import SUBMITTED
 from app.api.schemas import ERRORS, BatchCreated, BatchRead, ErrorBody, Priority
 from app.config import get_settings
-from app.core.status import JobStatus
 from app.jobs import reads
 from app.jobs.admission import check_submission, precheck_batch
+from app.jobs.documents import batch_read
 from app.jobs.ingest import Ingestor
 from app.jobs.keys import Principal
 from app.store.db import autocommit, new_session
@@ -109,25 +108,6 @@ def get_batch(session: Any, principal: Principal, batch_id: int) -> Batch:
     if batch is None or (batch.tenant_id != principal.tenant_id and not principal.is_admin):
         raise ApiError(404, f"batch {batch_id} not found")
     return batch
-
-
-def batch_read(batch: Batch) -> BatchRead:
-    """Counts, progress, rate and ETA of a batch."""
-    counts = {s.value: getattr(batch, s.value) for s in JobStatus}
-    finished = counts["succeeded"] + counts["dead"] + counts["cancelled"]
-    done = batch.total > 0 and finished == batch.total
-    rate = eta = None
-    if batch.started_at is not None and finished:
-        end = batch.finished_at if done and batch.finished_at else datetime.now(UTC)
-        elapsed = max((end - batch.started_at).total_seconds(), 1e-3)
-        rate = finished / elapsed
-        eta = 0.0 if done else (batch.total - finished) / rate
-    return BatchRead(
-        id=batch.id, total=batch.total, rejected=batch.rejected, counts=counts, done=done,
-        progress=finished / batch.total if batch.total else 0.0, jobs_per_second=rate,
-        eta_seconds=eta, created_at=batch.created_at, started_at=batch.started_at,
-        finished_at=batch.finished_at if done else None,
-    )
 
 
 @router.get("/{batch_id}", response_model=BatchRead, responses=ERRORS)

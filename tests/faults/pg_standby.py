@@ -106,8 +106,10 @@ class PrimaryStandby:
         """Base-back the primary up (its databases as they are now) and stream from it."""
         self.standby_dir.mkdir(mode=0o700)
         _chown(self.standby_dir)
-        self._run("pg_basebackup", "-h", self.primary_socket_dir, "-p", str(PORT), "-U",
-                  "postgres", "-D", str(self.standby_dir), "-R", "-X", "stream")
+        # -c fast: the default spread checkpoint takes most of checkpoint_timeout.
+        self._run("pg_basebackup", "-h", self.primary_socket_dir, "-p", str(PORT),
+                  "-U", "postgres", "-D", str(self.standby_dir), "-R", "-X", "stream",
+                  "-c", "fast")
         # The primary keeps its socket in its data directory: the copy has its lock file.
         for lock in self.standby_dir.glob(".s.PGSQL.*"):
             lock.unlink()
