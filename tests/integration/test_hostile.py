@@ -232,6 +232,8 @@ def answer(sock: socket.socket) -> bytes:
 
 
 def test_a_trickling_upload_holds_no_transaction_and_times_out(hostile_api: Api) -> None:
+    # A request before may still be closing its session (after its answer was sent).
+    wait_for("the api's earlier sessions to end", lambda: open_transactions() == 0, 10, 0.05)
     sock = start_upload(hostile_api, b'{"kind": "encode", "params": {"text": "slow"}}\n')
     done: list[bytes] = []
     reader = threading.Thread(target=lambda: done.append(answer(sock)))
