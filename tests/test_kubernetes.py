@@ -281,11 +281,12 @@ def test_flower_probes_its_open_healthcheck() -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_workers_finish_their_chunks_before_they_are_killed(kind: str) -> None:
-    """Grace period above the lease (itself above the longest chunk); new pods first."""
+    """The grace period covers the visibility timeout, the bound on the longest chunk (a
+    longer one Redis hands out again anyway); new pods start before old ones stop."""
     worker = _workloads()[f"babelq-worker-{kind}"]
     config = of_kind(BUILDS["base"], "ConfigMap")["babelq-config"]["data"]
-    lease = float(config.get("BABELQ_LEASE_SECONDS", Settings().lease_seconds))
-    assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > lease
+    visibility = float(config.get("BABELQ_VISIBILITY_TIMEOUT", Settings().visibility_timeout))
+    assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= visibility
     assert worker["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
@@ -356,6 +357,18 @@ def test_only_the_api_and_flower_are_reachable(component: str, port: int | None)
     assert _allowed(component, "ingress") == ({port} if port else set())
 
 
+def test_only_the_relay_reaches_out_and_only_to_public_addresses() -> None:
+    """The webhook sender (in the relay) calls receivers; no pod reaches the cluster's own
+    private ranges or the cloud metadata address through that rule."""
+    for component in ("api", "worker", "flower", "migrate"):
+        assert not _allowed(component, "egress") & {80, 443}, component
+    rules = [rule for spec in _policies_for("relay") for rule in spec.get("egress", [])
+             if {p["port"] for p in rule["ports"]} & {80, 443}]
+    blocks = [peer["ipBlock"] for rule in rules for peer in rule["to"]]
+    assert blocks and all({"10.0.0.0/8", "169.254.0.0/16"} <= set(b.get("except", []))
+                          for b in blocks)
+
+
 def test_workers_reach_only_dns_postgres_and_redis() -> None:
     assert _allowed("worker", "egress") == WORKER_PORTS
     for spec in _policies_for("worker"):
@@ -401,9 +414,9 @@ def test_secret_files_are_not_committed() -> None:
 
 #: The settings each `babelq` subcommand refuses to start without.
 REQUIRED = {
-    "api": {"BABELQ_DATABASE_URL", "BABELQ_REDIS_URL"},
+    "api": {"BABELQ_DATABASE_URL", "BABELQ_REDIS_URL", "BABELQ_WEBHOOK_SECRET_KEY"},
     "worker": {"BABELQ_DATABASE_URL", "BABELQ_REDIS_URL"},
-    "relay": {"BABELQ_DATABASE_URL", "BABELQ_REDIS_URL"},
+    "relay": {"BABELQ_DATABASE_URL", "BABELQ_REDIS_URL", "BABELQ_WEBHOOK_SECRET_KEY"},
     "migrate": {"BABELQ_DATABASE_URL"},
     "flower": {"BABELQ_REDIS_URL", "BABELQ_FLOWER_USER", "BABELQ_FLOWER_PASSWORD"},
 }
@@ -424,6 +437,8 @@ def test_each_process_gets_the_settings_it_needs_and_no_other_secret(overlay: st
                                         else ("Secret", s["secretRef"]["name"])]}
             command = _argv(c)[1]
             assert REQUIRED[command] <= seen, f"{r['metadata']['name']}/{c['name']}"
+            if command not in ("api", "relay"):
+                assert "BABELQ_WEBHOOK_SECRET_KEY" not in seen, c["name"]
             if command != "flower":
                 assert "BABELQ_FLOWER_PASSWORD" not in seen, c["name"]
             else:

@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 from app import jobs
 from app.api.deps import MAX_ID, IdPath, PrincipalDep, SessionDep
 from app.api.errors import ApiError
-from app.api.metrics import SUBMITTED
 from app.api.schemas import (
     ERRORS,
     AuditEventRead,
@@ -104,9 +103,7 @@ def create_job(
             idempotency_key=key, ref=job_in.ref, run_after=after,
         )
         session.commit()
-        if created:
-            SUBMITTED.labels(job.kind).inc()
-        else:
+        if not created:
             response.status_code = 200
         return job_read(session, job)
 
