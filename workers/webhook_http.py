@@ -170,6 +170,12 @@ class _Answer(asyncio.Protocol):
                 self.waiter.set_exception(HttpError(
                     f"connection closed before an answer{f': {exc}' if exc else ''}"))
 
+    def usable(self) -> bool:
+        """Whether a kept connection may take a request now (open, not idle too long)."""
+        return (not self.closed and self.transport is not None
+                and not self.transport.is_closing()
+                and self.idle_since + IDLE_FOR >= time.monotonic())
+
     def reusable(self) -> bool:
         """Whether the next request may use this connection."""
         return self.complete and self.keep_alive and not self.closed
@@ -207,7 +213,7 @@ class Client:
         try:
             async with asyncio.timeout(self.timeout):
                 conn = self.idle.pop(to, None)
-                if conn is None or conn.closed or conn.idle_since + IDLE_FOR < time.monotonic():
+                if conn is None or not conn.usable():
                     if conn is not None:
                         conn.close()
                     conn = await self.connect(to)

@@ -16,8 +16,9 @@ class Server:
     """Answers each request (head and body as received) with what `answer` returns
     (None: never answer), and keeps what it saw."""
 
-    def __init__(self, answer: Answer) -> None:
+    def __init__(self, answer: Answer, close_after: bool = False) -> None:
         self.answer = answer
+        self.close_after = close_after
         self.requests: list[bytes] = []
         self.connections = 0
 
@@ -36,7 +37,7 @@ class Server:
                     return
                 writer.write(reply)
                 await writer.drain()
-                if b"connection: close" in reply.lower():
+                if self.close_after or b"connection: close" in reply.lower():
                     return
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -45,10 +46,10 @@ class Server:
 
 
 def run(answer: Answer, scenario: Callable[[Client, Destination], Awaitable[None]],
-        timeout: float = 5.0) -> Server:
+        timeout: float = 5.0, close_after: bool = False) -> Server:
     """Run scenario with a client and a destination named hooks.example.test that is
     connected at 127.0.0.1 (a name that resolves nowhere: the client must not resolve it)."""
-    server = Server(answer)
+    server = Server(answer, close_after)
 
     async def main() -> None:
         listening = await asyncio.start_server(server.handle, "127.0.0.1", 0)
@@ -136,3 +137,18 @@ def test_a_receiver_that_never_answers_times_out() -> None:
 def test_unsafe_characters_of_a_target_are_encoded() -> None:
     assert request_target("/a b\r\nx", "") == "/a%20b%0D%0Ax"
     assert request_target("", "q=é") == "/?q=%C3%A9"
+
+
+def test_a_kept_connection_the_receiver_closed_is_not_reused() -> None:
+    """Receivers close idle connections (uvicorn after 5 s): the next delivery must not
+    be written into a closed connection and fail."""
+    got: list[Reply] = []
+
+    async def scenario(client: Client, to: Destination) -> None:
+        got.append(await client.post(to, "/hook", [], b"{}"))
+        await asyncio.sleep(0.2)  # the receiver's close arrives
+        got.append(await client.post(to, "/hook", [], b"{}"))
+
+    server = run(lambda _: b"HTTP/1.1 204 No Content\r\n\r\n", scenario, close_after=True)
+    assert [r.status for r in got] == [204, 204]
+    assert server.connections == 2
