@@ -146,10 +146,11 @@ _HEADERS: dict[str, object] = {
 _HOST = socket.gethostname()
 
 
-def publish_safely(kind: str, priority: int, ids: Sequence[int]) -> bool:
+def publish_safely(kind: str, priority: int, ids: Sequence[int], *, careful: bool = False
+                   ) -> bool:
     """Publish, but never fail the caller: the relay republishes whatever is left behind."""
     try:
-        publish(kind, priority, ids)
+        publish(kind, priority, ids, careful=careful)
     except Exception as exc:  # the job is committed; the relay will publish it
         log.warning("publish of %d %s job(s) failed, relay will retry: %s", len(ids), kind, exc)
         return False

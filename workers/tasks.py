@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from app import core, jobs, notify, testhooks
 from app.db import session_scope
 from app.memory import tune_gc
+from workers import fastlane  # noqa: F401  (the fast lane's worker step)
 from workers.celery_app import TASK_NAME
 
 log = logging.getLogger(__name__)

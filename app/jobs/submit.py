@@ -16,6 +16,7 @@ from app import audit, core, pgcopy, testhooks
 from app.audit import Link
 from app.config import get_settings
 from app.db import driver_rows, driver_sql
+from app.jobs.execute import runs_inline
 from app.jobs.outbox import schedule_publish
 from app.models import PRIORITIES, Job
 
@@ -69,7 +70,8 @@ def submit(
         existing = find_keyed(session, tenant_id, idempotency_key)
         assert existing is not None
         return existing, False
-    schedule_publish(session, kind, PRIORITIES[priority], [job_id])
+    schedule_publish(session, kind, PRIORITIES[priority], [job_id],
+                     fast=runs_inline(kind, clean))
     return job, True
 
 
