@@ -14,6 +14,8 @@ from app.config import get_settings
 log = logging.getLogger(__name__)
 
 CHANNEL = "babelq:finished"
+#: Ids of revoked API keys, so every api process drops them from its key cache at once.
+KEYS_CHANNEL = "babelq:keys-revoked"
 
 
 @lru_cache(maxsize=4)
@@ -31,3 +33,14 @@ def finished(ids: Sequence[int]) -> None:
         redis_client(url).publish(CHANNEL, json.dumps(list(ids)))
     except redis.RedisError as exc:
         log.debug("finished-notification not sent: %s", exc)
+
+
+def key_revoked(key_id: int) -> None:
+    """Tell every api process to forget a revoked key; best effort, their cache expires."""
+    url = get_settings().redis_url
+    if not url:
+        return
+    try:
+        redis_client(url).publish(KEYS_CHANNEL, str(key_id))
+    except redis.RedisError as exc:
+        log.debug("key revocation notice not sent: %s", exc)

@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
-from app.notify import CHANNEL
+from app.notify import CHANNEL, KEYS_CHANNEL
 
 log = logging.getLogger(__name__)
 
@@ -17,9 +18,11 @@ log = logging.getLogger(__name__)
 class Waiters:
     """Job id → events of requests waiting for that job to change state."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_key_revoked: Callable[[int], None] = lambda key_id: None) -> None:
         self._events: dict[int, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
+        #: Called with the id of every key revoked anywhere (see app.api.keycache).
+        self._on_key_revoked = on_key_revoked
 
     def start(self, redis_url: str) -> None:
         """Start listening on the finished-jobs channel."""
@@ -43,9 +46,13 @@ class Waiters:
             while True:
                 try:
                     async with client.pubsub() as pubsub:
-                        await pubsub.subscribe(CHANNEL)
+                        await pubsub.subscribe(CHANNEL, KEYS_CHANNEL)
                         async for message in pubsub.listen():
-                            if message.get("type") == "message":
+                            if message.get("type") != "message":
+                                continue
+                            if message["channel"] == KEYS_CHANNEL.encode():
+                                self._on_key_revoked(int(message["data"]))
+                            else:
                                 self._wake(json.loads(message["data"]))
                 except asyncio.CancelledError:
                     raise
