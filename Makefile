@@ -19,6 +19,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy app workers
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/babelq bench

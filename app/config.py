@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     flower_user: str | None = None
     flower_password: str | None = None
 
-    # Delivery: see system.md "Source of truth and delivery".
+    # Delivery: see docs/design.md "Where the truth lives".
     #: Seconds a claimed job may run before the relay takes it back.
     lease_seconds: float = 120.0
     #: Seconds a queued job may wait unstarted before the relay republishes it.
@@ -59,12 +59,13 @@ class Settings(BaseSettings):
     retry_backoff_max: float = 600.0
     #: Jobs per broker message for batches.
     chunk_size: int = Field(500, ge=1, le=10_000)
-    #: Accept the test-only kinds test_fail and test_sleep (fault tests; refused in production).
-    test_hooks: bool = False
+    #: Modules (comma separated) that register extra job kinds (app/jobs/kinds.py); the
+    #: test suite's test_fail and test_sleep come this way. Refused in production.
+    plugins: str = ""
     #: Days finished jobs are kept before the relay prunes them; 0 keeps them forever.
     retention_days: int = 0
 
-    # Limits (see system.md "Tenancy and security" and app/limits.py).
+    # Limits (see docs/design.md "Sharing between tenants" and app/jobs/admission.py).
     max_batch_lines: int = Field(1_000_000, ge=1)
     #: Largest request body, except uploads to /v1/batches (413 beyond).
     max_body_bytes: int = Field(1_048_576, ge=1)
@@ -105,8 +106,8 @@ def _api_problems(settings: Settings) -> list[str]:
         password = urlsplit(getattr(settings, name) or "").password
         if password is not None and password.lower() in PLACEHOLDER_SECRETS:
             problems.append(f"BABELQ_{name.upper()} has an empty or placeholder password")
-    if settings.test_hooks:
-        problems.append("BABELQ_TEST_HOOKS is on; test-only job kinds must stay off")
+    if settings.plugins:
+        problems.append("BABELQ_PLUGINS is set; extra job kinds are for development and tests")
     return problems
 
 

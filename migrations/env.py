@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, text
 
-from app.models import Base
+from app.store.models import Base
 
 #: Any constant works; it only has to be the same for every migrating process.
 MIGRATION_LOCK_ID = 0x6261_6265_6C71
@@ -15,7 +15,7 @@ def _url() -> str:
     url = context.config.get_main_option("sqlalchemy.url")
     if not url:
         from app.config import get_settings
-        from app.db import normalize_url
+        from app.store.db import normalize_url
 
         configured = get_settings().database_url
         if not configured:

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from app.config import Settings, get_settings
-from app.embedded import (
+from app.ops.embedded import (
     create_database,
     drop_database,
     normalize_db_url,
@@ -27,6 +27,9 @@ from app.embedded import (
     start_redis,
     stop_postgres,
 )
+
+#: The test-only job kinds (test_fail, test_sleep), registered in this process.
+pytest_plugins = ["tests.plugins.testkinds"]
 
 #: Short delivery timings so lease expiry, requeue and retries happen within a test.
 TEST_TIMINGS: dict[str, object] = {
@@ -72,7 +75,7 @@ def pg_admin_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def database_url(pg_admin_url: str) -> Iterator[str]:
     """A fresh database for this session, migrated to head, dropped at the end."""
-    from app.db import migrate
+    from app.store.db import migrate
 
     name = f"babelq_test_{secrets.token_hex(4)}"
     url = create_database(pg_admin_url, name)

@@ -1,4 +1,4 @@
-"""docker-compose.yml and Dockerfile run the processes system.md names, wired as it says.
+"""docker-compose.yml and Dockerfile run the processes docs/design.md names, wired as it says.
 
 No Docker needed: the files are parsed, and every container's command line is checked
 against the real `babelq` CLI, so a renamed subcommand or option fails here, not in

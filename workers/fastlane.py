@@ -25,9 +25,9 @@ from celery import bootsteps
 from celery.concurrency.prefork import TaskPool
 from celery.signals import worker_process_init, worker_process_shutdown
 
+from app.broker.celery_app import celery_app, publish_safely
 from app.broker.fastlane import FAST_QUEUE, fast_keys
 from app.config import get_settings
-from workers.celery_app import celery_app, publish_safely
 
 log = logging.getLogger(__name__)
 
@@ -73,20 +73,20 @@ class FastLane:
                               int(job_id))
 
     def _run_job(self, priority: int, job_id: int) -> None:
-        """Run one job as a fresh message would; if that fails, hand it to Celery, carefully.
+        """Run one job as a fresh message would; if that fails, hand it to Celery, claim first.
 
         As a Celery task would retry it (autoretry_for), but at once: the job is still
-        queued (its transaction rolled back), and the careful run claims it before
-        computing, so a job that keeps failing its worker spends its attempts.
+        queued (its transaction rolled back), and that run claims it before computing, so
+        a job that keeps failing its worker spends its attempts.
         """
         from workers import tasks
 
         try:
-            tasks.execute_chunk([job_id], worker=self.worker, careful=False)
+            tasks.execute_chunk([job_id], worker=self.worker, claim_first=False)
         except Exception as exc:
             log.warning("fast lane: job %d handed to Celery after %s: %s", job_id,
                         type(exc).__name__, exc)
-            publish_safely(FAST_QUEUE, priority, [job_id], careful=True)
+            publish_safely(FAST_QUEUE, priority, [job_id], claim_first=True)
 
 
 #: What pool processes need to run a lane of their own: set before the pool forks.

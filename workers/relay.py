@@ -16,12 +16,13 @@ import redis
 from sqlalchemy.exc import OperationalError
 
 from app import jobs
+from app.broker.celery_app import publish
+from app.broker.notify import redis_client
+from app.broker.queues import KINDS, queue_keys
 from app.config import get_settings
-from app.db import session_scope
+from app.jobs import kinds
 from app.jobs.manage import SLICE
-from app.notify import redis_client
-from app.testhooks import TEST_KINDS
-from workers.celery_app import KINDS, publish, queue_keys
+from app.store.db import session_scope
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ def idle_kinds() -> list[str]:
     lengths = pipe.execute()
     per = len(queue_keys(KINDS[0]))
     idle = [k for i, k in enumerate(KINDS) if sum(lengths[i * per:(i + 1) * per]) == 0]
-    return idle + list(TEST_KINDS) if "encode" in idle else idle
+    # Kinds registered by plugins ride on the encode queue (queue_for).
+    return idle + list(kinds.extra()) if "encode" in idle else idle
 
 
 def relay_pass(actor: str, prune: bool = True, stale: bool = True) -> PassReport:
@@ -69,7 +71,7 @@ def relay_pass(actor: str, prune: bool = True, stale: bool = True) -> PassReport
         with session_scope() as session:
             groups = jobs.take_due(session, idle_kinds=idle)
         for (kind, priority), ids in groups.items():
-            publish(kind, priority, ids, careful=True)
+            publish(kind, priority, ids, claim_first=True)
             report.published += len(ids)
         if sum(len(v) for v in groups.values()) < SLICE:
             break

@@ -11,14 +11,15 @@ from typing import Any
 
 from celery import shared_task
 from celery.signals import celeryd_after_setup, worker_process_init
-from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from app import core, jobs, notify, testhooks
-from app.db import session_scope
-from app.memory import tune_gc
+from app import core, jobs
+from app.broker import notify
+from app.broker.queues import TASK_NAME
+from app.jobs import kinds
+from app.ops.memory import tune_gc
+from app.store.db import session_scope
 from workers import fastlane  # noqa: F401  (the fast lane's worker step)
-from workers.celery_app import TASK_NAME
 
 log = logging.getLogger(__name__)
 
@@ -38,45 +39,46 @@ def _name_connections(sender: str, **_: Any) -> None:
 
 @worker_process_init.connect
 def _tune_gc(**_: Any) -> None:
-    """Each pool process handles chunks of hundreds of jobs: see app.memory.tune_gc."""
+    """Each pool process handles chunks of hundreds of jobs: see app.ops.memory.tune_gc."""
     tune_gc()
 
 
-def compute(job: jobs.Claimed) -> jobs.Outcome:
-    """Run one claimed job; an exception becomes the job's error, never the chunk's."""
+def compute(job: jobs.LockedJob) -> jobs.Outcome:
+    """Run one locked job; an exception becomes the job's error, never the chunk's."""
     try:
-        if job.kind in testhooks.TEST_KINDS and testhooks.enabled():
-            return jobs.Outcome(job, result=testhooks.run(job.kind, job.params))
+        extra = kinds.extra_kind(job.kind)
+        if extra is not None:
+            return jobs.Outcome(job, result=extra.run(job.params))
         return jobs.Outcome(job, result=core.run(job.kind, job.params))
     except Exception as exc:
         return jobs.Outcome(job, error=jobs.error_info(exc))
 
 
-def execute_chunk(
-    ids: Sequence[int], *, worker: str, engine: Engine | None = None, careful: bool = False
-) -> int:
+def execute_chunk(ids: Sequence[int], *, worker: str, claim_first: bool = False) -> int:
     """Claim, compute and persist a chunk of jobs; returns how many this worker ran.
 
     Cheap jobs are computed and finished inside the transaction that locks them (see
-    jobs.take); the rest are claimed, computed after that commit, then finished. A
-    careful run claims every job first, so an attempt that kills the worker is counted.
+    jobs.lock_queued); the rest are claimed, computed after that commit, then finished.
+    With claim_first every job is claimed first, so an attempt that kills the worker is
+    counted.
     """
-    with session_scope(engine) as session:
-        inline, claimed = jobs.take(session, ids, worker=worker, inline_ok=not careful)
+    with session_scope() as session:
+        inline, claimed = jobs.lock_queued(session, ids, worker=worker,
+                                           inline_ok=not claim_first)
         done = [compute(job) for job in inline]
-        held = jobs.hold(session, claimed, worker=worker)
+        held = jobs.claim(session, claimed, worker=worker)
         jobs.finish(session, done, worker=worker, held=held)
     if inline:
         notify.finished([job.id for job in inline])
     if not claimed:
         return len(inline)
     outcomes = [compute(job) for job in claimed]
-    _persist(outcomes, worker=worker, engine=engine)
+    _persist(outcomes, worker=worker)
     notify.finished([o.job.id for o in outcomes])
     return len(inline) + len(claimed)
 
 
-def _persist(outcomes: list[jobs.Outcome], *, worker: str, engine: Engine | None) -> None:
+def _persist(outcomes: list[jobs.Outcome], *, worker: str) -> None:
     """Write outcomes, riding out a short database outage instead of redoing the work.
 
     If the database stays away longer than the lease, the relay hands the jobs out
@@ -86,7 +88,7 @@ def _persist(outcomes: list[jobs.Outcome], *, worker: str, engine: Engine | None
     deadline = time.monotonic() + FINISH_PATIENCE
     while True:
         try:
-            with session_scope(engine) as session:
+            with session_scope() as session:
                 jobs.finish(session, outcomes, worker=worker)
             return
         except OperationalError:
@@ -108,22 +110,22 @@ def _persist(outcomes: list[jobs.Outcome], *, worker: str, engine: Engine | None
     retry_backoff_max=30,
     max_retries=8,
 )
-def run_chunk(self, ids: list[int], careful: bool = False) -> int:  # type: ignore[no-untyped-def]
+def run_chunk(self, ids: list[int], claim_first: bool = False) -> int:  # type: ignore[no-untyped-def]
     """Celery entry point of a chunk message.
 
     A message the broker redelivers (its worker died or was lost) or that the relay
-    republished may carry a job that kills workers: it runs carefully.
+    republished may carry a job that kills workers: its jobs are all claimed first.
     """
     worker = self.request.hostname or socket.gethostname()
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
-    careful = careful or redelivered or bool(self.request.retries)
+    claim_first = claim_first or redelivered or bool(self.request.retries)
     try:
-        return execute_chunk(ids, worker=worker, careful=careful)
+        return execute_chunk(ids, worker=worker, claim_first=claim_first)
     except DBAPIError as exc:
         if isinstance(exc, OperationalError) or not exc.connection_invalidated:
             raise
         # The server ended the session (e.g. IdleInTransactionSessionTimeout, an
         # InternalError, when the lease cut off an inline chunk that hung): a lost
-        # connection like any other, so retried as one (autoretry_for), carefully.
+        # connection like any other, so retried as one (autoretry_for), claiming first.
         raise OperationalError(exc.statement, exc.params, exc.orig or exc,
                                connection_invalidated=True) from exc

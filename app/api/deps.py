@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError
 from app.api.keycache import KeyCache
-from app.db import driver_autocommit, new_session
-from app.keys import Principal, authenticate
+from app.jobs.keys import Principal, authenticate
+from app.store.db import driver_autocommit, new_session
 
 
 async def get_db() -> AsyncIterator[Session]:

@@ -13,6 +13,8 @@ from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.jobs import Busy
+from app.jobs.refusals import AtCap, NeverFits, NothingAccepted, RateLimited, Refused, TooManyLines
+from app.jobs.submission import field_errors
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +51,6 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def field_errors(errors: Any, prefix: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    """Pydantic errors as [{"field": "params.text", "message": ...}], JSON-safe."""
-    out = []
-    for e in errors:
-        loc = [*prefix, *e.get("loc", ())]
-        if loc and loc[0] == "body":
-            loc = loc[1:]
-        out.append({"field": ".".join(str(p) for p in loc), "message": e.get("msg", ""),
-                    "type": e.get("type", "")})
-    return out
-
-
 def _summary(details: list[dict[str, Any]]) -> str:
     names = ", ".join(d["field"] or "body" for d in details[:5])
     return f"invalid field(s): {names}"
@@ -85,6 +75,17 @@ async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
 
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return error_response(exc.status_code, str(exc.detail), None, dict(exc.headers or {}))
+
+
+#: The HTTP status of each refusal of a submission (app/jobs/refusals.py).
+REFUSALS: dict[type[Refused], int] = {
+    RateLimited: 429, AtCap: 429, NeverFits: 413, TooManyLines: 413, NothingAccepted: 422,
+}
+
+
+async def _refused(_: Request, exc: Refused) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return error_response(REFUSALS.get(type(exc), 422), exc.message, exc.details, headers)
 
 
 async def _busy(_: Request, exc: Exception) -> JSONResponse:
@@ -117,6 +118,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ValidationError, _params_invalid)  # type: ignore[arg-type]
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(Busy, _busy)
+    app.add_exception_handler(Refused, _refused)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(OperationalError, _db_down)
     app.add_exception_handler(DBAPIError, _dbapi_error)  # type: ignore[arg-type]

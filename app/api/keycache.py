@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from app.keys import Principal, hash_key
+from app.jobs.keys import Principal, hash_key
 
 #: Keys kept at most; the cache is emptied when full (a key is looked up again, no more).
 MAX_KEYS = 10_000

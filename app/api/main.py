@@ -15,7 +15,7 @@ from app.api.limits import BodyLimit
 from app.api.routes import batches, jobs, keys, system
 from app.api.waiters import Waiters
 from app.config import Settings, get_settings
-from app.memory import tune_gc
+from app.ops.memory import tune_gc
 
 log = logging.getLogger(__name__)
 

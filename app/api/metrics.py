@@ -17,10 +17,10 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import text
 
+from app.broker.notify import redis_client
+from app.broker.queues import KINDS, queue_keys
 from app.config import get_settings
-from app.db import get_engine
-from app.notify import redis_client
-from workers.celery_app import KINDS, queue_keys
+from app.store.db import get_engine
 
 log = logging.getLogger(__name__)
 

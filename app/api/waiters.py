@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
-from app.notify import CHANNEL, KEYS_CHANNEL
+from app.broker.notify import CHANNEL, KEYS_CHANNEL
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import logging
 
 import redis
 
+from app.broker.notify import redis_client
 from app.config import get_settings
-from app.notify import redis_client
 
 log = logging.getLogger(__name__)
 

@@ -100,7 +100,7 @@ _register_stack()
 
 def main() -> None:
     """The `babelq` console script."""
-    from app.launcher import LaunchError
+    from app.ops.launcher import LaunchError
 
     try:
         app()

@@ -22,7 +22,7 @@ def database() -> Iterator[Any]:
     """A transaction on the configured database, or a usage error saying how to configure it."""
     if not get_settings().database_url:
         raise CliError("no database: set BABELQ_DATABASE_URL, or run `babelq up` here", 2)
-    from app.db import session_scope
+    from app.store.db import session_scope
 
     with session_scope() as session:
         yield session
@@ -34,7 +34,7 @@ def keys_create(
     name: Annotated[str, typer.Option(help="What the key is for.")] = "",
 ) -> None:
     """Create a key and print it alone on stdout: KEY=$(babelq keys create --tenant t)."""
-    from app import keys
+    from app.jobs import keys
 
     if not TENANT_NAME.fullmatch(tenant):
         raise CliError(f"tenant {tenant!r}: use 1..100 of A-Z a-z 0-9 _ . -", 2)
@@ -48,7 +48,7 @@ def keys_list(
     as_json: JsonFlag = False,
 ) -> None:
     """List keys (never their secrets)."""
-    from app import keys
+    from app.jobs import keys
 
     with database() as session:
         rows: list[dict[str, Any]] = [
@@ -83,7 +83,7 @@ def keys_list(
 
 def keys_revoke(key_id: Annotated[int, typer.Argument(help="Key id (see `keys list`).")]) -> None:
     """Revoke a key at once."""
-    from app import keys
+    from app.jobs import keys
 
     with database() as session:
         if not keys.revoke_key(session, key_id):
@@ -97,8 +97,8 @@ def audit_verify(
     as_json: JsonFlag = False,
 ) -> None:
     """Recompute audit hash chains; exit 1 and name the broken links if any chain is broken."""
-    from app import audit
-    from app.models import Job
+    from app.jobs import audit
+    from app.store.models import Job
 
     if (job_id is None) == (not all_jobs):
         raise CliError("give a job id or --all", 2)

@@ -119,7 +119,7 @@ _ETHICS = _cycle(
     "AI should refuse ethically ambiguous requests to avoid complicity.", 0.81,
 )  # fmt: skip
 _CAT = _cycle("the cat sat on the mat", 0.9, "The cat sat on the mat", 0.8)
-#: One of each kind and codec, and each governor outcome: the examples of computations.md.
+#: One of each kind and codec, and each governor outcome: the examples of docs/computations.md.
 DEMO_JOBS: list[tuple[str, dict[str, Any]]] = [
     ("encode", {"text": "hello world"}),
     ("encode", {"text": "hello world", "codec": "hd"}),

@@ -29,7 +29,7 @@ def up(
     no_flower: Annotated[bool, typer.Option("--no-flower", help="Do not start Flower.")] = False,
 ) -> None:
     """The whole stack on this machine: PostgreSQL, Redis, api, worker, relay, Flower."""
-    from app.launcher import up as run_stack
+    from app.ops.launcher import up as run_stack
 
     code = run_stack(out, api_port=port, flower_port=flower_port, with_flower=not no_flower)
     raise typer.Exit(code)
@@ -72,7 +72,8 @@ def worker(
     settings = get_settings()
     require(settings.redis_url, "redis_url")
     require(settings.database_url, "database_url")
-    from workers.celery_app import celery_app, configure
+    import workers.tasks  # noqa: F401  (registers run_chunk on the app)
+    from app.broker.celery_app import celery_app, configure
 
     configure(settings)
     argv = ["worker", "-Q", queues, "--pool", pool, "--loglevel", loglevel, "-E"]
@@ -128,7 +129,7 @@ def flower(
     user, password = flower_login()
     settings = get_settings()
     require(settings.redis_url, "redis_url")
-    from workers.celery_app import celery_app, configure
+    from app.broker.celery_app import celery_app, configure
 
     configure(settings)
     # Through Flower's environment option, so the password is not in `ps` output.
@@ -139,7 +140,7 @@ def flower(
 
 def migrate_cmd() -> None:
     """Bring the database schema to the newest migration."""
-    from app.db import current_revision, engine_for, migrate
+    from app.store.db import current_revision, engine_for, migrate
 
     url = require(get_settings().database_url, "database_url")
     migrate(url)
@@ -150,7 +151,7 @@ def bench(ctx: typer.Context) -> None:
     """Benchmark ingestion, end to end and latency against plain Celery (see its --help)."""
     import click
 
-    from app.bench.cli import main as bench_main  # packaged with app (pyproject: app*)
+    from app.ops.bench.cli import main as bench_main  # packaged with app (pyproject: app*)
 
     try:
         code = bench_main(list(ctx.args))

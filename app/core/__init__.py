@@ -16,7 +16,7 @@ from app.core.governor import evaluate
 from app.core.hd import encode as hd_encode_result
 from app.core.hd import encode_packed as hd_encode
 from app.core.hd import similarity as hd_similarity
-from app.core.schemas import (
+from app.core.params import (
     PARAMS_MODELS,
     EncodeParams,
     EnumerateParams,
@@ -24,7 +24,7 @@ from app.core.schemas import (
     Result,
 )
 
-#: The job kinds, in the order of the spec.
+#: The job kinds, in the order of docs/computations.md.
 KINDS = ("encode", "enumerate", "evaluate")
 
 __all__ = [

@@ -1,4 +1,6 @@
-"""Library-of-Babel pages: text <-> address bijection and address -> page, spec 1a."""
+"""Library-of-Babel pages: text <-> address bijection and address -> page.
+
+docs/computations.md section 1a."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import numpy as np
 from app.core import base29
 
 if TYPE_CHECKING:
-    from app.core.schemas import BabelResult
+    from app.core.params import BabelResult
 
 
 #: The 29 page symbols; a symbol's index is its base-29 digit.
@@ -91,7 +93,10 @@ def address_to_text(address: str) -> str:
 
 
 def address_to_page(address: str) -> str:
-    """The page at `address`: symbol i from SHA-256(address + str(i)), spec 2."""
+    """The page at `address`: symbol i from SHA-256(address + str(i)).
+
+    docs/computations.md section 2a.
+    """
     prefix = hashlib.sha256(address.lower().strip().encode("utf-8"))
 
     def digest(position: bytes) -> bytes:

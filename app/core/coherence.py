@@ -1,4 +1,4 @@
-"""How English-like a page is: score_coherence, spec section 2."""
+"""How English-like a page is: score_coherence, docs/computations.md section 2b."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from itertools import pairwise
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from app.core.schemas import CoherenceScores, Confidence
+    from app.core.params import CoherenceScores, Confidence
 
 _COMMON_WORDS = """
     the be to of and a in that have i it for not on with he as you do at this but his by from

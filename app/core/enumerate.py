@@ -1,4 +1,4 @@
-"""Candidate addresses for a query: the `enumerate` kind, spec section 2."""
+"""Candidate addresses for a query: the `enumerate` kind, docs/computations.md section 2."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from app.core.babel import address_to_page, page_sha256
 from app.core.coherence import score_coherence
 
 if TYPE_CHECKING:
-    from app.core.schemas import Candidate, EnumerateResult
+    from app.core.params import Candidate, EnumerateResult
 
 #: N-grams kept per query.
 MAX_NGRAMS = 10

@@ -1,4 +1,4 @@
-"""The dual-engine governor decision: the `evaluate` kind, spec section 3."""
+"""The dual-engine governor decision: the `evaluate` kind, docs/computations.md section 3."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from app.core.schemas import (
+    from app.core.params import (
         Cycle,
         CycleRecord,
         EvaluateResult,

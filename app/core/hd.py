@@ -1,4 +1,4 @@
-"""Hyperdimensional (random-indexing) trigram encoding of text, spec section 1b."""
+"""Hyperdimensional (random-indexing) trigram encoding of text, docs/computations.md section 1b."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy.typing as npt
 from app.core import popcount
 
 if TYPE_CHECKING:
-    from app.core.schemas import HdResult
+    from app.core.params import HdResult
 
 
 #: Dimensions of every hd vector.

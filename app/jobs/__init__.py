@@ -1,16 +1,20 @@
 """The only code that changes job state: submit, claim, finish, cancel, retry, relay moves.
 
-Every transition appends to the job's audit chain and moves its batch's counters
-in the same transaction. Publishing to the broker happens after commit only.
+Every transition is one of app.core.status.TRANSITIONS, made by the function named
+there, with its SQL as one whole named statement. It appends to the job's audit chain
+and moves its batch's counters in the same transaction. Publishing to the broker
+happens after commit only (pending_publish).
 """
 
 from __future__ import annotations
 
+from app.core.status import TERMINAL, TRANSITIONS, JobStatus
 from app.jobs.counters import Moves, move_counters
-from app.jobs.execute import Claimed, Outcome, backoff, claim, error_info, finish, hold, take
+from app.jobs.execute import LockedJob, Outcome, backoff, claim, error_info, finish, lock_queued
 from app.jobs.manage import Busy, cancel, cancel_batch, expire_leases, prune, retry, take_due
-from app.jobs.outbox import schedule_publish
+from app.jobs.pending_publish import schedule_publish
 from app.jobs.submit import (
+    JobRow,
     NewJob,
     PreparedRows,
     UnknownKind,
@@ -19,13 +23,16 @@ from app.jobs.submit import (
     reserve_ids,
     store_rows,
     submit,
-    submit_rows,
     validate,
 )
 
 __all__ = [
+    "TERMINAL",
+    "TRANSITIONS",
     "Busy",
-    "Claimed",
+    "JobRow",
+    "JobStatus",
+    "LockedJob",
     "Moves",
     "NewJob",
     "Outcome",
@@ -39,7 +46,7 @@ __all__ = [
     "expire_leases",
     "find_keyed",
     "finish",
-    "hold",
+    "lock_queued",
     "move_counters",
     "prepare_rows",
     "prune",
@@ -48,8 +55,6 @@ __all__ = [
     "schedule_publish",
     "store_rows",
     "submit",
-    "submit_rows",
-    "take",
     "take_due",
     "validate",
 ]

@@ -7,10 +7,10 @@ from collections import Counter
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from app.core.status import RUN, JobStatus
+
 #: A job moved from one status to another in a batch: (batch_id, from, to) -> count.
 Moves = Counter[tuple[int, str, str]]
-#: Statuses a job reaches only by being run: a batch has started once one of its jobs does.
-RUN = frozenset({"running", "succeeded", "dead"})
 
 
 def move_counters(session: Session, moves: Moves) -> None:
@@ -39,5 +39,5 @@ def move_counters(session: Session, moves: Moves) -> None:
                 "WHERE id = :id"
             ),
             {"id": batch_id, "started": batch_id in started,
-             **{s: d[s] for s in ("queued", "running", "succeeded", "dead", "cancelled")}},
+             **{s.value: d[s] for s in JobStatus}},
         )

@@ -17,18 +17,26 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from app import audit, pgcopy
-from app.audit import Link
 from app.config import get_settings
 from app.core.canonical import canonical_json
-from app.db import array_literal, driver_rows, driver_sql, hex_array_literal
+from app.core.status import JobStatus
+from app.jobs import audit
+from app.jobs.audit import Link
 from app.jobs.counters import Moves, move_counters
-from app.models import Decision
+from app.store import pgcopy
+from app.store.db import array_literal, driver_rows, driver_sql, hex_array_literal
+from app.store.models import Decision
+
+Q, R, S, D = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.DEAD
 
 
 @dataclass(slots=True)
-class Claimed:
-    """A job this worker now holds, with what it needs to compute and to write back."""
+class LockedJob:
+    """A job this worker has locked, with what it needs to compute and to write back.
+
+    Either inline (computed under its row lock, its row still `queued`) or to be claimed
+    (claim(): queued → running with a lease, computed after that commit).
+    """
 
     id: int
     kind: str
@@ -38,7 +46,7 @@ class Claimed:
     batch_id: int | None
     #: its "started" event: written by claim(), or with the outcome when inline
     head: Link
-    #: held by a row lock in the open transaction, its row still `queued` (see take())
+    #: held by a row lock in the open transaction, its row still `queued` (see lock_queued())
     inline: bool = False
 
 
@@ -56,57 +64,59 @@ def runs_inline(kind: str, params: dict[str, Any]) -> bool:
 # index and read every queued entry on every claim. The join keeps it on the pkey.
 #
 # It also sets idle_in_transaction_session_timeout to the lease for this transaction (in
-# the same round trip as the lock, not a SET LOCAL of its own): see take().
-_LOCK_DUE = driver_sql(text(
-    "SELECT j.id, j.kind, j.params, j.attempt + 1 AS attempt, j.attempt_base, "
-    "j.max_attempts, j.batch_id, j.audit_seq, j.audit_head "
-    "FROM unnest(CAST(:ids AS bigint[])) AS v(id) JOIN jobs j ON j.id = v.id "
-    "WHERE j.status = 'queued' AND (j.run_after IS NULL OR j.run_after <= now()) "
-    # An uncorrelated subquery: a one-time filter, run once before any row is read.
-    "AND (SELECT set_config('idle_in_transaction_session_timeout', :idle, true)) IS NOT NULL "
-    "ORDER BY j.id FOR UPDATE OF j SKIP LOCKED"
-))
+# the same round trip as the lock, not a SET LOCAL of its own): see lock_queued(). The
+# uncorrelated subquery is a one-time filter, run once before any row is read.
+LOCK_QUEUED_SQL = """
+SELECT j.id, j.kind, j.params, j.attempt + 1 AS attempt, j.attempt_base, j.max_attempts,
+       j.batch_id, j.audit_seq, j.audit_head
+FROM unnest(CAST(:ids AS bigint[])) AS v(id) JOIN jobs j ON j.id = v.id
+WHERE j.status = 'queued' AND (j.run_after IS NULL OR j.run_after <= now())
+  AND (SELECT set_config('idle_in_transaction_session_timeout', :idle, true)) IS NOT NULL
+ORDER BY j.id FOR UPDATE OF j SKIP LOCKED
+"""
+_LOCK_QUEUED = driver_sql(text(LOCK_QUEUED_SQL))
 
-#: What a claim sets besides status and lease; a finishing statement sets the same, which
-#: for a claimed job changes nothing and for an inline one (never claimed) records its run.
-_CLAIMED = ("attempt = v.attempt, worker = :worker, started_at = coalesce(started_at, now()), "
-            "updated_at = statement_timestamp(), audit_seq = v.seq, audit_head = v.head ")
+#: queued → running with a lease, for jobs lock_queued() locked. A finishing statement
+#: sets the same attempt, worker, started_at and audit head, which for a claimed job
+#: changes nothing and for an inline one (never claimed) records its run.
+CLAIM_SQL = """
+UPDATE jobs SET status = 'running', lease_until = now() + make_interval(secs => :lease),
+       attempt = v.attempt, worker = :worker, started_at = coalesce(started_at, now()),
+       updated_at = statement_timestamp(), audit_seq = v.seq, audit_head = v.head
+FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:seqs AS int[]),
+            CAST(:heads AS text[])) AS v(id, attempt, seq, head)
+WHERE jobs.id = v.id
+"""
+_CLAIM = text(CLAIM_SQL)
 
-_CLAIM = text(
-    "UPDATE jobs SET status = 'running', lease_until = now() + make_interval(secs => :lease), "
-    + _CLAIMED
-    + "FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:seqs AS int[]), "
-    "CAST(:heads AS text[])) AS v(id, attempt, seq, head) WHERE jobs.id = v.id"
-)
 
-
-def take(session: Session, ids: Sequence[int], *, worker: str, inline_ok: bool = True
-         ) -> tuple[list[Claimed], list[Claimed]]:
+def lock_queued(session: Session, ids: Sequence[int], *, worker: str, inline_ok: bool = True
+                ) -> tuple[list[LockedJob], list[LockedJob]]:
     """Lock the due jobs of a chunk: (inline, to_claim). Nothing is written yet.
 
     Cheap jobs (runs_inline) stay `queued` under their row lock, to be computed and
     finished in this same transaction: one row version, one commit. The lock is their
     lease: a worker that dies drops its connection and PostgreSQL releases them; one that
     hangs is cut off by idle_in_transaction_session_timeout, set to the lease. The others
-    are for hold(): claimed for all to see (queued → running with a lease), computed after
+    are for claim(): claimed for all to see (queued → running with a lease), computed after
     commit. With inline_ok False (a redelivered or republished message, which may be a job
-    that killed its worker) every job is for hold(), so each attempt is counted.
+    that killed its worker) every job is for claim(), so each attempt is counted.
 
-    Compute the inline jobs before hold() and finish(): their writes, the batch counters'
+    Compute the inline jobs before claim() and finish(): their writes, the batch counters'
     row locks among them, then come at the end of the transaction.
     """
     idle = str(int(get_settings().lease_seconds * 1000))
     # By the driver, as _SUCCEED_WITH_ROWS: a one-job chunk's statements are mostly
     # SQLAlchemy's own overhead (see db.driver_autocommit).
     # ids come from a broker message: anything but ints fails here (operator.index).
-    rows = driver_rows(session, _LOCK_DUE, {"ids": array_literal(map(operator.index, ids)),
+    rows = driver_rows(session, _LOCK_QUEUED, {"ids": array_literal(map(operator.index, ids)),
                                             "idle": idle})
     if not rows:
         return [], []
     now = datetime.now(UTC)
     stamp = audit.timestamp(now)
     taken = [
-        Claimed(r.id, r.kind, r.params, r.attempt, r.max_attempts - (r.attempt - r.attempt_base),
+        LockedJob(r.id, r.kind, r.params, r.attempt, r.max_attempts - (r.attempt - r.attempt_base),
                 r.batch_id, audit.link_at(r.id, r.audit_seq, r.audit_head, "started", worker,
                                           {"attempt": r.attempt}, now, stamp),
                 inline_ok and runs_inline(r.kind, r.params))
@@ -121,8 +131,8 @@ def take(session: Session, ids: Sequence[int], *, worker: str, inline_ok: bool =
     return inline, claimed
 
 
-def hold(session: Session, claimed: Sequence[Claimed], *, worker: str) -> Moves:
-    """queued → running with a lease for jobs take() locked: their claim UPDATE and events.
+def claim(session: Session, claimed: Sequence[LockedJob], *, worker: str) -> Moves:
+    """queued → running with a lease for jobs lock_queued() locked: the UPDATE and events.
 
     Returns their batch counter moves, unapplied: finish() takes them with its own, so a
     chunk holding both inline and claimed jobs of a batch updates the batch's row once.
@@ -137,21 +147,14 @@ def hold(session: Session, claimed: Sequence[Claimed], *, worker: str) -> Moves:
         "heads": hex_array_literal(c.head.hash for c in claimed),
     })
     audit.insert_links(session, [c.head for c in claimed])
-    return Counter((c.batch_id, "queued", "running") for c in claimed if c.batch_id is not None)
-
-
-def claim(session: Session, ids: Sequence[int], *, worker: str) -> list[Claimed]:
-    """queued → running for those of ids still queued and due; fenced by attempt number."""
-    claimed = take(session, ids, worker=worker, inline_ok=False)[1]
-    move_counters(session, hold(session, claimed, worker=worker))
-    return claimed
+    return Counter((c.batch_id, Q, R) for c in claimed if c.batch_id is not None)
 
 
 @dataclass(slots=True)
 class Outcome:
     """What computing a claimed job gave: a result, or an error."""
 
-    job: Claimed
+    job: LockedJob
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     links: list[Link] = field(default_factory=list)
@@ -176,49 +179,80 @@ def backoff(attempt: int) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
-#: Fencing: a claimed job must still be `running` on this attempt; an inline one is
-#: `queued` on the attempt before (its row lock is held, so this always holds).
-_FENCE = (
-    "WHERE jobs.id = v.id AND jobs.status = CASE WHEN v.inline THEN 'queued' ELSE 'running' END "
-    "AND jobs.attempt = v.attempt - CASE WHEN v.inline THEN 1 ELSE 0 END "
-)
+# Fencing, in every finishing statement: a claimed job must still be `running` on this
+# attempt; an inline one `queued` on the attempt before (its row lock is held, so this
+# always holds). A finishing statement sets attempt, worker, started_at and the audit
+# head as CLAIM_SQL does: for a claimed job nothing changes, an inline one records its run.
 
-_SUCCEED_ROWS = (
-    "UPDATE jobs SET status = 'succeeded', finished_at = statement_timestamp(), "
-    "lease_until = NULL, error = NULL, " + _CLAIMED +
-    "FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:seqs AS int[]), "
-    "CAST(:heads AS text[]), CAST(:inline AS bool[])) AS v(id, attempt, seq, head, inline) "
-    + _FENCE + "RETURNING jobs.id, jobs.batch_id"
-)
-_SUCCEED = text(_SUCCEED_ROWS)
+#: running → succeeded (queued → succeeded inline), fenced: the rows it changed.
+SUCCEED_SQL = """
+UPDATE jobs SET status = 'succeeded', finished_at = statement_timestamp(), lease_until = NULL,
+       error = NULL, attempt = v.attempt, worker = :worker,
+       started_at = coalesce(started_at, now()), updated_at = statement_timestamp(),
+       audit_seq = v.seq, audit_head = v.head
+FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:seqs AS int[]),
+            CAST(:heads AS text[]), CAST(:inline AS bool[])) AS v(id, attempt, seq, head, inline)
+WHERE jobs.id = v.id
+  AND jobs.status = CASE WHEN v.inline THEN 'queued' ELSE 'running' END
+  AND jobs.attempt = v.attempt - CASE WHEN v.inline THEN 1 ELSE 0 END
+RETURNING jobs.id, jobs.batch_id
+"""
+_SUCCEED = text(SUCCEED_SQL)
 
-#: _SUCCEED with the winners' results and events in the same statement: one round trip
-#: where UPDATE, then COPY results, then COPY events take five.
-_SUCCEED_WITH_ROWS = driver_sql(text(
-    f"WITH won AS ({_SUCCEED_ROWS}), "
-    "res AS (INSERT INTO results (job_id, result, result_sha256) "
-    "SELECT r.id, r.result, r.sha FROM unnest(CAST(:ids AS bigint[]), "
-    "CAST(:results AS jsonb[]), CAST(:shas AS text[])) AS r(id, result, sha) "
-    "JOIN won ON won.id = r.id), "
-    f"ev AS ({audit.EVENTS_FROM_ARRAYS} JOIN won ON won.id = e.job_id) "
-    "SELECT id, batch_id FROM won"
-))
+#: SUCCEED_SQL with the winners' results and events in the same statement: one round
+#: trip where UPDATE, then COPY results, then COPY events take five.
+SUCCEED_WITH_ROWS_SQL = """
+WITH won AS (
+  UPDATE jobs SET status = 'succeeded', finished_at = statement_timestamp(),
+         lease_until = NULL, error = NULL, attempt = v.attempt, worker = :worker,
+         started_at = coalesce(started_at, now()), updated_at = statement_timestamp(),
+         audit_seq = v.seq, audit_head = v.head
+  FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:seqs AS int[]),
+              CAST(:heads AS text[]), CAST(:inline AS bool[])) AS v(id, attempt, seq, head, inline)
+  WHERE jobs.id = v.id
+    AND jobs.status = CASE WHEN v.inline THEN 'queued' ELSE 'running' END
+    AND jobs.attempt = v.attempt - CASE WHEN v.inline THEN 1 ELSE 0 END
+  RETURNING jobs.id, jobs.batch_id),
+res AS (
+  INSERT INTO results (job_id, result, result_sha256)
+  SELECT r.id, r.result, r.sha
+  FROM unnest(CAST(:ids AS bigint[]), CAST(:results AS jsonb[]), CAST(:shas AS text[]))
+       AS r(id, result, sha)
+  JOIN won ON won.id = r.id),
+ev AS (
+  INSERT INTO audit_events (job_id, seq, event_type, actor, created_at, details, prev_hash, hash)
+  SELECT e.* FROM unnest(CAST(:e_job_id AS bigint[]), CAST(:e_seq AS int[]),
+         CAST(:e_event_type AS text[]), CAST(:e_actor AS text[]),
+         CAST(:e_created_at AS timestamptz[]), CAST(:e_details AS jsonb[]),
+         CAST(:e_prev_hash AS text[]), CAST(:e_hash AS text[]))
+       AS e(job_id, seq, event_type, actor, created_at, details, prev_hash, hash)
+  JOIN won ON won.id = e.job_id)
+SELECT id, batch_id FROM won
+"""
+_SUCCEED_WITH_ROWS = driver_sql(text(SUCCEED_WITH_ROWS_SQL))
 
 #: Up to this many outcomes are written with _SUCCEED_WITH_ROWS; more by COPY, which
 #: costs a third as much per 4 KB result as arrays of parameters do.
 FEW_OUTCOMES = 8
 
-_FAIL = text(
-    "UPDATE jobs SET status = v.status, error = v.error, lease_until = NULL, "
-    "run_after = v.run_after, published_at = NULL, "
-    "finished_at = CASE WHEN v.status = 'dead' THEN statement_timestamp() ELSE NULL END, "
-    + _CLAIMED +
-    "FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:statuses AS text[]), "
-    "CAST(:errors AS jsonb[]), CAST(:run_afters AS timestamptz[]), CAST(:seqs AS int[]), "
-    "CAST(:heads AS text[]), CAST(:inline AS bool[])) "
-    "AS v(id, attempt, status, error, run_after, seq, head, inline) "
-    + _FENCE + "RETURNING jobs.id, jobs.batch_id, v.status"
-)
+#: running → queued (a retry, after backoff) or dead (out of attempts); the same from
+#: queued for an inline job. Fenced as SUCCEED_SQL; v.status is 'queued' or 'dead'.
+FAIL_SQL = """
+UPDATE jobs SET status = v.status, error = v.error, lease_until = NULL,
+       run_after = v.run_after, published_at = NULL,
+       finished_at = CASE WHEN v.status = 'dead' THEN statement_timestamp() ELSE NULL END,
+       attempt = v.attempt, worker = :worker, started_at = coalesce(started_at, now()),
+       updated_at = statement_timestamp(), audit_seq = v.seq, audit_head = v.head
+FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:statuses AS text[]),
+            CAST(:errors AS jsonb[]), CAST(:run_afters AS timestamptz[]), CAST(:seqs AS int[]),
+            CAST(:heads AS text[]), CAST(:inline AS bool[]))
+     AS v(id, attempt, status, error, run_after, seq, head, inline)
+WHERE jobs.id = v.id
+  AND jobs.status = CASE WHEN v.inline THEN 'queued' ELSE 'running' END
+  AND jobs.attempt = v.attempt - CASE WHEN v.inline THEN 1 ELSE 0 END
+RETURNING jobs.id, jobs.batch_id, v.status
+"""
+_FAIL = text(FAIL_SQL)
 
 
 def _succeed(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
@@ -242,7 +276,7 @@ def _succeed(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
         _write_results(session, kept)
         audit.insert_links(session, _links(kept))
     _write_decisions(session, [o for o in kept if o.job.kind == "evaluate"])
-    return _moves(outcomes, [(r.id, r.batch_id, "succeeded") for r in rows])
+    return _moves(outcomes, [(r.id, r.batch_id, S) for r in rows])
 
 
 def _kept(outcomes: list[Outcome], rows: Sequence[Any]) -> list[Outcome]:
@@ -271,7 +305,7 @@ def _moves(outcomes: list[Outcome], changed: list[tuple[int, int | None, str]]) 
     """Counter moves of the rows a finishing statement changed: (id, batch_id, new status)."""
     inline = {o.job.id for o in outcomes if o.job.inline}
     return Counter(
-        (batch_id, "queued" if job_id in inline else "running", status)
+        (batch_id, Q if job_id in inline else R, JobStatus(status))
         for job_id, batch_id, status in changed if batch_id is not None
     )
 
@@ -329,7 +363,7 @@ def _fail(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
     for o in outcomes:
         dead = o.job.attempts_left <= 0
         delay = 0.0 if dead else backoff(o.job.attempt)
-        statuses.append("dead" if dead else "queued")
+        statuses.append(D if dead else Q)
         run_afters.append(None if dead else now + timedelta(seconds=delay))
         details = {"attempt": o.job.attempt, "error": {k: v for k, v in (o.error or {}).items()
                                                        if k != "traceback"}}
@@ -339,7 +373,7 @@ def _fail(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
                                  "dead" if dead else "retry_scheduled", worker, details, now,
                                  stamp)]
     rows = session.execute(_FAIL, {
-        **_fenced(outcomes), "worker": worker, "statuses": statuses,
+        **_fenced(outcomes), "worker": worker, "statuses": [str(s) for s in statuses],
         "errors": [_json(o.error) for o in outcomes], "run_afters": run_afters,
     }).all()
     audit.insert_links(session, _links(_kept(outcomes, rows)))
@@ -352,7 +386,7 @@ def finish(session: Session, outcomes: Sequence[Outcome], *, worker: str,
 
     Only the holder of a job's current attempt writes (fencing): a late or duplicate
     outcome of a job that was cancelled, re-leased or already finished is discarded.
-    held: counter moves of hold() in this transaction, applied with the outcomes' own.
+    held: counter moves of claim() in this transaction, applied with the outcomes' own.
     """
     good = [o for o in outcomes if o.error is None]
     bad = [o for o in outcomes if o.error is not None]

@@ -8,37 +8,80 @@ from datetime import UTC, datetime
 from typing import Any
 
 from psycopg.errors import LockNotAvailable
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from app import audit
 from app.config import get_settings
+from app.core.status import JobStatus
+from app.jobs import audit
 from app.jobs.counters import move_counters
-from app.jobs.outbox import schedule_publish
+from app.jobs.pending_publish import schedule_publish
 
-#: Rows of a transition, locked before anything is written.
-_LOCK = (
-    "SELECT id, batch_id, kind, priority, status, attempt, attempt_base, max_attempts, "
-    "worker, audit_seq, audit_head FROM jobs WHERE {where}{tail} FOR UPDATE{skip}"
-)
-#: One write per row: its new status, the transition's own columns, and its audit head.
-_MOVE = (
-    "UPDATE jobs SET status = v.status, updated_at = now(), audit_seq = v.seq, "
-    "audit_head = v.head, {columns} "
-    "FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS text[]), CAST(:seqs AS int[]), "
-    "CAST(:heads AS text[])) AS v(id, status, seq, head) WHERE jobs.id = v.id"
-)
-_CANCELLED = "finished_at = now(), lease_until = NULL"
-_RETRIED = ("attempt_base = attempt, run_after = NULL, published_at = now(), "
-            "finished_at = NULL, lease_until = NULL")
-_EXPIRED = (
-    "lease_until = NULL, published_at = NULL, run_after = NULL, "
-    "finished_at = CASE WHEN v.status = 'dead' THEN now() END, "
-    "error = jsonb_build_object('type', 'LeaseExpired', 'message', "
-    "'worker ' || coalesce(jobs.worker, '?') || ' did not finish attempt ' || jobs.attempt "
-    "|| ' before its lease expired', 'traceback', '')"
-)
+# Each transition locks its rows (one statement), then writes each row once (another):
+# its new status, the transition's own columns and its audit head.
+
+#: cancel: the job, if queued or running.
+LOCK_CANCEL_SQL = """
+SELECT id, batch_id, kind, priority, status, attempt, attempt_base, max_attempts, worker,
+       audit_seq, audit_head
+FROM jobs WHERE id = :id AND status IN ('queued', 'running') FOR UPDATE
+"""
+#: cancel_batch: the batch's jobs that have not started.
+LOCK_CANCEL_BATCH_SQL = """
+SELECT id, batch_id, kind, priority, status, attempt, attempt_base, max_attempts, worker,
+       audit_seq, audit_head
+FROM jobs WHERE batch_id = :id AND status = 'queued' FOR UPDATE
+"""
+#: queued|running → cancelled.
+CANCEL_SQL = """
+UPDATE jobs SET status = 'cancelled', updated_at = now(), audit_seq = v.seq,
+       audit_head = v.head, finished_at = now(), lease_until = NULL
+FROM unnest(CAST(:ids AS bigint[]), CAST(:seqs AS int[]), CAST(:heads AS text[]))
+     AS v(id, seq, head)
+WHERE jobs.id = v.id
+"""
+
+#: retry: the job, if dead or cancelled.
+LOCK_RETRY_SQL = """
+SELECT id, batch_id, kind, priority, status, attempt, attempt_base, max_attempts, worker,
+       audit_seq, audit_head
+FROM jobs WHERE id = :id AND status IN ('dead', 'cancelled') FOR UPDATE
+"""
+#: dead|cancelled → queued, with a fresh allowance of attempts, published at commit.
+RETRY_SQL = """
+UPDATE jobs SET status = 'queued', updated_at = now(), audit_seq = v.seq,
+       audit_head = v.head, attempt_base = attempt, run_after = NULL, published_at = now(),
+       finished_at = NULL, lease_until = NULL
+FROM unnest(CAST(:ids AS bigint[]), CAST(:seqs AS int[]), CAST(:heads AS text[]))
+     AS v(id, seq, head)
+WHERE jobs.id = v.id
+"""
+
+#: expire_leases: running jobs whose lease ran out, oldest first, skipping locked ones.
+LOCK_EXPIRED_SQL = """
+SELECT id, batch_id, kind, priority, status, attempt, attempt_base, max_attempts, worker,
+       audit_seq, audit_head
+FROM jobs WHERE status = 'running' AND lease_until < now()
+ORDER BY lease_until LIMIT :limit FOR UPDATE SKIP LOCKED
+"""
+#: running → queued, or dead when out of attempts (v.status, decided per row).
+EXPIRE_SQL = """
+UPDATE jobs SET status = v.status, updated_at = now(), audit_seq = v.seq,
+       audit_head = v.head, lease_until = NULL, published_at = NULL, run_after = NULL,
+       finished_at = CASE WHEN v.status = 'dead' THEN now() END,
+       error = jsonb_build_object('type', 'LeaseExpired', 'message',
+               'worker ' || coalesce(jobs.worker, '?') || ' did not finish attempt '
+               || jobs.attempt || ' before its lease expired', 'traceback', '')
+FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS text[]), CAST(:seqs AS int[]),
+            CAST(:heads AS text[])) AS v(id, status, seq, head)
+WHERE jobs.id = v.id
+"""
+
+_LOCK_CANCEL, _LOCK_CANCEL_BATCH, _LOCK_RETRY, _LOCK_EXPIRED = (
+    text(LOCK_CANCEL_SQL), text(LOCK_CANCEL_BATCH_SQL), text(LOCK_RETRY_SQL),
+    text(LOCK_EXPIRED_SQL))
+_CANCEL, _RETRY, _EXPIRE = text(CANCEL_SQL), text(RETRY_SQL), text(EXPIRE_SQL)
 
 
 #: How long a cancel waits for job rows a worker has locked: it holds them while it
@@ -51,17 +94,10 @@ class Busy(Exception):
     """A worker holds these jobs' rows while finishing them; try again shortly."""
 
 
-def _lock(session: Session, where: str, params: dict[str, Any], *, skip: bool = False,
-          tail: str = "") -> Sequence[Any]:
-    """Lock the rows matching where (tail: an ORDER BY / LIMIT), skipping locked ones if skip."""
-    sql = _LOCK.format(where=where, tail=f" {tail}" if tail else "",
-                       skip=" SKIP LOCKED" if skip else "")
-    return session.execute(text(sql), params).all()
-
-
 def _move(
-    session: Session, rows: Sequence[Any], to: str | Sequence[str], columns: str,
-    event_type: str, actor: str, details: Callable[[Any, str], dict[str, Any]],
+    session: Session, rows: Sequence[Any], to: JobStatus | Sequence[JobStatus],
+    statement: TextClause, event_type: str, actor: str,
+    details: Callable[[Any, str], dict[str, Any]],
 ) -> None:
     """Write each row once (status, columns, audit head), then its event and counters.
 
@@ -69,14 +105,14 @@ def _move(
     """
     if not rows:
         return
-    statuses = [to] * len(rows) if isinstance(to, str) else to
+    statuses = [to] * len(rows) if isinstance(to, JobStatus) else to
     now = datetime.now(UTC)
     stamp = audit.timestamp(now)
     links = [audit.link_at(r.id, r.audit_seq, r.audit_head, event_type, actor,
                            details(r, status), now, stamp)
              for r, status in zip(rows, statuses, strict=True)]
-    session.execute(text(_MOVE.format(columns=columns)), {
-        "ids": [r.id for r in rows], "statuses": list(statuses),
+    session.execute(statement, {
+        "ids": [r.id for r in rows], "statuses": [str(s) for s in statuses],
         "seqs": [lk.seq for lk in links], "heads": [lk.hash for lk in links],
     })
     audit.insert_links(session, links)
@@ -96,15 +132,15 @@ def cancel(session: Session, job_id: int, *, actor: str) -> bool:
     Returns False when the job was already terminal (nothing changed); raises Busy when a
     worker kept its row locked past CANCEL_LOCK_WAIT.
     """
-    return bool(_cancel(session, "id = :id AND status IN ('queued', 'running')", job_id, actor))
+    return bool(_cancel(session, _LOCK_CANCEL, job_id, actor))
 
 
 def cancel_batch(session: Session, batch_id: int, *, actor: str) -> int:
     """Cancel every job of a batch that has not started; returns how many (or raises Busy)."""
-    return _cancel(session, "batch_id = :id AND status = 'queued'", batch_id, actor)
+    return _cancel(session, _LOCK_CANCEL_BATCH, batch_id, actor)
 
 
-def _cancel(session: Session, where: str, id_: int, actor: str) -> int:
+def _cancel(session: Session, lock: TextClause, id_: int, actor: str) -> int:
     """Lock and cancel the rows, waiting at most CANCEL_LOCK_WAIT for any one lock.
 
     The wait bounds the job rows and the batch counters' row alike (the setting holds
@@ -112,8 +148,8 @@ def _cancel(session: Session, where: str, id_: int, actor: str) -> int:
     """
     session.execute(text(f"SET LOCAL lock_timeout = '{CANCEL_LOCK_WAIT}'"))
     try:
-        rows = _lock(session, where, {"id": id_})
-        _move(session, rows, "cancelled", _CANCELLED, "cancelled", actor, _from)
+        rows = session.execute(lock, {"id": id_}).all()
+        _move(session, rows, JobStatus.CANCELLED, _CANCEL, "cancelled", actor, _from)
     except OperationalError as exc:
         if isinstance(exc.orig, LockNotAvailable):
             raise Busy(f"a worker is finishing these jobs; nothing was cancelled, "
@@ -124,8 +160,8 @@ def _cancel(session: Session, where: str, id_: int, actor: str) -> int:
 
 def retry(session: Session, job_id: int, *, actor: str) -> bool:
     """dead|cancelled → queued by hand, with a fresh allowance of attempts."""
-    rows = _lock(session, "id = :id AND status IN ('dead', 'cancelled')", {"id": job_id})
-    _move(session, rows, "queued", _RETRIED, "retried", actor, _from)
+    rows = session.execute(_LOCK_RETRY, {"id": job_id}).all()
+    _move(session, rows, JobStatus.QUEUED, _RETRY, "retried", actor, _from)
     for r in rows:
         schedule_publish(session, r.kind, r.priority, [r.id])
     return bool(rows)
@@ -136,28 +172,36 @@ def retry(session: Session, job_id: int, *, actor: str) -> bool:
 
 def expire_leases(session: Session, *, actor: str, limit: int = 5000) -> int:
     """running → queued (or dead when out of attempts) for jobs whose lease ran out."""
-    rows = _lock(session, "status = 'running' AND lease_until < now()", {"limit": limit},
-                 skip=True, tail="ORDER BY lease_until LIMIT :limit")
-    statuses = ["dead" if r.attempt - r.attempt_base >= r.max_attempts else "queued"
-                for r in rows]
-    _move(session, rows, statuses, _EXPIRED, "lease_expired", actor,
+    rows = session.execute(_LOCK_EXPIRED, {"limit": limit}).all()
+    statuses = [JobStatus.DEAD if r.attempt - r.attempt_base >= r.max_attempts
+                else JobStatus.QUEUED for r in rows]
+    _move(session, rows, statuses, _EXPIRE, "lease_expired", actor,
           lambda r, status: {"attempt": r.attempt, "worker": r.worker, "to": status})
     return len(rows)
 
 
-_DUE = text(
-    "UPDATE jobs SET published_at = now() FROM ("
-    "SELECT id FROM jobs WHERE status = 'queued' AND {which} "
-    "AND (run_after IS NULL OR run_after <= now()) "
-    "ORDER BY priority, id LIMIT :limit FOR UPDATE SKIP LOCKED) AS due "
-    "WHERE jobs.id = due.id RETURNING jobs.id, jobs.kind, jobs.priority"
-)
-#: Never published: new retries and returned leases (served by the jobs_unpublished index).
-_UNPUBLISHED = text(_DUE.text.format(which="published_at IS NULL"))
-#: Published long ago, of a kind whose broker queue is empty: the message was lost.
-_STALE = text(_DUE.text.format(
-    which="published_at < now() - make_interval(secs => :stale) "
-          "AND kind = ANY(CAST(:idle AS text[]))"))
+#: Due queued jobs never published: new retries and returned leases (served by the
+#: jobs_unpublished index), stamped published now.
+UNPUBLISHED_SQL = """
+UPDATE jobs SET published_at = now()
+FROM (SELECT id FROM jobs
+      WHERE status = 'queued' AND published_at IS NULL
+        AND (run_after IS NULL OR run_after <= now())
+      ORDER BY priority, id LIMIT :limit FOR UPDATE SKIP LOCKED) AS due
+WHERE jobs.id = due.id RETURNING jobs.id, jobs.kind, jobs.priority
+"""
+#: Due queued jobs published long ago, of a kind whose broker queue is empty: their
+#: message was lost. Stamped published now.
+STALE_SQL = """
+UPDATE jobs SET published_at = now()
+FROM (SELECT id FROM jobs
+      WHERE status = 'queued' AND published_at < now() - make_interval(secs => :stale)
+        AND kind = ANY(CAST(:idle AS text[]))
+        AND (run_after IS NULL OR run_after <= now())
+      ORDER BY priority, id LIMIT :limit FOR UPDATE SKIP LOCKED) AS due
+WHERE jobs.id = due.id RETURNING jobs.id, jobs.kind, jobs.priority
+"""
+_UNPUBLISHED, _STALE = text(UNPUBLISHED_SQL), text(STALE_SQL)
 
 
 #: Jobs take_due and prune handle per call; a full slice means more may be waiting.
@@ -185,16 +229,22 @@ def take_due(
     return groups
 
 
-#: What finished before the retention period: an interval parameter of the prune statements.
-_CUTOFF = "now() - make_interval(days => :days)"
-
+#: Batches that finished before the retention period (:days ago).
+PRUNE_BATCHES_SQL = "DELETE FROM batches WHERE finished_at < now() - make_interval(days => :days)"
 #: Finished jobs past retention that belong to no live batch, a slice at a time.
-_PRUNE_JOBS = text(
-    "DELETE FROM jobs WHERE id IN (SELECT j.id FROM jobs j "
-    f"WHERE j.status IN ('succeeded', 'dead', 'cancelled') AND j.finished_at < {_CUTOFF} "
-    "AND (j.batch_id IS NULL OR NOT EXISTS (SELECT 1 FROM batches b WHERE b.id = j.batch_id)) "
-    "LIMIT :limit) RETURNING id"
-)
+PRUNE_JOBS_SQL = """
+DELETE FROM jobs WHERE id IN (
+  SELECT j.id FROM jobs j
+  WHERE j.status IN ('succeeded', 'dead', 'cancelled')
+    AND j.finished_at < now() - make_interval(days => :days)
+    AND (j.batch_id IS NULL OR NOT EXISTS (SELECT 1 FROM batches b WHERE b.id = j.batch_id))
+  LIMIT :limit)
+RETURNING id
+"""
+#: The audit trails of pruned jobs.
+PRUNE_EVENTS_SQL = "DELETE FROM audit_events WHERE job_id = ANY(CAST(:ids AS bigint[]))"
+_PRUNE_BATCHES, _PRUNE_JOBS, _PRUNE_EVENTS = (
+    text(PRUNE_BATCHES_SQL), text(PRUNE_JOBS_SQL), text(PRUNE_EVENTS_SQL))
 
 
 def prune(session: Session, *, older_than_days: int, limit: int = SLICE) -> int:
@@ -207,9 +257,8 @@ def prune(session: Session, *, older_than_days: int, limit: int = SLICE) -> int:
     """
     session.execute(text("SET LOCAL babelq.prune = 'on'"))
     days = {"days": older_than_days}
-    session.execute(text(f"DELETE FROM batches WHERE finished_at < {_CUTOFF}"), days)
+    session.execute(_PRUNE_BATCHES, days)
     ids = session.execute(_PRUNE_JOBS, {**days, "limit": limit}).scalars().all()
     if ids:
-        session.execute(text("DELETE FROM audit_events WHERE job_id = ANY(CAST(:ids AS bigint[]))"),
-                        {"ids": list(ids)})
+        session.execute(_PRUNE_EVENTS, {"ids": list(ids)})
     return len(ids)

@@ -1,24 +1,56 @@
-"""Creating jobs: one at a time (submit) or a batch's rows with COPY (submit_rows)."""
+"""Creating jobs: one at a time (submit), or a batch's rows with COPY (prepare_rows, then
+store_rows)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 import orjson
 from psycopg.types.json import Jsonb
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from app import audit, core, pgcopy, testhooks
-from app.audit import Link
+from app import core
 from app.config import get_settings
-from app.db import driver_rows, driver_sql
+from app.jobs import audit, kinds
+from app.jobs.audit import Link
 from app.jobs.execute import runs_inline
-from app.jobs.outbox import schedule_publish
-from app.models import PRIORITIES, Job
+from app.jobs.pending_publish import schedule_publish
+from app.store import pgcopy
+from app.store.db import driver_rows, driver_sql
+from app.store.models import PRIORITIES
+
+
+class JobRow(NamedTuple):
+    """A job's columns as stored: what submit() and find_keyed() return."""
+
+    id: int
+    tenant_id: int
+    batch_id: int | None
+    line: int | None
+    kind: str
+    params: dict[str, Any]
+    priority: int
+    status: str
+    attempt: int
+    attempt_base: int
+    max_attempts: int
+    run_after: datetime | None
+    lease_until: datetime | None
+    published_at: datetime | None
+    worker: str | None
+    error: dict[str, Any] | None
+    idempotency_key: str | None
+    ref: str | None
+    audit_seq: int
+    audit_head: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
 
 
 class UnknownKind(ValueError):
@@ -27,8 +59,9 @@ class UnknownKind(ValueError):
 
 def validate(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     """Normalised params; UnknownKind or pydantic.ValidationError when they are not valid."""
-    if kind in testhooks.TEST_KINDS and testhooks.enabled():
-        return testhooks.validate(kind, params)
+    extra = kinds.extra_kind(kind)
+    if extra is not None:
+        return extra.validate(params)
     if kind not in core.KINDS:
         raise UnknownKind(f"unknown kind {kind!r}; expected one of {', '.join(core.KINDS)}")
     return core.validate(kind, params)
@@ -45,11 +78,11 @@ def submit(
     max_attempts: int | None = None,
     idempotency_key: str | None = None,
     ref: str | None = None,
-) -> tuple[Job | Any, bool]:
+) -> tuple[JobRow, bool]:
     """Insert one job (the enqueue) in the caller's transaction; publish after commit.
 
-    Returns (job, created); created is False when the idempotency key was seen. A new job
-    comes as a row of its columns (read like a Job), an existing one as its Job.
+    Returns (job, created); created is False when the idempotency key was seen, and job
+    is then the job submitted with it.
     Raises pydantic.ValidationError / ValueError for invalid params: nothing is written.
     """
     clean = validate(kind, params)
@@ -64,35 +97,57 @@ def submit(
         "idempotency_key": idempotency_key, "ref": ref, "seq": link.seq, "head": link.hash,
         **audit.arrays([link]),
     })
-    job = rows[0] if rows else None
-    if job is None:
+    if not rows:
         assert idempotency_key is not None  # only a keyed insert can skip its row
         existing = find_keyed(session, tenant_id, idempotency_key)
         assert existing is not None
         return existing, False
     schedule_publish(session, kind, PRIORITIES[priority], [job_id],
                      fast=runs_inline(kind, clean))
-    return job, True
+    return JobRow._make(rows[0]), True
 
 
-def find_keyed(session: Session, tenant_id: int, idempotency_key: str) -> Job | None:
+#: The tenant's job submitted with an idempotency key.
+FIND_KEYED_SQL = """
+SELECT id, tenant_id, batch_id, line, kind, params, priority, status, attempt, attempt_base,
+       max_attempts, run_after, lease_until, published_at, worker, error, idempotency_key,
+       ref, audit_seq, audit_head, created_at, started_at, finished_at, updated_at
+FROM jobs WHERE tenant_id = :tenant_id AND idempotency_key = :key
+"""
+_FIND_KEYED = text(FIND_KEYED_SQL)
+
+
+def find_keyed(session: Session, tenant_id: int, idempotency_key: str) -> JobRow | None:
     """The tenant's job submitted with this idempotency key, if any."""
-    return session.scalars(
-        select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key)
-    ).first()
+    row = session.execute(_FIND_KEYED, {"tenant_id": tenant_id, "key": idempotency_key}).first()
+    return JobRow._make(row) if row is not None else None
 
 
 #: One job and its submitted event in one statement; no row (and no event) when the
 #: tenant's idempotency key was seen. Run by the driver itself (a single submission is the
 #: api's hottest write; see db.driver_autocommit), so compiled to its placeholders once.
-_INSERT_ONE = driver_sql(text(
-    "WITH job AS (INSERT INTO jobs (id, tenant_id, kind, params, priority, max_attempts, "
-    "idempotency_key, ref, published_at, audit_seq, audit_head) VALUES (:id, :tenant_id, "
-    ":kind, :params, :priority, :max_attempts, :idempotency_key, :ref, now(), :seq, :head) "
-    "ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
-    f"RETURNING *), event AS ({audit.EVENTS_FROM_ARRAYS} JOIN job ON job.id = e.job_id) "
-    "SELECT * FROM job"
-))
+INSERT_ONE_SQL = """
+WITH job AS (
+  INSERT INTO jobs (id, tenant_id, kind, params, priority, max_attempts, idempotency_key, ref,
+                    published_at, audit_seq, audit_head)
+  VALUES (:id, :tenant_id, :kind, :params, :priority, :max_attempts, :idempotency_key, :ref,
+          now(), :seq, :head)
+  ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+  RETURNING *),
+event AS (
+  INSERT INTO audit_events (job_id, seq, event_type, actor, created_at, details, prev_hash, hash)
+  SELECT e.* FROM unnest(CAST(:e_job_id AS bigint[]), CAST(:e_seq AS int[]),
+         CAST(:e_event_type AS text[]), CAST(:e_actor AS text[]),
+         CAST(:e_created_at AS timestamptz[]), CAST(:e_details AS jsonb[]),
+         CAST(:e_prev_hash AS text[]), CAST(:e_hash AS text[]))
+       AS e(job_id, seq, event_type, actor, created_at, details, prev_hash, hash)
+  JOIN job ON job.id = e.job_id)
+SELECT id, tenant_id, batch_id, line, kind, params, priority, status, attempt, attempt_base,
+       max_attempts, run_after, lease_until, published_at, worker, error, idempotency_key,
+       ref, audit_seq, audit_head, created_at, started_at, finished_at, updated_at
+FROM job
+"""
+_INSERT_ONE = driver_sql(text(INSERT_ONE_SQL))
 
 
 @dataclass(slots=True)
@@ -187,18 +242,21 @@ def store_rows(
     return block.plain + kept, duplicates
 
 
-def submit_rows(
-    session: Session, rows: Sequence[NewJob], *, tenant_id: int, batch_id: int, actor: str
-) -> tuple[list[tuple[NewJob, int]], list[tuple[NewJob, int]]]:
-    """Insert many jobs of one batch with COPY, each with its "submitted" audit event.
-
-    Rows with an idempotency key go through INSERT .. ON CONFLICT instead, since COPY
-    cannot skip conflicts. Returns (inserted, duplicates) as in store_rows. Uploads call
-    prepare_rows and store_rows apart, to overlap them; this is both in one go.
-    """
-    block = prepare_rows(rows, reserve_ids(session, len(rows)), tenant_id=tenant_id,
-                         batch_id=batch_id, actor=actor, now=datetime.now(UTC))
-    return store_rows(session, block, tenant_id=tenant_id, batch_id=batch_id)
+#: A block's jobs that carry an idempotency key, skipping keys already used: the ids
+#: it inserted.
+INSERT_KEYED_SQL = """
+INSERT INTO jobs (id, tenant_id, batch_id, line, kind, params, priority, max_attempts,
+                  idempotency_key, ref, published_at, audit_seq, audit_head)
+SELECT v.id, :tenant, :batch, v.line, v.kind, v.params, v.priority, v.attempts, v.ikey, v.ref,
+       :now, 1, v.head
+FROM unnest(CAST(:ids AS bigint[]), CAST(:lines AS int[]), CAST(:kinds AS text[]),
+            CAST(:params AS jsonb[]), CAST(:pris AS smallint[]), CAST(:attempts AS int[]),
+            CAST(:ikeys AS text[]), CAST(:refs AS text[]), CAST(:heads AS text[]))
+     AS v(id, line, kind, params, priority, attempts, ikey, ref, head)
+ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id
+"""
+_INSERT_KEYED = text(INSERT_KEYED_SQL)
 
 
 def _insert_keyed(
@@ -208,15 +266,7 @@ def _insert_keyed(
     if not keyed:
         return []
     got = set(session.execute(
-        text(f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) "
-             "SELECT v.id, :tenant, :batch, v.line, v.kind, v.params, v.priority, v.attempts, "
-             "v.ikey, v.ref, :now, 1, v.head FROM unnest(CAST(:ids AS bigint[]), "
-             "CAST(:lines AS int[]), CAST(:kinds AS text[]), CAST(:params AS jsonb[]), "
-             "CAST(:pris AS smallint[]), CAST(:attempts AS int[]), CAST(:ikeys AS text[]), "
-             "CAST(:refs AS text[]), CAST(:heads AS text[])) "
-             "AS v(id, line, kind, params, priority, attempts, ikey, ref, head) "
-             "ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL "
-             "DO NOTHING RETURNING id"),
+        _INSERT_KEYED,
         {"tenant": tenant_id, "batch": batch_id, "now": now,
          "ids": [i for _, i in keyed], "lines": [r.line for r, _ in keyed],
          "kinds": [r.kind for r, _ in keyed],

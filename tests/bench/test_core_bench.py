@@ -7,8 +7,8 @@ import io
 import pytest
 from rich.console import Console
 
-from app.bench.core import _governor_params, print_table, run_core_bench
 from app.core import run
+from app.ops.bench.core import _governor_params, print_table, run_core_bench
 
 
 @pytest.mark.bench

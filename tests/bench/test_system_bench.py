@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from app.bench.cli import main, run_memory_check
+from app.ops.bench.cli import main, run_memory_check
 
 pytestmark = pytest.mark.bench
 

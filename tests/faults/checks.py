@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
-from app import audit
-from app.models import AuditEvent
+from app.jobs import audit
+from app.store.models import AuditEvent
 
 TERMINAL = ("succeeded", "dead", "cancelled")
 #: The audit event that must end the chain of a job in each terminal status.
@@ -70,7 +70,7 @@ def _rows(session: Session, sql: str, since: int) -> list[Any]:
 
 
 def assert_consistent(engine: Engine, since: int) -> Counter[str]:
-    """Assert the invariants of system.md for every job above since; its status counts."""
+    """Assert the invariants of docs/design.md for every job above since; its status counts."""
     with Session(engine) as session:
         _assert_terminal(session, since)
         _assert_results(session, since)
@@ -176,6 +176,6 @@ def _assert_batches(session: Session, since: int) -> None:
 
 
 def verify_all_chains(engine: Engine) -> list[audit.ChainReport]:
-    """app.audit.verify_all over the whole database: the broken chains."""
+    """app.jobs.audit.verify_all over the whole database: the broken chains."""
     with Session(engine) as session:
         return [r for r in audit.verify_all(session) if not r.ok]

@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session
 
-from app.db import migrate, normalize_url
-from app.embedded import create_database
+from app.ops.embedded import create_database
+from app.store.db import migrate, normalize_url
 from tests.faults import checks
 from tests.faults.recovery import RECOVERIES, Recorder
 from tests.faults.stack import Servers, Stack
@@ -106,7 +106,7 @@ def stack(running_stack: Stack, request: pytest.FixtureRequest) -> Iterator[Stac
 @pytest.fixture(scope="session")
 def api_key(engine: Engine) -> str:
     """A key of tenant "faults"."""
-    from app.keys import create_key
+    from app.jobs.keys import create_key
 
     with Session(engine) as session:
         _, secret = create_key(session, tenant="faults")

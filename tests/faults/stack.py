@@ -26,9 +26,10 @@ import httpx
 import redis
 from sqlalchemy import Engine, text
 
-from app.embedded import EmbeddedRedis, start_postgres, start_redis, stop_postgres
-from app.supervisor import free_port
-from workers.celery_app import KINDS, queue_keys
+from app.broker.queues import KINDS, queue_keys
+from app.ops.embedded import EmbeddedRedis, start_postgres, start_redis, stop_postgres
+from app.ops.supervisor import free_port
+from tests.plugins import testkinds
 
 ROOT = Path(__file__).resolve().parents[2]
 BABELQ = str(Path(sys.executable).with_name("babelq"))
@@ -221,8 +222,8 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         """The environment of every process: only our BABELQ_* settings."""
-        return babelq_env(home=str(self.workdir / "home"), database_url=self.database_url,
-                          redis_url=self.servers.redis_url, test_hooks="1", **TIMINGS)
+        return {**babelq_env(home=str(self.workdir / "home"), database_url=self.database_url,
+                             redis_url=self.servers.redis_url, **TIMINGS), **testkinds.ENV}
 
     def __getitem__(self, name: str) -> Proc:
         return self.procs[name]
@@ -269,7 +270,7 @@ class Stack:
 
     def publish(self, ids: list[int], priority: int = 1, chunk_size: int = 200) -> None:
         """Send chunk messages of these job ids, as the api or the relay would."""
-        code = ("import json, sys; from workers.celery_app import publish; "
+        code = ("import json, sys; from app.broker.celery_app import publish; "
                 "publish('encode', int(sys.argv[2]), json.loads(sys.argv[1]), int(sys.argv[3]))")
         done = self.run(sys.executable, "-c", code, json.dumps(ids), str(priority),
                         str(chunk_size))

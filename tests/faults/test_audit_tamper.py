@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -12,9 +13,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from app import core, jobs
-from app.db import migrate, normalize_url
-from app.embedded import create_database, drop_database
-from app.keys import ensure_tenant
+from app.jobs.keys import ensure_tenant
+from app.ops.embedded import create_database, drop_database
+from app.store.db import migrate, normalize_url
 from tests.faults import checks
 from tests.faults.stack import BABELQ, ROOT, Servers, babelq_env
 
@@ -45,11 +46,14 @@ def finished_jobs(engine: Engine, n: int) -> list[int]:
                                    {"t": tenant.id, "n": n}).scalar_one()
         rows = [jobs.NewJob(i + 1, "encode", core.validate("encode", {"text": f"page {i}"}), 1, 3)
                 for i in range(n)]
-        inserted, _ = jobs.submit_rows(session, rows, tenant_id=tenant.id, batch_id=batch_id,
-                                       actor=ACTOR)
-        claimed = jobs.claim(session, [i for _, i in inserted], worker=ACTOR)
+        block = jobs.prepare_rows(rows, jobs.reserve_ids(session, n), tenant_id=tenant.id,
+                                  batch_id=batch_id, actor=ACTOR, now=datetime.now(UTC))
+        inserted, _ = jobs.store_rows(session, block, tenant_id=tenant.id, batch_id=batch_id)
+        _, locked = jobs.lock_queued(session, [i for _, i in inserted], worker=ACTOR,
+                                     inline_ok=False)
+        held = jobs.claim(session, locked, worker=ACTOR)
         jobs.finish(session, [jobs.Outcome(c, result=core.run(c.kind, c.params))
-                              for c in claimed], worker=ACTOR)
+                              for c in locked], worker=ACTOR, held=held)
         session.commit()
     return [i for _, i in inserted]
 

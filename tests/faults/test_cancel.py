@@ -10,7 +10,7 @@ import pytest
 from redis.client import PubSub
 from sqlalchemy import Engine
 
-from app.notify import CHANNEL
+from app.broker.notify import CHANNEL
 from tests.faults import checks
 from tests.faults.recovery import Recorder
 from tests.faults.stack import Stack, encode_lines, occupy_workers, sql_count, submit_batch

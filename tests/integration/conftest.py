@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="session")
 def celery_app(settings: Settings) -> Any:
     """The production Celery app, pointed at the test Redis."""
-    from workers.celery_app import configure
+    from app.broker.celery_app import configure
 
     return configure(settings)
 
@@ -63,8 +63,8 @@ def api(settings: Settings) -> Iterator[TestClient]:
 
 
 def make_key(tenant: str, admin: bool = False) -> str:
-    from app.db import session_scope
-    from app.keys import create_key
+    from app.jobs.keys import create_key
+    from app.store.db import session_scope
 
     with session_scope() as session:
         _, secret = create_key(session, tenant=tenant, admin=admin)

@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from app.db import session_scope
-from app.models import AuditEvent, Job
+from app.store.db import session_scope
+from app.store.models import AuditEvent, Job
 from tests.integration.conftest import auth
 
 pytestmark = pytest.mark.integration

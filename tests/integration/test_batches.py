@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 
-from app.db import session_scope
-from app.models import Batch, Job
+from app.store.db import session_scope
+from app.store.models import Batch, Job
 from tests.integration.conftest import auth
 
 # Every test here needs the test worker and the relay running.

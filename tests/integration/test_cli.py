@@ -25,7 +25,8 @@ import pytest
 import redis
 
 from app.config import Settings
-from app.supervisor import free_port, stop_process
+from app.ops.supervisor import free_port, stop_process
+from tests.plugins import testkinds
 
 pytestmark = pytest.mark.integration
 
@@ -76,15 +77,15 @@ def _private_redis_db(url: str) -> str:
 @pytest.fixture(scope="module")
 def stack(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """`babelq api`, `babelq worker` and `babelq relay` on a free port, for this module."""
-    from app.db import session_scope
-    from app.keys import create_key
+    from app.jobs.keys import create_key
+    from app.store.db import session_scope
 
     port, logs = free_port(), tmp_path_factory.mktemp("cli-logs")
     env = {
         **os.environ,
         "BABELQ_REDIS_URL": _private_redis_db(str(settings.redis_url)),
         "BABELQ_API_URL": f"http://127.0.0.1:{port}",
-        "BABELQ_TEST_HOOKS": "1",
+        **testkinds.ENV,
     }
     commands = {
         "api": ["api", "--port", str(port), "--log-level", "warning"],
@@ -230,7 +231,7 @@ class Output:
 
 def _tamper(database_url: str, job_id: int) -> None:
     """Rewrite one audit event the way only a superuser could: triggers off."""
-    from app.embedded import libpq_url
+    from app.ops.embedded import libpq_url
 
     with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
         conn.execute("SET session_replication_role = replica")
@@ -341,9 +342,9 @@ def _flower_saw_the_work(flower: str, login: tuple[str, str], job_ids: set[int])
 
 
 def test_up_keeps_a_live_admin_key_and_replaces_a_revoked_or_plain_one(settings: Settings) -> None:
-    from app.db import session_scope
-    from app.keys import authenticate, create_key, revoke_key
-    from app.launcher import admin_key
+    from app.jobs.keys import authenticate, create_key, revoke_key
+    from app.ops.launcher import admin_key
+    from app.store.db import session_scope
 
     url = str(settings.database_url)
     first = admin_key(url, [None, None])

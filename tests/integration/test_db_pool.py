@@ -11,9 +11,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
-from app import pgcopy
 from app.config import Settings
-from app.db import (
+from app.store import pgcopy
+from app.store.db import (
     driver,
     driver_autocommit,
     driver_rows,

@@ -16,10 +16,10 @@ from sqlalchemy.orm import Session
 
 from app import jobs
 from app.config import Settings, get_settings
-from app.db import get_engine, session_scope
-from app.jobs import manage, outbox
-from app.keys import ensure_tenant
-from app.models import Job
+from app.jobs import manage, pending_publish
+from app.jobs.keys import ensure_tenant
+from app.store.db import get_engine, session_scope
+from app.store.models import Job
 from tests.integration.conftest import auth
 from tests.integration.test_jobs_api import submit_and_wait
 from workers import tasks
@@ -33,7 +33,7 @@ def unpublished_job(text_: str) -> int:
         tenant = ensure_tenant(s, "inline-lease").id
         job, _ = jobs.submit(s, tenant_id=tenant, kind="encode", params={"text": text_},
                              actor="test")
-        s.info.pop(outbox._OUTBOX)  # no publish after commit
+        s.info.pop(pending_publish.PENDING)  # no publish after commit
         return job.id
 
 
@@ -45,7 +45,7 @@ def test_hung_inline_chunk_is_cut_off_at_the_lease(
     monkeypatch.setattr(get_settings(), "requeue_after", 600)
     job_id = unpublished_job("hung")
     with pytest.raises(DBAPIError, match="idle-in-transaction timeout"), session_scope() as s:
-        inline, claimed = jobs.take(s, [job_id], worker="hung-worker")
+        inline, claimed = jobs.lock_queued(s, [job_id], worker="hung-worker")
         assert [j.id for j in inline] == [job_id] and claimed == []
         # The lock query set the lease as this transaction's idle timeout.
         assert s.execute(text("SHOW idle_in_transaction_session_timeout")).scalar() == "1s"
@@ -58,7 +58,7 @@ def test_hung_inline_chunk_is_cut_off_at_the_lease(
         # Nothing was written: the job is queued again, with no attempt spent.
         assert (job.status, job.attempt, job.worker) == ("queued", 0, None)
         # And it can be taken at once: the lock went with the session.
-        inline, _ = jobs.take(s, [job_id], worker="next-worker")
+        inline, _ = jobs.lock_queued(s, [job_id], worker="next-worker")
         assert [j.id for j in inline] == [job_id]
         backend = s.execute(text("SELECT pg_backend_pid()")).scalar()
         # The timeout belonged to that transaction only: gone after it commits (a
@@ -74,7 +74,7 @@ def test_cancel_waits_for_a_busy_worker_then_says_409(
     monkeypatch.setattr(manage, "CANCEL_LOCK_WAIT", "300ms")
     job_id = unpublished_job("busy")
     with session_scope() as worker:
-        inline, _ = jobs.take(worker, [job_id], worker="busy-worker")
+        inline, _ = jobs.lock_queued(worker, [job_id], worker="busy-worker")
         assert [j.id for j in inline] == [job_id]
         busy = api.post(f"/v1/jobs/{job_id}/cancel", headers=auth(admin_key))
         assert busy.status_code == 409, busy.text
@@ -89,24 +89,24 @@ def test_cancel_waits_for_a_busy_worker_then_says_409(
 def test_chunk_cut_off_at_the_lease_runs_again_claimed_first(
     api: TestClient, admin_key: str, worker: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A worker task whose inline chunk the lease cut off retries it, carefully."""
+    """A worker task whose inline chunk the lease cut off retries it, claiming first."""
     monkeypatch.setattr(get_settings(), "lease_seconds", 1.0)
     # The relay must not rescue the job: only the task's own retry may.
     monkeypatch.setattr(get_settings(), "requeue_after", 600)
     hung: list[int] = []
     real_compute = tasks.compute
 
-    def compute_hanging_once(job: jobs.Claimed) -> jobs.Outcome:
+    def compute_hanging_once(job: jobs.LockedJob) -> jobs.Outcome:
         if not hung:
             hung.append(job.id)
             time.sleep(2.5)  # inside the inline chunk's transaction, past its lease
         return real_compute(job)
 
     monkeypatch.setattr(tasks, "compute", compute_hanging_once)
-    careful = record_careful(monkeypatch)
+    claim_first = record_claim_first(monkeypatch)
     done = submit_and_wait(api, admin_key, {"kind": "encode", "params": {"text": "hung once"}})
     assert done["status"] == "succeeded" and hung == [done["id"]]
-    assert careful == [False, True]  # inline first; the retry claims before computing
+    assert claim_first == [False, True]  # inline first; the retry claims before computing
     # The cut-off run wrote nothing and spent no attempt; the rerun claimed it first.
     assert done["attempt"] == 1
     trail = api.get(f"/v1/jobs/{done['id']}/audit", headers=auth(admin_key)).json()
@@ -124,7 +124,7 @@ def test_a_session_the_server_ended_is_retried_as_a_lost_connection(
                                                           "idle-in-transaction timeout"),
         psycopg.Error, connection_invalidated=True)
     assert not isinstance(ended, OperationalError)  # not what autoretry_for names
-    careful = record_careful(monkeypatch, first_raises=ended)
+    claim_first = record_claim_first(monkeypatch, first_raises=ended)
     job = api.post("/v1/jobs", json={"kind": "encode", "params": {"text": "ended"}},
                    headers=auth(admin_key)).json()
     for _ in range(3):  # the retry's backoff is under a second; a failed task never comes
@@ -132,21 +132,21 @@ def test_a_session_the_server_ended_is_retried_as_a_lost_connection(
                       headers=auth(admin_key)).json()
         if job["status"] == "succeeded":
             break
-    assert job["status"] == "succeeded" and careful == [False, True]
+    assert job["status"] == "succeeded" and claim_first == [False, True]
 
 
-def record_careful(monkeypatch: pytest.MonkeyPatch, first_raises: Exception | None = None
-                   ) -> list[bool]:
-    """The careful flag of every chunk the test worker runs from now on; if first_raises,
+def record_claim_first(monkeypatch: pytest.MonkeyPatch, first_raises: Exception | None = None
+                       ) -> list[bool]:
+    """The claim_first flag of every chunk the test worker runs from now on; if first_raises,
     the first run raises it instead of running."""
-    careful: list[bool] = []
+    claim_first: list[bool] = []
     real_execute = tasks.execute_chunk
 
     def execute_recorded(ids: Sequence[int], **kw: Any) -> int:
-        careful.append(kw["careful"])
-        if first_raises is not None and len(careful) == 1:
+        claim_first.append(kw["claim_first"])
+        if first_raises is not None and len(claim_first) == 1:
             raise first_raises
         return real_execute(ids, **kw)
 
     monkeypatch.setattr(tasks, "execute_chunk", execute_recorded)
-    return careful
+    return claim_first

@@ -17,9 +17,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from app.db import session_scope
-from app.keys import hash_key
-from app.models import ApiKey
+from app.jobs.keys import hash_key
+from app.store.db import session_scope
+from app.store.models import ApiKey
 from tests.integration.conftest import auth
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from app.core.canonical import sha256_hex
-from app.db import session_scope
-from app.models import AuditEvent, Decision, Job, Result
+from app.store.db import session_scope
+from app.store.models import AuditEvent, Decision, Job, Result
 from tests.integration.conftest import auth, make_key
 
 # Every test here needs the test worker and the relay running.

@@ -10,9 +10,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, text
 
-from app.db import alembic_config, head_revision, migrate
-from app.embedded import create_database, drop_database
-from app.models import Base
+from app.ops.embedded import create_database, drop_database
+from app.store.db import alembic_config, head_revision, migrate
+from app.store.models import Base
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from app import jobs
 from app.config import get_settings
-from app.db import get_engine, session_scope
+from app.store.db import get_engine, session_scope
 from tests.faults.stack import batch_job_ids, sql_count
 from tests.integration.conftest import auth
 from tests.integration.test_batches import NDJSON, ndjson, wait_done

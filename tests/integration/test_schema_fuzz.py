@@ -31,9 +31,9 @@ from schemathesis.specs.openapi.checks import (
 from sqlalchemy import select
 
 from app.config import Settings
-from app.db import session_scope
-from app.keys import create_key
-from app.models import ApiKey
+from app.jobs.keys import create_key
+from app.store.db import session_scope
+from app.store.models import ApiKey
 from tests.integration.conftest import auth
 
 pytestmark = pytest.mark.integration

@@ -29,12 +29,13 @@ from sqlalchemy import func, select, text
 from app import jobs
 from app.api import metrics
 from app.config import Settings, get_settings
-from app.db import get_engine, session_scope
-from app.keys import create_key
-from app.models import Batch, Job
-from app.supervisor import free_port, stop_process
+from app.jobs.keys import create_key
+from app.ops.supervisor import free_port, stop_process
+from app.store.db import get_engine, session_scope
+from app.store.models import Batch, Job
 from tests.faults.stack import sql_count
 from tests.integration.conftest import auth
+from tests.plugins import testkinds
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +96,9 @@ def hold(limits: Callable[..., None]) -> Iterator[Callable[[int, int], None]]:
         with session_scope() as s:
             ids = [jobs.submit(s, tenant_id=tenant_id, kind="encode", params={"text": "held"},
                                actor="test")[0].id for _ in range(n)]
-            assert len(jobs.claim(s, ids, worker="test-holder")) == n
+            _, locked = jobs.lock_queued(s, ids, worker="test-holder", inline_ok=False)
+            jobs.move_counters(s, jobs.claim(s, locked, worker="test-holder"))
+            assert len(locked) == n
         held.extend(ids)
 
     yield make
@@ -455,14 +458,14 @@ def test_secrets_never_reach_the_logs(server: Server, admin_key: str) -> None:
 
 #: Settings of a production api that may start.
 SAFE_API: dict[str, Any] = {"env": "production", "database_url": "postgresql://babelq:Xq3-long-secret@db/babelq",
-            "redis_url": "redis://redis:6379/0", "test_hooks": False}
+            "redis_url": "redis://redis:6379/0", "plugins": ""}
 
 
 @pytest.mark.parametrize(("unsafe", "named"), [
     ({"database_url": None, "redis_url": None}, ["BABELQ_DATABASE_URL", "BABELQ_REDIS_URL"]),
     ({"database_url": "postgresql://babelq:changeme@db/babelq"}, ["BABELQ_DATABASE_URL"]),
     ({"redis_url": "redis://:@redis:6379/0"}, ["BABELQ_REDIS_URL"]),
-    ({"test_hooks": True}, ["BABELQ_TEST_HOOKS"]),
+    ({"plugins": "tests.plugins.testkinds"}, ["BABELQ_PLUGINS"]),
 ])
 def test_api_refuses_unsafe_production_settings(unsafe: dict[str, Any], named: list[str]
                                                 ) -> None:
@@ -477,13 +480,13 @@ def test_api_refuses_unsafe_production_settings(unsafe: dict[str, Any], named: l
     refuse_unsafe(Settings(**{**SAFE_API, **unsafe, "env": "development"}))
 
 
-def test_api_command_exits_in_production_with_test_hooks(settings: Settings) -> None:
+def test_api_command_exits_in_production_with_plugins(settings: Settings) -> None:
     port = free_port()
-    env = {**os.environ, "BABELQ_ENV": "production", "BABELQ_TEST_HOOKS": "1"}
+    env = {**os.environ, "BABELQ_ENV": "production", **testkinds.ENV}
     done = subprocess.run([*CLI, "api", "--port", str(port)], env=env, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode != 0
-    assert "BABELQ_TEST_HOOKS" in done.stderr + done.stdout
+    assert "BABELQ_PLUGINS" in done.stderr + done.stdout
     # Refused before uvicorn started (a check after exit that the port is closed would be
     # true either way).
     assert "Uvicorn running" not in done.stderr + done.stdout

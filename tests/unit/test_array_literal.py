@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.db import array_literal, hex_array_literal
+from app.store.db import array_literal, hex_array_literal
 
 
 def test_ints_and_bools() -> None:

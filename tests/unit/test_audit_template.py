@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app import audit, pgcopy
+from app.jobs import audit
+from app.store import pgcopy
 
 
 @settings(max_examples=200, deadline=None)

@@ -15,7 +15,7 @@ import pytest
 
 from app.cli import CliError, parse_params, parse_value
 from app.client import BabelqError, ndjson_body
-from app.supervisor import free_port
+from app.ops.supervisor import free_port
 
 
 @pytest.mark.parametrize(

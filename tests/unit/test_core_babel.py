@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.bench.core import naive_address_to_page, naive_text_to_address
 from app.core import address_to_page, address_to_text, base29, run, text_to_address
 from app.core.babel import ADDRESS_LIMIT, normalise
+from app.ops.bench.core import naive_address_to_page, naive_text_to_address
 
 
 def test_non_alphabet_characters_become_spaces_and_are_counted() -> None:

@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from app.bench.core import naive_hd_encode
 from app.core import hd_encode, hd_similarity, run
 from app.core.babel import ALPHABET
+from app.ops.bench.core import naive_hd_encode
 
 _rng = random.Random(7)
 CJK = "".join(chr(0x4E00 + _rng.randrange(300)) for _ in range(700))

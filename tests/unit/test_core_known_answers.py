@@ -1,4 +1,4 @@
-"""Every known answer of the computations spec, bit for bit, through the public API."""
+"""Every known answer of docs/computations.md, bit for bit, through the public API."""
 
 from __future__ import annotations
 

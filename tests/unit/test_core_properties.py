@@ -10,7 +10,6 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.bench.core import naive_coherence, naive_enumerate, naive_governor, naive_hd_encode
 from app.core import (
     address_to_text,
     hd_encode,
@@ -21,6 +20,7 @@ from app.core import (
 )
 from app.core.babel import ADDRESS_LIMIT, ALPHABET
 from app.core.canonical import canonical_json, sha256_hex
+from app.ops.bench.core import naive_coherence, naive_enumerate, naive_governor, naive_hd_encode
 
 BOUNDED = settings(max_examples=60, deadline=None)
 

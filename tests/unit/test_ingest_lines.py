@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.ingest import parse_line
+from app.jobs.ingest import parse_line
 
 LINES: list[Any] = [
     {"kind": "encode", "params": {"text": "hello world"}},

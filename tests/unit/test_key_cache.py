@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.api.keycache import MAX_KEYS, KeyCache
-from app.keys import Principal
+from app.jobs.keys import Principal
 
 ALICE = Principal(key_id=1, tenant_id=10, tenant="alice", is_admin=False)
 BOB = Principal(key_id=2, tenant_id=20, tenant="bob", is_admin=False)

@@ -1,4 +1,4 @@
-"""Chunk messages built by workers.celery_app match what Celery's own send_task writes."""
+"""Chunk messages built by app.broker.celery_app match what Celery's own send_task writes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 from celery import Celery
 from kombu import Queue
 
-from workers.celery_app import SHOWN_IDS, TASK_NAME, chunk_message
+from app.broker.celery_app import SHOWN_IDS, chunk_message
+from app.broker.queues import TASK_NAME
 
 #: Fields that differ on every message (fresh ids) or per process.
 VARYING = {("headers", "id"), ("headers", "root_id"), ("headers", "origin"),
@@ -18,12 +19,12 @@ VARYING = {("headers", "id"), ("headers", "root_id"), ("headers", "origin"),
            ("properties", "reply_to")}
 
 
-def celerys_own(chunk: list[int], priority: int, careful: bool) -> dict[str, Any]:
+def celerys_own(chunk: list[int], priority: int, claim_first: bool) -> dict[str, Any]:
     """The message send_task stores, through kombu's in-memory virtual transport."""
     app = Celery("reference", broker="memory://", set_as_current=False)
     app.conf.task_queues = [Queue("encode")]
     with app.connection_for_write() as conn, app.producer_or_acquire() as producer:
-        app.send_task(TASK_NAME, args=[chunk], kwargs={"careful": True} if careful else {},
+        app.send_task(TASK_NAME, args=[chunk], kwargs={"claim_first": True} if claim_first else {},
                       queue="encode", priority=priority, producer=producer)
         raw = conn.default_channel._get("encode")
     return raw if isinstance(raw, dict) else json.loads(raw)
@@ -38,11 +39,11 @@ def without_varying(message: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.parametrize(("priority", "careful"), [(0, False), (1, True), (2, False)])
-def test_a_chunk_message_is_the_message_celery_would_send(priority: int, careful: bool) -> None:
+@pytest.mark.parametrize(("priority", "claim_first"), [(0, False), (1, True), (2, False)])
+def test_a_chunk_message_is_the_message_celery_would_send(priority: int, claim_first: bool) -> None:
     chunk = [5, 6, 7]
-    ours = json.loads(chunk_message(chunk, priority, "encode", careful))
-    theirs = celerys_own(chunk, priority, careful)
+    ours = json.loads(chunk_message(chunk, priority, "encode", claim_first))
+    theirs = celerys_own(chunk, priority, claim_first)
     assert without_varying(ours) == without_varying(theirs)
     assert ours["headers"]["id"] == ours["headers"]["root_id"] == ours["properties"][
         "correlation_id"]

@@ -11,52 +11,25 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
 from sqlalchemy import text
 
 from app import jobs
 from app.api.deps import IdPath, PrincipalDep, SessionDep
 from app.api.errors import ApiError
-from app.api.routes.jobs import ERRORS
+from app.api.metrics import SUBMITTED
+from app.api.schemas import ERRORS, BatchCreated, BatchRead, ErrorBody, Priority
 from app.config import get_settings
-from app.db import new_session
-from app.ingest import Ingestor, LineSplitter
-from app.keys import Principal
-from app.limits import check_submission, precheck_batch
-from app.models import Batch
-from app.schemas import ErrorBody, Priority
+from app.core.status import JobStatus
+from app.jobs.admission import check_submission, precheck_batch
+from app.jobs.ingest import Ingestor, LineSplitter
+from app.jobs.keys import Principal
+from app.store.db import new_session
+from app.store.models import Batch
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
 #: Lines validated and stored per database round of an upload.
 BLOCK_LINES = 5000
-
-
-class BatchCreated(BaseModel):
-    """The outcome of an upload."""
-
-    id: int
-    lines: int
-    accepted: int
-    rejected: int
-    rejected_lines: list[dict[str, Any]]
-    rejected_truncated: bool
-
-
-class BatchRead(BaseModel):
-    """A batch's progress."""
-
-    id: int
-    total: int
-    rejected: int
-    counts: dict[str, int]
-    done: bool
-    progress: float
-    jobs_per_second: float | None
-    eta_seconds: float | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
 
 
 async def _blocks(request: Request, splitter: LineSplitter) -> Any:
@@ -116,7 +89,10 @@ async def create_batch(
             await _stream_into(request, ingestor)
         await run_in_threadpool(check_submission, session, principal, ingestor.accepted,
                                 batch_id=ingestor.batch_id)
-        return BatchCreated(**await run_in_threadpool(ingestor.commit))
+        created = BatchCreated(**await run_in_threadpool(ingestor.commit))
+        for kind, n in ingestor.accepted_by_kind().items():
+            SUBMITTED.labels(kind).inc(n)
+        return created
     finally:
         await run_in_threadpool(session.close)
 
@@ -151,8 +127,7 @@ def get_batch(session: Any, principal: Principal, batch_id: int) -> Batch:
 
 def batch_read(batch: Batch) -> BatchRead:
     """Counts, progress, rate and ETA of a batch."""
-    counts = {s: getattr(batch, s) for s in ("queued", "running", "succeeded", "dead",
-                                              "cancelled")}
+    counts = {s.value: getattr(batch, s.value) for s in JobStatus}
     finished = counts["succeeded"] + counts["dead"] + counts["cancelled"]
     done = batch.total > 0 and finished == batch.total
     rate = eta = None

@@ -5,45 +5,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BeforeValidator
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import audit, jobs
+from app import jobs
 from app.api.deps import MAX_ID, IdPath, PrincipalDep, SessionDep
 from app.api.errors import ApiError
 from app.api.metrics import SUBMITTED
-from app.config import get_settings
-from app.db import autocommit, conn_rows, driver_autocommit, new_session
-from app.keys import Principal
-from app.limits import check_cap, check_submission
-from app.models import TERMINAL, Decision, Job, Result
-from app.schemas import (
+from app.api.schemas import (
+    ERRORS,
     AuditEventRead,
     AuditRead,
     DecisionRead,
-    ErrorBody,
     JobCreate,
     JobRead,
     JobsRead,
     Kind,
     Status,
 )
+from app.core.status import TERMINAL
+from app.jobs import audit, reads
+from app.jobs.admission import check_cap, check_submission
+from app.jobs.keys import Principal
+from app.store.models import Job, Result
 
 #: A Job, or a row read like one (see _read).
 T = TypeVar("T", bound=Any)  # bound=Any: mypy lets _visible read its attributes
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503)
-}
 
 #: Seconds between database re-reads while long-polling, in case a notification is lost.
 POLL_FALLBACK = 1.0
@@ -61,7 +55,7 @@ IsoDatetime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 def get_job(session: Session, principal: Principal, job_id: int) -> Job:
     """The job if the caller may see it; 404 otherwise (also for other tenants' jobs)."""
-    return _visible(session.get(Job, job_id), principal, job_id)
+    return _visible(reads.get_job(session, job_id), principal, job_id)
 
 
 def _visible(job: T | None, principal: Principal, job_id: int) -> T:
@@ -70,26 +64,13 @@ def _visible(job: T | None, principal: Principal, job_id: int) -> T:
     return job
 
 
-def job_read(session: Session, job: Job) -> JobRead:
+def job_read(session: Session, job: Job | jobs.JobRow) -> JobRead:
     """The job with its result when it has one."""
-    res = session.get(Result, job.id) if job.status == "succeeded" else None
-    return JobRead.of(job, *_result_of(res))
+    return JobRead.of(job, *_result_of(reads.get_result(session, job)))
 
 
 def _result_of(res: Result | None) -> tuple[Any, str | None]:
     return (res.result, res.result_sha256) if res else (None, None)
-
-
-def _submitting() -> AbstractContextManager[Session]:
-    """The session one submission runs in.
-
-    The job and its event are written by one statement, so a transaction would only add
-    its BEGIN and COMMIT round trips; except with the tenant cap on, whose advisory lock
-    must be held from the count to the insert.
-    """
-    if get_settings().max_queued_per_tenant > 0:
-        return new_session()  # a Session closes itself at the end of a with block
-    return autocommit()
 
 
 def _json(job: JobRead, status_code: int = 200) -> Response:
@@ -111,7 +92,7 @@ def create_job(
     except jobs.UnknownKind as exc:
         raise ApiError(422, str(exc), [{"field": "kind", "message": str(exc)}]) from None
     key = job_in.idempotency_key or idempotency_key
-    with _submitting() as session:
+    with reads.submission_session() as session:
         seen = jobs.find_keyed(session, principal.tenant_id, key) if key else None
         if seen is not None:
             return _json(job_read(session, seen))
@@ -127,19 +108,9 @@ def create_job(
         return _json(job_read(session, job), 201 if created else 200)
 
 
-#: A job with its result, if any, in one statement (so in autocommit, one round trip).
-_JOB_AND_RESULT = (
-    f"SELECT {', '.join(f'j.{c}' for c in JobRead.model_fields if hasattr(Job, c))}, "
-    "j.tenant_id, r.result, r.result_sha256 "
-    "FROM jobs j LEFT JOIN results r ON r.job_id = j.id WHERE j.id = %s"
-)
-
-
 def _read(principal: Principal, job_id: int) -> tuple[JobRead, bool]:
     """A poll of one job: the hottest read, so by the driver (see driver_autocommit)."""
-    with driver_autocommit() as conn:
-        rows = conn_rows(conn, _JOB_AND_RESULT, (job_id,))
-    job: Any = _visible(rows[0] if rows else None, principal, job_id)  # a row, read like a Job
+    job: Any = _visible(reads.poll(job_id), principal, job_id)  # a row, read like a Job
     done = job.status == "succeeded"
     return (JobRead.of(job, job.result if done else None, job.result_sha256 if done else None),
             job.status in TERMINAL)
@@ -178,25 +149,12 @@ def read_jobs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JobsRead:
     """Jobs newest first, filtered; pass next_cursor back as cursor for the next page."""
-    stmt = select(Job).order_by(Job.id.desc()).limit(limit + 1)
-    if not principal.is_admin:
-        stmt = stmt.where(Job.tenant_id == principal.tenant_id)
-    filters = [(status, Job.status == status), (kind, Job.kind == kind),
-               (batch_id, Job.batch_id == batch_id)]
-    for value, clause in filters:
-        if value is not None:
-            stmt = stmt.where(clause)
-    if created_after is not None:
-        stmt = stmt.where(Job.created_at >= created_after)
-    if created_before is not None:
-        stmt = stmt.where(Job.created_at < created_before)
-    if cursor is not None:
-        stmt = stmt.where(Job.id < int(cursor))
-    rows = list(session.scalars(stmt))
+    rows = reads.list_jobs(
+        session, tenant_id=None if principal.is_admin else principal.tenant_id, status=status,
+        kind=kind, batch_id=batch_id, created_after=created_after, created_before=created_before,
+        before_id=int(cursor) if cursor is not None else None, limit=limit + 1)
     page = rows[:limit]
-    done = [j.id for j in page if j.status == "succeeded"]
-    results = {r.job_id: r for r in session.scalars(
-        select(Result).where(Result.job_id.in_(done)))} if done else {}
+    results = reads.results_of(session, page)
     data = [JobRead.of(j, *_result_of(results.get(j.id))) for j in page]
     more = len(rows) > limit
     return JobsRead(data=data, count=len(data), next_cursor=str(page[-1].id) if more else None)
@@ -245,7 +203,7 @@ def read_audit(job_id: IdPath, session: SessionDep, principal: PrincipalDep) -> 
 def read_decision(job_id: IdPath, session: SessionDep, principal: PrincipalDep) -> DecisionRead:
     """The governor decision of a finished evaluate job."""
     job = get_job(session, principal, job_id)
-    row = session.get(Decision, job.id)
+    row = reads.get_decision(session, job.id)
     if row is None:
         why = "is not an evaluate job" if job.kind != "evaluate" else f"is {job.status}"
         raise ApiError(404, f"job {job_id} has no decision: it {why}")

@@ -8,10 +8,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from app import keys, notify
 from app.api.deps import AdminDep, IdPath, SessionDep
 from app.api.errors import ApiError
-from app.schemas import ErrorBody, Label
+from app.api.schemas import ErrorBody, Label
+from app.broker import notify
+from app.jobs import keys
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 

@@ -11,10 +11,10 @@ from sqlalchemy import text
 
 from app.api.deps import AdminDep
 from app.api.metrics import REGISTRY
-from app.api.routes.jobs import ERRORS
+from app.api.schemas import ERRORS
+from app.broker.notify import redis_client
 from app.config import get_settings
-from app.db import current_revision, get_engine, head_revision
-from app.notify import redis_client
+from app.store.db import current_revision, get_engine, head_revision
 
 router = APIRouter(tags=["system"])
 

@@ -24,7 +24,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from app.config import Settings, read_credentials
-from app.supervisor import (
+from app.ops.supervisor import (
     Child,
     LaunchError,
     interruptible,
@@ -35,7 +35,7 @@ from app.supervisor import (
 )
 
 if TYPE_CHECKING:
-    from app.embedded import EmbeddedRedis
+    from app.ops.embedded import EmbeddedRedis
 
 #: Fields of credentials.json, in the order written.
 CREDENTIAL_FIELDS = (
@@ -60,7 +60,7 @@ class Servers:
 
     def stop(self) -> None:
         """Stop the embedded servers (configured ones are not ours to stop)."""
-        from app.embedded import stop_postgres
+        from app.ops.embedded import stop_postgres
 
         if self.redis is not None:
             self.redis.stop()
@@ -101,8 +101,8 @@ def write_credentials(path: Path, values: dict[str, Any]) -> None:
 
 def admin_key(database_url: str, candidates: list[str | None]) -> str:
     """The first candidate that is a live admin key, or a new one for tenant "default"."""
-    from app import keys
-    from app.db import engine_for, session_scope
+    from app.jobs import keys
+    from app.store.db import engine_for, session_scope
 
     with session_scope(engine_for(database_url)) as session:
         for key in candidates:
@@ -127,7 +127,7 @@ def start_servers(
     settings: Settings, home: Path, saved: dict[str, Any], console: Console
 ) -> Servers:
     """The configured servers, or embedded ones under home for whichever is not configured."""
-    from app.embedded import start_postgres
+    from app.ops.embedded import start_postgres
 
     servers = Servers(settings.database_url or "", settings.redis_url or "")
     if not servers.redis_url:
@@ -143,7 +143,7 @@ def start_servers(
 
 def _start_redis(data_dir: Path, saved_url: str | None) -> EmbeddedRedis:
     """Embedded Redis on the port of the last run when it is free, else any free port."""
-    from app.embedded import start_redis
+    from app.ops.embedded import start_redis
 
     port = _port_of(saved_url)
     if port is not None:
@@ -260,7 +260,7 @@ def _run(
     with_flower: bool,
     stack: Stack,
 ) -> int:
-    from app.db import migrate
+    from app.store.db import migrate
 
     saved = read_credentials(home / "credentials.json")  # home: settings.home, resolved
     stack.servers = servers = start_servers(settings, home, saved, console)

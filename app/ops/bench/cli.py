@@ -18,10 +18,10 @@ import httpx
 import typer
 from rich.console import Console
 
-from app.bench import naive
-from app.bench.latency import naive_first, ours_latency, side_by_side
-from app.bench.report import assemble, latency_report, machine, show
-from app.bench.system import (
+from app.ops.bench import naive
+from app.ops.bench.latency import naive_first, ours_latency, side_by_side
+from app.ops.bench.report import assemble, latency_report, machine, show
+from app.ops.bench.system import (
     MB,
     Procs,
     RssSampler,
@@ -37,7 +37,7 @@ from app.bench.system import (
     wait_for,
     worker_args,
 )
-from app.supervisor import free_port
+from app.ops.supervisor import free_port
 
 #: Lines of the warm-up batch and single jobs sent before anything is measured.
 WARMUP_LINES, WARMUP_SINGLES = 2000, 20
@@ -82,7 +82,7 @@ def batch_outcome(database_url: str, batch_id: int) -> dict[str, int]:
     """Jobs per status and results persisted, read from PostgreSQL itself."""
     from sqlalchemy import text
 
-    from app.db import engine_for
+    from app.store.db import engine_for
 
     with engine_for(database_url).connect() as conn:
         counts: dict[str, int] = dict(conn.execute(text(
@@ -106,7 +106,7 @@ def rate(jobs: int, seconds: float) -> dict[str, float]:
 def naive_phase(srv: Servers, procs: Procs, rss: RssSampler, n: int, workers: int
                 ) -> dict[str, Any]:
     """The baseline: ingestion alone (its workers stopped), then end to end with them up."""
-    from app.db import engine_for
+    from app.store.db import engine_for
 
     engine = engine_for(srv.database_url)
     naive.create_tables(engine)

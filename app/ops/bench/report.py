@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from app.bench.system import MB, RssSampler
+from app.ops.bench.system import MB, RssSampler
 
 #: Single-job latency targets (issue 16): p50 within 1.2x a bare Celery task's of the
 #: same run, p99 in milliseconds. (metric path, comparison, bound)

@@ -27,7 +27,8 @@ import redis
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from app.supervisor import free_port, stop_process
+from app.ops.supervisor import free_port, stop_process
+from app.store.db import normalize_url as normalize_db_url
 
 with warnings.catch_warnings():
     # pgserver asks platformdirs for a runtime dir at import, which warns when
@@ -50,20 +51,9 @@ PG_TUNING = {
     "wal_compression": "on",
     "shared_buffers": "512MB",
 }
-#: Schemes we accept for PostgreSQL URLs; all become `postgresql+psycopg://`.
-PG_SCHEMES = ("postgresql+psycopg", "postgresql", "postgres")
 #: File in the Redis data directory naming the pid and port of the running server.
 REDIS_STATE_FILE = "redis-server.json"
 _DB_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-
-
-def normalize_db_url(url: str) -> str:
-    """The `postgresql+psycopg://` form SQLAlchemy needs of any PostgreSQL URL."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in PG_SCHEMES:
-        # Never echo the URL itself: it may carry a password.
-        raise ValueError(f"not a PostgreSQL URL (scheme {scheme!r}); use postgresql://...")
-    return f"postgresql+psycopg://{rest}"
 
 
 def libpq_url(url: str) -> str:

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from app.core import babel, coherence, governor, hd
 from app.core.enumerate import enumerate_candidates
-from app.core.schemas import EvaluateParams, GovernorConfig
+from app.core.params import EvaluateParams, GovernorConfig
 
 A = " .,abcdefghijklmnopqrstuvwxyz"
 ENGLISH = (

@@ -3,36 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
-from app.core.schemas import storable
-from app.models import PRIORITY_NAMES, Job
+from app.core.status import JobStatus
+from app.jobs.submission import KIND_MAX, IdempotencyKey, JobCreate, Label, Priority
+from app.store.models import PRIORITY_NAMES, Job
+
+__all__ = ["ERRORS", "KIND_MAX", "BatchCreated", "BatchRead", "IdempotencyKey", "JobCreate",
+           "Label", "Priority", "Status"]
 
 Kind = Literal["encode", "enumerate", "evaluate"]
-Priority = Literal["high", "normal", "low"]
-#: Longest kind name a job may be submitted with (the known ones are shorter).
-KIND_MAX = 64
-Status = Literal["queued", "running", "succeeded", "dead", "cancelled"]
-
-
-#: Free-text fields of requests (refs, names, idempotency keys): bounded and storable.
-Label = Annotated[str, Field(max_length=200), AfterValidator(storable)]
-IdempotencyKey = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(storable)]
-
-
-class JobCreate(BaseModel):
-    """One job to submit."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: str = Field(description="encode, enumerate or evaluate", max_length=KIND_MAX)
-    params: dict[str, Any] = Field(default_factory=dict)
-    priority: Priority = "normal"
-    max_attempts: int | None = Field(default=None, ge=1, le=20)
-    idempotency_key: IdempotencyKey | None = None
-    ref: Label | None = None
+#: A job's status: the state machine's own enum (app/core/status.py).
+Status = JobStatus
 
 
 class JobError(BaseModel):
@@ -136,3 +120,36 @@ class ErrorBody(BaseModel):
     """Every error response: {"error": {...}}."""
 
     error: ErrorDetail
+
+
+#: The error responses every route documents.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503)
+}
+
+
+class BatchCreated(BaseModel):
+    """The outcome of an upload."""
+
+    id: int
+    lines: int
+    accepted: int
+    rejected: int
+    rejected_lines: list[dict[str, Any]]
+    rejected_truncated: bool
+
+
+class BatchRead(BaseModel):
+    """A batch's progress."""
+
+    id: int
+    total: int
+    rejected: int
+    counts: dict[str, int]
+    done: bool
+    progress: float
+    jobs_per_second: float | None
+    eta_seconds: float | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None

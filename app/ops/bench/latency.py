@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import psycopg
 
-from app.bench import naive
-from app.bench.report import STAGES
+from app.ops.bench import naive
+from app.ops.bench.report import STAGES
 
 #: Seconds between a naive client's polls of its result row.
 NAIVE_POLL = 0.001

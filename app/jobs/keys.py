@@ -13,8 +13,8 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from app.db import conn_rows, driver
-from app.models import ApiKey, Tenant
+from app.store.db import conn_rows, driver
+from app.store.models import ApiKey, Tenant
 
 #: Every key starts with this, so leaked keys are easy to recognise and scan for.
 KEY_PREFIX = "bq_"

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app import keys, notify
 from app.api.keycache import KeyCache
-from app.db import session_scope
+from app.broker import notify
+from app.jobs import keys
+from app.store.db import session_scope
 from tests.integration.conftest import auth
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ import orjson
 from psycopg.copy import Copy, QueuedLibpqWriter
 from sqlalchemy.orm import Session
 
-from app.db import driver, sqlalchemy_errors
+from app.store.db import driver, sqlalchemy_errors
 
 #: COPY text format escapes: backslash first, then the characters that end fields/rows.
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})

@@ -24,7 +24,7 @@ from psycopg.errors import InsufficientPrivilege
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from app.supervisor import Child, check_alive, spawn, stop_children, wait_until
+from app.ops.supervisor import Child, check_alive, spawn, stop_children, wait_until
 
 #: Seconds between memory samples.
 RSS_INTERVAL = 0.1
@@ -43,8 +43,7 @@ class Servers:
 @contextmanager
 def servers(database_url: str | None, redis_url: str | None) -> Iterator[Servers]:
     """Embedded servers in a temp dir unless URLs are given; a fresh migrated database."""
-    from app.db import migrate
-    from app.embedded import (
+    from app.ops.embedded import (
         create_database,
         drop_database,
         normalize_db_url,
@@ -52,6 +51,7 @@ def servers(database_url: str | None, redis_url: str | None) -> Iterator[Servers
         start_redis,
         stop_postgres,
     )
+    from app.store.db import migrate
 
     # Under /tmp: PostgreSQL's unix socket path must stay below 107 bytes.
     tmp = Path(tempfile.mkdtemp(prefix="babelq-bench-"))
@@ -79,8 +79,8 @@ def servers(database_url: str | None, redis_url: str | None) -> Iterator[Servers
 
 def admin_key(database_url: str) -> str:
     """A new admin key for the bench's tenant."""
-    from app.db import engine_for, session_scope
-    from app.keys import create_key
+    from app.jobs.keys import create_key
+    from app.store.db import engine_for, session_scope
 
     with session_scope(engine_for(database_url)) as session:
         _, secret = create_key(session, tenant="bench", admin=True, name="babelq bench")
@@ -108,9 +108,9 @@ def worker_args(concurrency: int) -> list[str]:
 
 def naive_worker_args(concurrency: int) -> list[str]:
     """The naive baseline's Celery worker, same pool and concurrency as ours."""
-    from app.bench.naive import NAIVE_QUEUE
+    from app.ops.bench.naive import NAIVE_QUEUE
 
-    return ["-m", "celery", "-A", "app.bench.naive", "worker", "-Q", NAIVE_QUEUE, "-c",
+    return ["-m", "celery", "-A", "app.ops.bench.naive", "worker", "-Q", NAIVE_QUEUE, "-c",
             str(concurrency), "--loglevel", "WARNING", "-n", "naive@%h"]
 
 
@@ -229,7 +229,7 @@ def settle(database_url: str) -> bool:
     landed in whatever was being timed, every run the same single-job sample (the 317th)
     at 65-70 ms.
     """
-    from app.db import engine_for
+    from app.store.db import engine_for
 
     checkpointed = True
     try:

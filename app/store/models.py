@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 typed models: the whole data model of system.md."""
+"""SQLAlchemy 2 typed models: the whole data model of docs/design.md."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Double,
     ForeignKey,
@@ -22,8 +23,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-#: Statuses a job never leaves except by a manual retry (dead, cancelled → queued).
-TERMINAL = frozenset({"succeeded", "dead", "cancelled"})
+from app.core.status import INITIAL, TERMINAL, JobStatus, sql_list
+
+__all__ = ["PRIORITIES", "PRIORITY_NAMES", "TERMINAL", "ApiKey", "AuditEvent", "Base", "Batch",
+           "Decision", "Job", "Result", "Tenant"]
 #: Priority lanes, stored as small ints so ORDER BY priority puts high first.
 PRIORITIES = {"high": 0, "normal": 1, "low": 2}
 PRIORITY_NAMES = {v: k for k, v in PRIORITIES.items()}
@@ -96,7 +99,8 @@ class Job(Base):
     kind: Mapped[str] = mapped_column(Text)
     params: Mapped[dict[str, Any]] = mapped_column(JSONB)
     priority: Mapped[int] = mapped_column(SmallInteger, default=1)
-    status: Mapped[str] = mapped_column(Text, default="queued")
+    #: one of JobStatus (the CHECK below); changed only by app.jobs, per TRANSITIONS
+    status: Mapped[str] = mapped_column(Text, default=INITIAL.value)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     #: attempt count at the last manual retry; attempts left = max_attempts - (attempt - base)
     attempt_base: Mapped[int] = mapped_column(Integer, default=0)
@@ -124,6 +128,7 @@ class Job(Base):
             unique=True,
             postgresql_where=text("idempotency_key IS NOT NULL"),
         ),
+        CheckConstraint(f"status IN {sql_list(set(JobStatus))}", name="jobs_status_valid"),
         Index("jobs_tenant_id", "tenant_id", "id"),
         Index("jobs_batch_line", "batch_id", "line"),
         Index(

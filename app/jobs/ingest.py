@@ -19,13 +19,12 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from app import jobs
-from app.api.errors import ApiError, field_errors
-from app.api.metrics import SUBMITTED
 from app.config import get_settings
-from app.db import autocommit
-from app.keys import Principal
-from app.models import PRIORITIES
-from app.schemas import KIND_MAX, JobCreate
+from app.jobs.keys import Principal
+from app.jobs.refusals import NothingAccepted, TooManyLines
+from app.jobs.submission import KIND_MAX, JobCreate, field_errors
+from app.store.db import autocommit
+from app.store.models import PRIORITIES
 
 #: How many rejected lines are reported in full; the rest are only counted.
 REJECTED_SAMPLE = 1000
@@ -133,7 +132,7 @@ class Ingestor:
         for number, raw in block:
             self.lines = max(self.lines, number)
             if self.lines > self.max_lines:
-                raise ApiError(413, f"batch exceeds {self.max_lines} lines")
+                raise TooManyLines(f"batch exceeds {self.max_lines} lines")
             if raw is None:
                 self.reject(number, f"line exceeds {self.max_line_bytes} bytes")
                 continue
@@ -159,14 +158,15 @@ class Ingestor:
         self.accepted += len(inserted)
 
     def commit(self) -> dict[str, Any]:
-        """Store the batch's totals, commit, then publish; 422 if nothing was accepted."""
+        """Store the batch's totals, commit, then publish; NothingAccepted if no line was."""
         for line, reason in self.duplicates:
             self.reject(line, reason)
         self.rejected_lines.sort(key=lambda r: r["line"])
         if self.accepted == 0:
             self.session.rollback()
-            raise ApiError(422, "no valid lines: nothing was stored",
-                           {"rejected": self.rejected, "rejected_lines": self.rejected_lines})
+            raise NothingAccepted("no valid lines: nothing was stored",
+                                  {"rejected": self.rejected,
+                                   "rejected_lines": self.rejected_lines})
         self.session.execute(
             text("UPDATE batches SET total = :n, queued = :n, rejected = :r, "
                  "errors = CAST(:e AS jsonb) WHERE id = :id"),
@@ -176,9 +176,14 @@ class Ingestor:
         for (kind, priority), ids in self.pending.items():
             jobs.schedule_publish(self.session, kind, priority, ids)
         self.session.commit()
-        for (kind, _), ids in self.pending.items():
-            SUBMITTED.labels(kind).inc(len(ids))
         return self.summary()
+
+    def accepted_by_kind(self) -> dict[str, int]:
+        """How many jobs of each kind this batch stored (known once committed)."""
+        counts: dict[str, int] = {}
+        for (kind, _), ids in self.pending.items():
+            counts[kind] = counts.get(kind, 0) + len(ids)
+        return counts
 
     def summary(self) -> dict[str, Any]:
         """What the producer is told."""

@@ -23,9 +23,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from app.config import get_settings
-from app.embedded import normalize_db_url as normalize_url
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+#: Schemes we accept for PostgreSQL URLs; all become `postgresql+psycopg://`.
+PG_SCHEMES = ("postgresql+psycopg", "postgresql", "postgres")
+
+
+def normalize_url(url: str) -> str:
+    """The `postgresql+psycopg://` form SQLAlchemy needs of any PostgreSQL URL."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in PG_SCHEMES:
+        # Never echo the URL itself: it may carry a password.
+        raise ValueError(f"not a PostgreSQL URL (scheme {scheme!r}); use postgresql://...")
+    return f"postgresql+psycopg://{rest}"
 
 
 @lru_cache(maxsize=8)
@@ -90,7 +101,7 @@ def autocommit(engine: Engine | None = None) -> Iterator[Session]:
     A transaction costs two round trips of its own (psycopg sends BEGIN by itself, and
     the session ends it with COMMIT or ROLLBACK). Work that is one statement, a read that
     sees one snapshot or a write that must be atomic alone, needs neither. session.commit()
-    sends nothing here, but still runs the after-commit hooks (the outbox's publish).
+    sends nothing here, but still runs the after-commit hooks (the pending publish).
     """
     session = _sessionmaker(engine or get_engine(), True)()
     try:

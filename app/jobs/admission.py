@@ -11,7 +11,8 @@ Cap. `max_queued_per_tenant` bounds the tenant's queued and running jobs. A requ
 that would pass it is refused whole with 429; a batch bigger than the cap itself could
 never fit, so it gets 413 and a message saying to split it.
 
-Both answer with Retry-After. Either limit is off when its setting is 0.
+Both say when to retry (retry_after, the api's Retry-After). Either limit is off when its
+setting is 0. Refusals are plain exceptions (app/jobs/refusals.py); the api maps them.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import redis
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from app.api.errors import ApiError
+from app.broker.notify import redis_client
 from app.config import get_settings
-from app.keys import Principal
-from app.notify import redis_client
+from app.jobs.keys import Principal
+from app.jobs.refusals import AtCap, NeverFits, RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -90,18 +91,18 @@ def take_tokens(tenant_id: int, n: int) -> float:
     return _bucket(tenant_id, n, min(float(n), burst_size()))
 
 
-def _rate_limited(wait: float) -> ApiError:
+def _rate_limited(wait: float) -> RateLimited:
     rate = get_settings().rate_limit_per_second
-    return ApiError(429, f"rate limit of {rate:g} jobs/s (burst {burst_size():g}) exceeded; "
-                         f"retry in {wait:.1f} s", {"retry_after": wait},
-                    headers={"Retry-After": str(max(1, math.ceil(wait)))})
+    return RateLimited(f"rate limit of {rate:g} jobs/s (burst {burst_size():g}) exceeded; "
+                       f"retry in {wait:.1f} s", {"retry_after": wait},
+                       retry_after=max(1, math.ceil(wait)))
 
 
-def _capped(cap: int, unfinished: int, n: int) -> ApiError:
+def _capped(cap: int, unfinished: int, n: int) -> AtCap:
     have = f"at least {cap}" if unfinished >= cap else str(unfinished)
-    return ApiError(429, f"tenant has {have} unfinished jobs; {n} more would pass the cap of "
-                         f"{cap}", {"cap": cap, "unfinished": unfinished, "requested": n},
-                    headers={"Retry-After": str(CAP_RETRY_AFTER)})
+    return AtCap(f"tenant has {have} unfinished jobs; {n} more would pass the cap of "
+                 f"{cap}", {"cap": cap, "unfinished": unfinished, "requested": n},
+                 retry_after=CAP_RETRY_AFTER)
 
 
 def unfinished_count(session: Session, tenant_id: int, cap: int, batch_id: int | None = None
@@ -113,7 +114,7 @@ def unfinished_count(session: Session, tenant_id: int, cap: int, batch_id: int |
 
 
 def check_cap(session: Session, tenant_id: int, n: int, batch_id: int | None = None) -> None:
-    """413 if n jobs could never fit under the cap, 429 if they do not fit now.
+    """NeverFits if n jobs could never fit under the cap, AtCap if they do not fit now.
 
     Holds a per-tenant advisory lock until the caller's transaction ends, so concurrent
     submissions of one tenant cannot all see room for themselves and overshoot the cap.
@@ -122,8 +123,8 @@ def check_cap(session: Session, tenant_id: int, n: int, batch_id: int | None = N
     if cap <= 0:
         return
     if n > cap:
-        raise ApiError(413, f"{n} jobs can never fit under the cap of {cap} unfinished jobs per "
-                            f"tenant; split the batch", {"cap": cap, "requested": n})
+        raise NeverFits(f"{n} jobs can never fit under the cap of {cap} unfinished jobs per "
+                        f"tenant; split the batch", {"cap": cap, "requested": n})
     session.execute(text("SELECT pg_advisory_xact_lock(:ns, :t)"),
                     {"ns": _CAP_LOCK, "t": tenant_id})
     unfinished = unfinished_count(session, tenant_id, cap, batch_id)
@@ -134,7 +135,7 @@ def check_cap(session: Session, tenant_id: int, n: int, batch_id: int | None = N
 def check_submission(
     session: Session, principal: Principal, n: int, *, batch_id: int | None = None
 ) -> None:
-    """Raise 429 (with Retry-After) if n more jobs would break a tenant limit.
+    """Raise AtCap or RateLimited (with retry_after) if n more jobs would break a limit.
 
     The cap is checked first, so a request refused for it takes no tokens. batch_id names
     a batch whose jobs are already inserted in this transaction (and counted in n).

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-_OUTBOX = "babelq_outbox"
+#: Where a session keeps the jobs to publish at commit (session.info): a list, no table.
+PENDING = "babelq_pending_publish"
 
 
 def schedule_publish(session: Session, kind: str, priority: int, ids: Sequence[int],
@@ -16,15 +17,15 @@ def schedule_publish(session: Session, kind: str, priority: int, ids: Sequence[i
 
     fast: one job that runs inline, for the fast lane (app.broker.fastlane).
     """
-    session.info.setdefault(_OUTBOX, []).append((kind, priority, ids, fast))
+    session.info.setdefault(PENDING, []).append((kind, priority, ids, fast))
 
 
 @event.listens_for(Session, "after_commit")
-def _publish_outbox(session: Session) -> None:
-    pending = session.info.pop(_OUTBOX, [])
+def _publish_pending(session: Session) -> None:
+    pending = session.info.pop(PENDING, [])
     if pending:
+        from app.broker.celery_app import publish_safely
         from app.broker.fastlane import publish_fast
-        from workers.celery_app import publish_safely
 
         for kind, priority, ids, fast in pending:
             if fast:
@@ -34,5 +35,5 @@ def _publish_outbox(session: Session) -> None:
 
 
 @event.listens_for(Session, "after_rollback")
-def _drop_outbox(session: Session) -> None:
-    session.info.pop(_OUTBOX, None)
+def _drop_pending(session: Session) -> None:
+    session.info.pop(PENDING, None)

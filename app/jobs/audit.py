@@ -12,8 +12,8 @@ import orjson
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from app import pgcopy
-from app.models import AuditEvent
+from app.store import pgcopy
+from app.store.models import AuditEvent
 
 #: prev_hash of the first event of every chain.
 GENESIS = "0" * 64
@@ -128,13 +128,14 @@ COLUMNS = ("job_id", "seq", "event_type", "actor", "created_at", "details", "pre
 
 
 #: Events given as one array per column (see arrays()); a statement may JOIN on e.
-EVENTS_FROM_ARRAYS = (
-    f"INSERT INTO audit_events ({', '.join(COLUMNS)}) SELECT e.* FROM unnest("
-    "CAST(:e_job_id AS bigint[]), CAST(:e_seq AS int[]), CAST(:e_event_type AS text[]), "
-    "CAST(:e_actor AS text[]), CAST(:e_created_at AS timestamptz[]), "
-    "CAST(:e_details AS jsonb[]), CAST(:e_prev_hash AS text[]), CAST(:e_hash AS text[])) "
-    f"AS e({', '.join(COLUMNS)})"
-)
+EVENTS_FROM_ARRAYS = """
+INSERT INTO audit_events (job_id, seq, event_type, actor, created_at, details, prev_hash, hash)
+SELECT e.* FROM unnest(CAST(:e_job_id AS bigint[]), CAST(:e_seq AS int[]),
+       CAST(:e_event_type AS text[]), CAST(:e_actor AS text[]),
+       CAST(:e_created_at AS timestamptz[]), CAST(:e_details AS jsonb[]),
+       CAST(:e_prev_hash AS text[]), CAST(:e_hash AS text[]))
+     AS e(job_id, seq, event_type, actor, created_at, details, prev_hash, hash)
+"""
 
 _EVENTS_FROM_ARRAYS = text(EVENTS_FROM_ARRAYS)
 

@@ -7,7 +7,7 @@ and its own tables (`naive_jobs`, `naive_results`): the naive code writes job st
 directly, which only app.jobs may do on the real `jobs` table, and it keeps no audit
 trail or batch counters, so it does strictly less work per job than we do.
 
-Run its workers with `celery -A app.bench.naive worker -Q babelq_naive -c 2`.
+Run its workers with `celery -A app.ops.bench.naive worker -Q babelq_naive -c 2`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from app import core
 from app.config import get_settings
-from app.db import engine_for
+from app.store.db import engine_for
 
 #: The baseline's own broker queue, so it never meets Babel Queue's messages.
 NAIVE_QUEUE = "babelq_naive"

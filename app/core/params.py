@@ -1,4 +1,6 @@
-"""Parameter models (every limit of the spec) and result types of the three job kinds."""
+"""Parameter models and result types of the three job kinds.
+
+Every limit is one of docs/computations.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""The Celery app: one queue per kind, priority lanes, and the delivery settings of system.md."""
+"""The Celery app and publishing: the delivery settings of docs/design.md, chunk messages.
+
+Below both the api and the workers: app.jobs publishes through it after commit, the
+workers consume with the same app (workers/tasks.py registers the task on it).
+"""
 
 from __future__ import annotations
 
@@ -14,28 +18,25 @@ import orjson
 from celery import Celery
 from kombu import Queue
 
+from app.broker.notify import redis_client
+from app.broker.queues import KINDS, PRIORITY_SEP, PRIORITY_STEPS, TASK_NAME, queue_for, queue_keys
 from app.config import Settings, get_settings
-from app.core import KINDS
-from app.notify import redis_client
+
+__all__ = ["KINDS", "TASK_NAME", "celery_app", "configure", "publish", "publish_safely",
+           "queue_for", "queue_keys"]
 
 log = logging.getLogger(__name__)
 
-TASK_NAME = "babelq.run_chunk"
-#: kombu's Redis transport keeps one list per priority step; lower is served first.
-PRIORITY_STEPS = [0, 1, 2]
-#: Separator kombu puts between a queue name and its priority step.
-PRIORITY_SEP = ":"
-
-celery_app = Celery("babelq", include=["workers.tasks"])
+celery_app = Celery("babelq")
 
 
 def configure(settings: Settings) -> Celery:
     """Point the app at the configured Redis with the delivery guarantees we rely on."""
     celery_app.conf.update(
         broker_url=settings.redis_url,
-        # Our channel (workers/transport.py) for plain redis:// only: kombu turns TLS on
-        # by the transport's name, so rediss:// keeps kombu's own.
-        broker_transport=("workers.transport:Transport"
+        # Our channel (app/broker/transport.py) for plain redis:// only: kombu turns TLS
+        # on by the transport's name, so rediss:// keeps kombu's own.
+        broker_transport=("app.broker.transport:Transport"
                           if urlsplit(settings.redis_url or "").scheme == "redis" else None),
         broker_connection_retry_on_startup=True,
         broker_transport_options={
@@ -70,30 +71,20 @@ def configure(settings: Settings) -> Celery:
 configure(get_settings())
 
 
-def queue_keys(kind: str) -> list[str]:
-    """The Redis lists that hold a kind's messages, highest priority first."""
-    return [kind if step == 0 else f"{kind}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS]
-
-
-def queue_for(kind: str) -> str:
-    """The queue of a kind; test-only kinds ride on the encode queue."""
-    return kind if kind in KINDS else "encode"
-
-
 def publish(
     kind: str, priority: int, ids: Sequence[int], chunk_size: int | None = None,
-    careful: bool = False,
+    claim_first: bool = False,
 ) -> int:
     """Send job ids to the kind's queue in messages of at most chunk_size ids.
 
-    careful marks a republished message: its jobs are claimed before they are computed
-    (see workers.tasks.execute_chunk). Messages go PUSH_MESSAGES to a command; a worker
+    claim_first marks a republished message: its jobs are claimed before they are
+    computed (see workers.tasks.execute_chunk). Messages go PUSH_MESSAGES to a command; a worker
     takes them in the order given, as if each had been published alone.
     """
     size = chunk_size or get_settings().chunk_size
     queue = queue_for(kind)
     key = queue_keys(queue)[PRIORITY_STEPS.index(priority)]
-    messages = [chunk_message(list(ids[start:start + size]), priority, queue, careful)
+    messages = [chunk_message(list(ids[start:start + size]), priority, queue, claim_first)
                 for start in range(0, len(ids), size)]
     client = redis_client(celery_app.conf.broker_url)
     for start in range(0, len(messages), PUSH_MESSAGES):
@@ -109,7 +100,8 @@ PUSH_MESSAGES = 256
 SHOWN_IDS = 64
 
 
-def chunk_message(chunk: list[int], priority: int, queue: str, careful: bool = False) -> bytes:
+def chunk_message(chunk: list[int], priority: int, queue: str, claim_first: bool = False
+                  ) -> bytes:
     """A run_chunk message as kombu's Redis transport stores it (Celery task protocol 2).
 
     Built here rather than by send_task, which costs about six times as much CPU per
@@ -117,7 +109,7 @@ def chunk_message(chunk: list[int], priority: int, queue: str, careful: bool = F
     and a new redis client per publish. tests/unit/test_messages.py holds it to kombu's.
     """
     task_id = str(uuid.uuid4())
-    kwargs = {"careful": True} if careful else {}
+    kwargs = {"claim_first": True} if claim_first else {}
     shown = chunk if len(chunk) <= SHOWN_IDS else [*chunk[:SHOWN_IDS], f"... {len(chunk)} ids"]
     body = orjson.dumps([[chunk], kwargs, _EMBED])
     return orjson.dumps({
@@ -146,11 +138,11 @@ _HEADERS: dict[str, object] = {
 _HOST = socket.gethostname()
 
 
-def publish_safely(kind: str, priority: int, ids: Sequence[int], *, careful: bool = False
+def publish_safely(kind: str, priority: int, ids: Sequence[int], *, claim_first: bool = False
                    ) -> bool:
     """Publish, but never fail the caller: the relay republishes whatever is left behind."""
     try:
-        publish(kind, priority, ids, careful=careful)
+        publish(kind, priority, ids, claim_first=claim_first)
     except Exception as exc:  # the job is committed; the relay will publish it
         log.warning("publish of %d %s job(s) failed, relay will retry: %s", len(ids), kind, exc)
         return False

@@ -1,0 +1,1 @@
+"""Running the stack: embedded servers, `babelq up`, process supervision, the bench."""

@@ -1,0 +1,1 @@
+"""The database: engine and sessions, the ORM models, COPY helpers. No job logic."""
