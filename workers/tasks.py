@@ -69,12 +69,12 @@ def execute_chunk(ids: Sequence[int], *, worker: str, claim_first: bool = False)
         held = jobs.claim(session, claimed, worker=worker)
         jobs.finish(session, done, worker=worker, held=held)
     if inline:
-        notify.finished([job.id for job in inline])
+        notify.finished([job.id for job in inline], jobs.finished_jobs(done))
     if not claimed:
         return len(inline)
     outcomes = [compute(job) for job in claimed]
     _persist(outcomes, worker=worker)
-    notify.finished([o.job.id for o in outcomes])
+    notify.finished([o.job.id for o in outcomes], jobs.finished_jobs(outcomes))
     return len(inline) + len(claimed)
 
 

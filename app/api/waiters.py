@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Callable
+from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from app.broker.notify import CHANNEL, KEYS_CHANNEL
@@ -15,11 +16,20 @@ from app.broker.notify import CHANNEL, KEYS_CHANNEL
 log = logging.getLogger(__name__)
 
 
+class Watch(asyncio.Event):
+    """Set when the watched job changes state; with the job itself when the worker sent it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: the finished job as a read shows it, with its tenant_id (see notify.finished)
+        self.final: dict[str, Any] | None = None
+
+
 class Waiters:
     """Job id → events of requests waiting for that job to change state."""
 
     def __init__(self, on_key_revoked: Callable[[int], None] = lambda key_id: None) -> None:
-        self._events: dict[int, set[asyncio.Event]] = {}
+        self._events: dict[int, set[Watch]] = {}
         self._task: asyncio.Task[None] | None = None
         #: Called with the id of every key revoked anywhere (see app.api.keycache).
         self._on_key_revoked = on_key_revoked
@@ -53,7 +63,7 @@ class Waiters:
                             if message["channel"] == KEYS_CHANNEL.encode():
                                 self._on_key_revoked(int(message["data"]))
                             else:
-                                self._wake(json.loads(message["data"]))
+                                self._wake(orjson.loads(message["data"]))
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # Redis away: waiters fall back to polling
@@ -62,15 +72,21 @@ class Waiters:
         finally:
             await client.aclose()
 
-    def _wake(self, ids: list[int]) -> None:
+    def _wake(self, message: list[int] | dict[str, Any]) -> None:
+        """Set the watches of these jobs: a list of ids, or ids and some jobs whole."""
+        if isinstance(message, dict):
+            ids, finals = message["ids"], {job["id"]: job for job in message["jobs"]}
+        else:
+            ids, finals = message, {}
         for job_id in ids:
-            for ev in self._events.get(job_id, ()):
-                ev.set()
+            for watch in self._events.get(job_id, ()):
+                watch.final = finals.get(job_id)
+                watch.set()
 
     @contextlib.contextmanager
     def watch(self, job_id: int):  # type: ignore[no-untyped-def]
         """Register interest before reading the job, so no notification slips between."""
-        ev = asyncio.Event()
+        ev = Watch()
         self._events.setdefault(job_id, set()).add(ev)
         try:
             yield ev

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
+import orjson
 import redis
 
 from app.config import get_settings
@@ -24,13 +25,20 @@ def redis_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
 
 
-def finished(ids: Sequence[int]) -> None:
-    """Tell waiters these jobs changed state; best effort, waiters also poll."""
+def finished(ids: Sequence[int], jobs: Sequence[dict[str, Any]] = ()) -> None:
+    """Tell waiters these jobs changed state; best effort, waiters also poll.
+
+    jobs: some of them whole, as a read would show them (with "tenant_id"), so a waiter
+    answers without reading them again. The message is then {"ids": [...], "jobs":
+    [...]}, else the list of ids alone.
+    """
     url = get_settings().redis_url
     if not url or not ids:
         return
+    message = orjson.dumps({"ids": list(ids), "jobs": list(jobs)}) if jobs else orjson.dumps(
+        list(ids))
     try:
-        redis_client(url).publish(CHANNEL, json.dumps(list(ids)))
+        redis_client(url).publish(CHANNEL, message)
     except redis.RedisError as exc:
         log.debug("finished-notification not sent: %s", exc)
 

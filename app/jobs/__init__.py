@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from app.core.status import TERMINAL, TRANSITIONS, JobStatus
 from app.jobs.counters import Moves, move_counters
-from app.jobs.execute import LockedJob, Outcome, backoff, claim, error_info, finish, lock_queued
+from app.jobs.execute import (
+    LockedJob,
+    Outcome,
+    backoff,
+    claim,
+    error_info,
+    finish,
+    finished_jobs,
+    lock_queued,
+)
 from app.jobs.manage import Busy, cancel, cancel_batch, expire_leases, prune, retry, take_due
 from app.jobs.pending_publish import schedule_publish
 from app.jobs.submit import (
@@ -46,6 +55,7 @@ __all__ = [
     "expire_leases",
     "find_keyed",
     "finish",
+    "finished_jobs",
     "lock_queued",
     "move_counters",
     "prepare_rows",

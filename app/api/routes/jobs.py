@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -134,6 +135,14 @@ async def read_job(
                 return _json(job)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), timeout=min(left, POLL_FALLBACK))
+            if changed.final is not None:  # the worker sent the finished job: no re-read
+                return _json(_finished(principal, job_id, changed.final))
+
+
+def _finished(principal: Principal, job_id: int, final: dict[str, Any]) -> JobRead:
+    """A finished job as its worker announced it, to the same tenant check as a read."""
+    job: Any = _visible(SimpleNamespace(**final), principal, job_id)
+    return JobRead.of(job, final["result"], final["result_sha256"])
 
 
 @router.get("", response_model=JobsRead, responses=ERRORS)
