@@ -131,7 +131,7 @@ def naive_phase(srv: Servers, procs: Procs, rss: RssSampler, n: int, workers: in
 
 def start_naive_worker(srv: Servers, procs: Procs, rss: RssSampler, workers: int) -> None:
     """The baseline's Celery worker (its tables made first when missing), watched for RSS."""
-    from app.db import engine_for
+    from app.store.db import engine_for
 
     naive.configure(srv.redis_url)
     naive.NaiveBase.metadata.create_all(engine_for(srv.database_url))
