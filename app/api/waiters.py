@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -25,10 +27,39 @@ class Watch(asyncio.Event):
         self.final: dict[str, Any] | None = None
 
 
+class RecentlyFinished:
+    """The jobs announced whole (succeeded, so never to change), each for a few seconds.
+
+    A single job usually finishes before its producer's poll arrives: that poll is then
+    answered from here, after the same tenant check, without reading PostgreSQL.
+    """
+
+    #: Seconds an announced job is kept, and how many are kept at most.
+    SECONDS, MAX = 5.0, 1024
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._jobs: OrderedDict[int, tuple[float, dict[str, Any]]] = OrderedDict()
+
+    def add(self, job: dict[str, Any]) -> None:
+        """Keep a finished job, dropping the oldest beyond MAX."""
+        self._jobs[job["id"]] = (self._clock() + self.SECONDS, job)
+        self._jobs.move_to_end(job["id"])
+        while len(self._jobs) > self.MAX:
+            self._jobs.popitem(last=False)
+
+    def get(self, job_id: int) -> dict[str, Any] | None:
+        """The job if it was announced less than SECONDS ago."""
+        entry = self._jobs.get(job_id)
+        return entry[1] if entry is not None and entry[0] > self._clock() else None
+
+
 class Waiters:
     """Job id → events of requests waiting for that job to change state."""
 
     def __init__(self, on_key_revoked: Callable[[int], None] = lambda key_id: None) -> None:
+        #: jobs just announced whole: see RecentlyFinished
+        self.recent = RecentlyFinished()
         self._events: dict[int, set[Watch]] = {}
         self._task: asyncio.Task[None] | None = None
         #: Called with the id of every key revoked anywhere (see app.api.keycache).
@@ -78,6 +109,8 @@ class Waiters:
             ids, finals = message["ids"], {job["id"]: job for job in message["jobs"]}
         else:
             ids, finals = message, {}
+        for job in finals.values():
+            self.recent.add(job)
         for job_id in ids:
             for watch in self._events.get(job_id, ()):
                 watch.final = finals.get(job_id)

@@ -10,6 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from app.api.routes.jobs import _read
+from app.jobs import keys
 from app.store.db import session_scope
 from tests.integration.conftest import auth
 from tests.integration.test_inline_lease import unpublished_job
@@ -61,6 +63,24 @@ def test_a_waiter_gets_the_finished_job_as_a_read_shows_it(api: TestClient, admi
         time.sleep(0.5)  # let the long-poll start waiting (it passes either way)
         assert tasks.execute_chunk([job_id], worker="test-waiter") == 1
         waited: dict[str, Any] = waiting.result().json()
-    read = api.get(f"/v1/jobs/{job_id}", headers=auth(admin_key)).json()
     assert waited["status"] == "succeeded" and waited["result"]["codec"] == "babel"
-    assert waited == read
+    assert waited == from_database(admin_key, job_id)
+
+
+def test_a_just_finished_job_reads_as_stored_and_only_for_its_tenant(
+    api: TestClient, key_a: str, key_b: str
+) -> None:
+    job = submit_and_wait(api, key_a, {"kind": "encode", "params": {"text": "just done"}})
+    again = api.get(f"/v1/jobs/{job['id']}", headers=auth(key_a))
+    other = api.get(f"/v1/jobs/{job['id']}", headers=auth(key_b))
+    assert job["status"] == "succeeded"
+    assert job == again.json() == from_database(key_a, job["id"])
+    assert other.status_code == 404
+
+
+def from_database(key: str, job_id: int) -> dict[str, Any]:
+    """The job as a read of PostgreSQL shows it (not an announcement kept by the api)."""
+    with session_scope() as s:
+        principal = keys.authenticate(s, key)
+    assert principal is not None
+    return _read(principal, job_id)[0].model_dump(mode="json")

@@ -127,6 +127,9 @@ async def read_job(
     """The job; with wait=S, block up to S seconds until it reaches a terminal state."""
     deadline = time.monotonic() + wait
     waiters = request.app.state.waiters
+    final = waiters.recent.get(job_id)
+    if final is not None:  # announced by its worker a moment ago: no read needed
+        return _json(_finished(principal, job_id, final))
     while True:
         with waiters.watch(job_id) as changed:
             job, done = await run_in_threadpool(_read, principal, job_id)
