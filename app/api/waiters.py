@@ -30,8 +30,8 @@ class Watch(asyncio.Event):
 class RecentlyFinished:
     """The jobs announced whole (succeeded, so never to change), each for a few seconds.
 
-    A single job usually finishes before its producer's poll arrives: that poll is then
-    answered from here, after the same tenant check, without reading PostgreSQL.
+    A single job usually finishes before its producer's long-poll arrives: that poll is
+    then answered from here, after the same tenant check, without reading PostgreSQL.
     """
 
     #: Seconds an announced job is kept, and how many are kept at most.

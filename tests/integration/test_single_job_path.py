@@ -71,8 +71,9 @@ def test_a_just_finished_job_reads_as_stored_and_only_for_its_tenant(
     api: TestClient, key_a: str, key_b: str
 ) -> None:
     job = submit_and_wait(api, key_a, {"kind": "encode", "params": {"text": "just done"}})
-    again = api.get(f"/v1/jobs/{job['id']}", headers=auth(key_a))
-    other = api.get(f"/v1/jobs/{job['id']}", headers=auth(key_b))
+    wait = {"wait": 10}
+    again = api.get(f"/v1/jobs/{job['id']}", params=wait, headers=auth(key_a))
+    other = api.get(f"/v1/jobs/{job['id']}", params=wait, headers=auth(key_b))
     assert job["status"] == "succeeded"
     assert job == again.json() == from_database(key_a, job["id"])
     assert other.status_code == 404

@@ -127,8 +127,10 @@ async def read_job(
     """The job; with wait=S, block up to S seconds until it reaches a terminal state."""
     deadline = time.monotonic() + wait
     waiters = request.app.state.waiters
-    final = waiters.recent.get(job_id)
-    if final is not None:  # announced by its worker a moment ago: no read needed
+    # A long-poll of a job its worker announced a moment ago needs no read. A plain read
+    # always asks PostgreSQL: it is how a producer checks what is stored now.
+    final = waiters.recent.get(job_id) if wait > 0 else None
+    if final is not None:
         return _json(_finished(principal, job_id, final))
     while True:
         with waiters.watch(job_id) as changed:
