@@ -12,11 +12,14 @@ import itertools
 import statistics
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 import httpx
 import psycopg
+from kombu import Producer
 
 from app.ops.bench import naive
 from app.ops.bench.report import STAGES
@@ -47,11 +50,12 @@ def single_job(client: httpx.Client, text: str) -> tuple[float, dict[str, float]
     return total, dict(zip(STAGES, gaps, strict=True))
 
 
-def naive_single(conn: psycopg.Connection[Any], text: str, timeout: float = 10.0) -> float:
+def naive_single(conn: psycopg.Connection[Any], producer: Producer, text: str,
+                 timeout: float = 10.0) -> float:
     """apply_async one bare encode task, poll its result row until committed: ms taken."""
     key = uuid.uuid4().hex
     started = time.perf_counter()
-    naive.encode_one.apply_async(args=[key, text], queue=naive.NAIVE_QUEUE)
+    naive.encode_one.apply_async(args=[key, text], queue=naive.NAIVE_QUEUE, producer=producer)
     cur = conn.cursor()
     while cur.execute("SELECT 1 FROM naive_outputs WHERE key = %s", (key,)).fetchone() is None:
         if time.perf_counter() - started > timeout:
@@ -62,8 +66,8 @@ def naive_single(conn: psycopg.Connection[Any], text: str, timeout: float = 10.0
 
 def naive_first(database_url: str, timeout: float = 120.0) -> None:
     """One naive sample, waiting as long as the baseline's worker takes to start."""
-    with psycopg.connect(_libpq(database_url), autocommit=True) as conn:
-        naive_single(conn, "warm naive", timeout)
+    with _naive_client(database_url) as (conn, producer):
+        naive_single(conn, producer, "warm naive", timeout)
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -82,10 +86,10 @@ def side_by_side(client: httpx.Client, database_url: str, samples: int, tag: str
                  ) -> tuple[dict[str, Any], dict[str, float]]:
     """(ours, naive): samples of each, alternating, each after a short rest."""
     ours, base = [], []
-    with psycopg.connect(_libpq(database_url), autocommit=True) as conn:
+    with _naive_client(database_url) as (conn, producer):
         for i in range(samples):
             time.sleep(REST)
-            base.append(naive_single(conn, f"{tag} {i}"))
+            base.append(naive_single(conn, producer, f"{tag} {i}"))
             time.sleep(REST)
             ours.append(single_job(client, f"{tag} {i}"))
     return _summary(ours), percentiles(base)
@@ -94,6 +98,18 @@ def side_by_side(client: httpx.Client, database_url: str, samples: int, tag: str
 def _summary(runs: list[tuple[float, dict[str, float]]]) -> dict[str, Any]:
     stages = {k: statistics.median(r[1][k] for r in runs) for k in STAGES}
     return {**percentiles([r[0] for r in runs]), "median_stages": stages}
+
+
+@contextmanager
+def _naive_client(database_url: str) -> Iterator[tuple[psycopg.Connection[Any], Producer]]:
+    """The naive client's database connection and broker producer, both open throughout.
+
+    A producer on a connection of our own, not Celery's pool: the pool keeps the broker
+    URL it was made with, and one process may run several benches, each with its Redis.
+    """
+    with psycopg.connect(_libpq(database_url), autocommit=True) as conn, \
+            naive.naive_app.connection_for_write() as broker:
+        yield conn, broker.Producer()
 
 
 def _libpq(url: str) -> str:
