@@ -191,8 +191,19 @@ def test_app_services_share_the_compose_redis() -> None:
     """One BABELQ_REDIS_URL, pointing at the redis service."""
     urls = {_environment(n).get("BABELQ_REDIS_URL") for n in APP_SERVICES}
     assert len(urls) == 1 and None not in urls, f"Redis URLs differ: {urls}"
-    url = urlsplit(str(urls.pop()))
+    url = urlsplit(_interpolate(str(urls.pop())))
     assert (url.scheme, url.hostname, url.port or 6379) == ("redis", "redis", 6379)
+
+
+def test_redis_requires_the_password_the_services_use() -> None:
+    """Redis has requirepass (from a required variable), and the app URL carries it."""
+    command = _words(_service("redis").get("command"))
+    required = _option(command, "--requirepass")
+    assert required and REQUIRED_VARIABLE.fullmatch(required)
+    url = urlsplit(_interpolate(_environment("api")["BABELQ_REDIS_URL"]))
+    assert url.password == _interpolate(required)
+    # The healthcheck's redis-cli authenticates through REDISCLI_AUTH.
+    assert _environment("redis").get("REDISCLI_AUTH") == required
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)

@@ -28,8 +28,9 @@ from celery import bootsteps
 from celery.concurrency.prefork import TaskPool
 from celery.signals import worker_process_init, worker_process_shutdown
 
-from app.broker.celery_app import celery_app, publish_safely
-from app.broker.fastlane import FAST_QUEUE, fast_keys
+from app.broker import window
+from app.broker.celery_app import celery_app
+from app.broker.fastlane import FAST_QUEUE, fast_keys, parse
 from app.broker.queues import TASK_NAME
 from app.config import get_settings
 
@@ -102,11 +103,11 @@ class FastLane:
                 time.sleep(PAUSE)
                 continue
             if item is not None:
-                key, job_id = item
+                key, message = item
                 self._run_job(keys.index(key.decode() if isinstance(key, bytes) else key),
-                              int(job_id))
+                              *parse(message))
 
-    def _run_job(self, priority: int, job_id: int) -> None:
+    def _run_job(self, priority: int, job_id: int, dispatch: int) -> None:
         """Run one job as a fresh message would; if that fails, hand it to Celery, claim first.
 
         As a Celery task would retry it (autoretry_for), but at once: the job is still
@@ -117,11 +118,16 @@ class FastLane:
 
         started = time.monotonic()
         try:
-            ran = tasks.execute_chunk([job_id], worker=self.worker, claim_first=False)
+            ran = tasks.execute_chunk([job_id], worker=self.worker, claim_first=False,
+                                      dispatch=dispatch)
         except Exception as exc:
             log.warning("fast lane: job %d handed to Celery after %s: %s", job_id,
                         type(exc).__name__, exc)
-            publish_safely(FAST_QUEUE, priority, [job_id], claim_first=True)
+            try:
+                window.send([window.Sent(dispatch, FAST_QUEUE, priority, [job_id])],
+                            claim_first=True)
+            except Exception as lost:  # its dispatch row stays: the relay sends it again
+                log.warning("fast lane: job %d left to the relay: %s", job_id, lost)
             return
         if self._events is not None:
             try:

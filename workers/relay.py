@@ -1,7 +1,7 @@
-"""The relay: returns expired leases, (re)publishes queued jobs, prunes by retention.
+"""The relay: returns expired leases, dispatches and resends, prunes by retention.
 
-Several relays may run at once: every pass takes rows with FOR UPDATE SKIP LOCKED,
-so two relays never move or publish the same job in the same pass.
+Several relays may run at once: every pass takes rows with FOR UPDATE SKIP LOCKED (and
+a dispatch pass its advisory lock), so two relays never move or send the same job.
 """
 
 from __future__ import annotations
@@ -16,20 +16,16 @@ import redis
 from sqlalchemy.exc import OperationalError
 
 from app import jobs
-from app.broker.celery_app import publish
-from app.broker.notify import redis_client
-from app.broker.queues import KINDS, queue_keys
 from app.config import get_settings
-from app.jobs import kinds
+from app.jobs import delayed, dispatch, schedules
 from app.jobs.manage import SLICE
 from app.store.db import session_scope
+from workers import webhooks
 
 log = logging.getLogger(__name__)
 
 #: Seconds between retention prunes (each scans the finished jobs).
 PRUNE_EVERY = 60.0
-#: Stale checks per requeue_after.
-STALE_CHECKS = 3
 
 
 @dataclass
@@ -37,44 +33,39 @@ class PassReport:
     """What one relay pass did."""
 
     expired: int = 0
+    #: delayed jobs whose time came, and schedules that fired
+    released: int = 0
+    fired: int = 0
+    #: never-published queued jobs (retries, returned leases) made pending
+    pended: int = 0
+    #: messages sent again: sent more than requeue_after ago and never taken
+    resent: int = 0
+    #: messages sent from PostgreSQL into the lanes' windows
     published: int = 0
     pruned: int = 0
-    #: whether it looked for stale jobs (asked to, and some kind's queue was empty)
-    stale_checked: bool = False
+    #: jobs of batches whose cancel had stopped half way
+    cancelled: int = 0
 
 
-def idle_kinds() -> list[str]:
-    """Kinds whose broker queues are empty, so any stale queued job's message is lost."""
-    url = get_settings().redis_url
-    assert url, "BABELQ_REDIS_URL is not set"
-    client = redis_client(url)
-    pipe = client.pipeline(transaction=False)
-    for kind in KINDS:
-        for key in queue_keys(kind):
-            pipe.llen(key)
-    lengths = pipe.execute()
-    per = len(queue_keys(KINDS[0]))
-    idle = [k for i, k in enumerate(KINDS) if sum(lengths[i * per:(i + 1) * per]) == 0]
-    # Kinds registered by plugins ride on the encode queue (queue_for).
-    return idle + list(kinds.extra()) if "encode" in idle else idle
-
-
-def relay_pass(actor: str, prune: bool = True, stale: bool = True) -> PassReport:
-    """One pass: expire leases, publish what is due, and (if asked) apply retention and
-    republish stale queued jobs of idle kinds."""
+def relay_pass(actor: str, prune: bool = True) -> PassReport:
+    """One pass: expire leases, make due jobs pending, resend lost messages, fill the
+    windows, and (if asked) apply retention."""
     report = PassReport()
     with session_scope() as session:
         report.expired = jobs.expire_leases(session, actor=actor)
-    idle = idle_kinds() if stale else []
-    report.stale_checked = bool(idle)
+    with session_scope() as session:
+        report.released = delayed.release_due(session)
+    with session_scope() as session:
+        report.fired = schedules.fire_due(session, actor=actor)
     while True:
         with session_scope() as session:
-            groups = jobs.take_due(session, idle_kinds=idle)
-        for (kind, priority), ids in groups.items():
-            publish(kind, priority, ids, claim_first=True)
-            report.published += len(ids)
-        if sum(len(v) for v in groups.values()) < SLICE:
+            pended = dispatch.pend_unpublished(session, limit=SLICE)
+        report.pended += pended
+        if pended < SLICE:
             break
+    report.resent = dispatch.resend()
+    report.published = dispatch.run_pass()
+    report.cancelled = finish_cancels(actor)
     days = get_settings().retention_days
     if prune and days > 0:
         with session_scope() as session:
@@ -82,29 +73,42 @@ def relay_pass(actor: str, prune: bool = True, stale: bool = True) -> PassReport
     return report
 
 
+#: How long the relay waits for a job row a worker holds, when finishing a cancel.
+CANCEL_LOCK_WAIT = "200ms"
+
+
+def finish_cancels(actor: str) -> int:
+    """Go on with the cancels that stopped half way (409, or an api that went away)."""
+    done = 0
+    with session_scope() as session:
+        batch_ids = jobs.cancelling_batches(session)
+    for batch_id in batch_ids:
+        try:
+            with session_scope() as session:
+                done += jobs.cancel_batch(session, batch_id, actor=actor,
+                                          lock_wait=CANCEL_LOCK_WAIT)
+        except jobs.Busy:
+            continue  # a worker holds some of its rows: next pass
+    return done
+
+
 def run(stop: threading.Event | None = None, interval: float | None = None) -> None:
     """Relay passes forever (or until stop is set), surviving outages of either server."""
     stop = stop or threading.Event()
     pause = interval if interval is not None else get_settings().relay_interval
     actor = f"relay@{socket.gethostname()}"
-    next_prune, last_stale = 0.0, float("-inf")
+    webhooks.start(stop)
+    next_prune = 0.0
     while not stop.is_set():
         try:
             # Pruning looks for finished jobs with no index to help (one would cost every
             # finishing write), so it runs once per PRUNE_EVERY, not every pass.
             prune = time.monotonic() >= next_prune
-            # The stale check reads every queued job while a backlog waits (no index
-            # serves it; one would cost every ingested line), so it runs a few times per
-            # requeue_after, not every pass: a lost message waits a third longer at most.
-            # Until it has run, every pass asks again whether a queue is empty (cheap).
-            every = get_settings().requeue_after / STALE_CHECKS
-            report = relay_pass(actor, prune=prune,
-                                stale=time.monotonic() - last_stale >= every)
-            if report.stale_checked:
-                last_stale = time.monotonic()
+            report = relay_pass(actor, prune=prune)
             if prune:  # a full slice: more is waiting, so prune again next pass
                 next_prune = time.monotonic() + (0 if report.pruned >= SLICE else PRUNE_EVERY)
-            if report.expired or report.published or report.pruned:
+            if (report.expired or report.pended or report.resent or report.pruned
+                    or report.cancelled or report.released or report.fired):
                 log.info("relay: %s", report)
         except (OperationalError, redis.RedisError, OSError) as exc:
             log.warning("relay pass failed, will retry: %s", exc)

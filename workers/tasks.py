@@ -16,10 +16,13 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from app import core, jobs
 from app.broker import notify
 from app.broker.queues import TASK_NAME
+from app.broker.window import observe
 from app.jobs import kinds
+from app.jobs.dispatch import refill, settle
 from app.ops.memory import tune_gc
 from app.store.db import session_scope
 from workers import fastlane  # noqa: F401  (the fast lane's worker step)
+from workers.heartbeat import HEARTBEAT
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +57,18 @@ def compute(job: jobs.LockedJob) -> jobs.Outcome:
         return jobs.Outcome(job, error=jobs.error_info(exc))
 
 
-def execute_chunk(ids: Sequence[int], *, worker: str, claim_first: bool = False) -> int:
+def execute_chunk(ids: Sequence[int], *, worker: str, claim_first: bool = False,
+                  dispatch: int | None = None) -> int:
     """Claim, compute and persist a chunk of jobs; returns how many this worker ran.
 
     Cheap jobs are computed and finished inside the transaction that locks them (see
     jobs.lock_queued); the rest are claimed, computed after that commit, then finished.
     With claim_first every job is claimed first, so an attempt that kills the worker is
-    counted.
+    counted. The message's dispatch row goes in the same transaction (app.jobs.dispatch).
     """
+    started = time.perf_counter()
     with session_scope() as session:
+        settle(session, dispatch)
         inline, claimed = jobs.lock_queued(session, ids, worker=worker,
                                            inline_ok=not claim_first)
         done = [compute(job) for job in inline]
@@ -70,12 +76,15 @@ def execute_chunk(ids: Sequence[int], *, worker: str, claim_first: bool = False)
         jobs.finish(session, done, worker=worker, held=held)
     if inline:
         notify.finished([job.id for job in inline], jobs.finished_jobs(done))
-    if not claimed:
-        return len(inline)
-    outcomes = [compute(job) for job in claimed]
-    _persist(outcomes, worker=worker)
-    notify.finished([o.job.id for o in outcomes], jobs.finished_jobs(outcomes))
-    return len(inline) + len(claimed)
+    if claimed:
+        with HEARTBEAT.hold(claimed):
+            outcomes = [compute(job) for job in claimed]
+            _persist(outcomes, worker=worker)
+        notify.finished([o.job.id for o in outcomes], jobs.finished_jobs(outcomes))
+    ran = [*inline, *claimed]
+    if ran:  # a message carries one kind: its run time sizes the kind's next chunks
+        observe(ran[0].kind, time.perf_counter() - started, len(ran))
+    return len(ran)
 
 
 def _persist(outcomes: list[jobs.Outcome], *, worker: str) -> None:
@@ -110,17 +119,19 @@ def _persist(outcomes: list[jobs.Outcome], *, worker: str) -> None:
     retry_backoff_max=30,
     max_retries=8,
 )
-def run_chunk(self, ids: list[int], claim_first: bool = False) -> int:  # type: ignore[no-untyped-def]
-    """Celery entry point of a chunk message.
+def run_chunk(  # type: ignore[no-untyped-def]
+    self, ids: list[int], claim_first: bool = False, dispatch: int | None = None
+) -> int:
+    """Celery entry point of a chunk message; then refills the lane's window.
 
     A message the broker redelivers (its worker died or was lost) or that the relay
     republished may carry a job that kills workers: its jobs are all claimed first.
     """
     worker = self.request.hostname or socket.gethostname()
-    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
-    claim_first = claim_first or redelivered or bool(self.request.retries)
+    info = self.request.delivery_info or {}
+    claim_first = claim_first or bool(info.get("redelivered")) or bool(self.request.retries)
     try:
-        return execute_chunk(ids, worker=worker, claim_first=claim_first)
+        ran = execute_chunk(ids, worker=worker, claim_first=claim_first, dispatch=dispatch)
     except DBAPIError as exc:
         if isinstance(exc, OperationalError) or not exc.connection_invalidated:
             raise
@@ -129,3 +140,13 @@ def run_chunk(self, ids: list[int], claim_first: bool = False) -> int:  # type: 
         # connection like any other, so retried as one (autoretry_for), claiming first.
         raise OperationalError(exc.statement, exc.params, exc.orig or exc,
                                connection_invalidated=True) from exc
+    _refill(info.get("routing_key") or "encode", int(info.get("priority") or 0))
+    return ran
+
+
+def _refill(queue: str, priority: int) -> None:
+    """Top up the windows as chunks finish, so throughput never waits for the relay."""
+    try:
+        refill(queue, priority)
+    except Exception as exc:  # the relay fills on its next pass
+        log.warning("refill after chunk failed, the relay will fill: %s", exc)

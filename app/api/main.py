@@ -12,9 +12,10 @@ from fastapi import FastAPI
 from app.api import errors
 from app.api.keycache import KeyCache
 from app.api.limits import BodyLimit
-from app.api.routes import batches, jobs, keys, system
+from app.api.routes import batches, jobs, keys, schedules, system, tenants, webhooks
 from app.api.waiters import Waiters
 from app.config import Settings, get_settings
+from app.console import install as install_console
 from app.ops.memory import tune_gc
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,13 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(keys.router)
     app.include_router(batches.router)
+    app.include_router(tenants.router)
+    app.include_router(webhooks.router)
+    app.include_router(schedules.router)
+    install_console(app)
     app.add_middleware(BodyLimit, default=settings.max_body_bytes,
-                       overrides={"/v1/batches": settings.max_batch_body_bytes})
+                       overrides={"/v1/batches": settings.max_batch_body_bytes},
+                       json={"/v1/batches": settings.max_json_batch_bytes})
     tune_gc()  # start-up is done: freeze what it made
     return app
 

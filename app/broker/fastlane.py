@@ -1,19 +1,19 @@
 """Publishing to the fast lane: single cheap jobs, straight to the worker threads that take them.
 
-See workers/fastlane.py for the consuming side. A fast message is the job id alone, on a
-Redis list per priority step; LPUSH by the process's one pooled Redis client.
+See workers/fastlane.py for the consuming side. A fast message is "<job id>:<dispatch row>"
+on a Redis list per priority step, LPUSHed by the process's one pooled Redis client. The
+dispatch row is recorded with the job as for any message (app.jobs.dispatch), so fair
+dispatch counts it, the lane's run settles it, and a lost fast message is sent again as
+a Celery message, like any lost message.
 """
 
 from __future__ import annotations
 
-import logging
-
-import redis
+from collections.abc import Sequence
 
 from app.broker.notify import redis_client
+from app.broker.window import Sent
 from app.config import get_settings
-
-log = logging.getLogger(__name__)
 
 #: The broker queue whose workers run fast-lane jobs (every fast job is an inline encode).
 FAST_QUEUE = "encode"
@@ -26,11 +26,15 @@ def fast_keys() -> list[str]:
     return list(FAST_KEYS)
 
 
-def publish_fast(priority: int, job_id: int) -> bool:
-    """Send one job to the fast lane; False (the relay republishes it) if Redis is away."""
-    try:
-        redis_client(get_settings().redis_url or "").lpush(FAST_KEYS[priority], job_id)
-    except redis.RedisError as exc:
-        log.warning("fast-lane publish of job %d failed, relay will retry: %s", job_id, exc)
-        return False
-    return True
+def send(sent: Sequence[Sent]) -> None:
+    """LPUSH recorded one-job messages to the fast lane; raises as window.send does."""
+    client = redis_client(get_settings().redis_url or "")
+    for s in sent:
+        client.lpush(FAST_KEYS[s.priority], f"{s.ids[0]}:{s.dispatch}")
+
+
+def parse(message: bytes | str) -> tuple[int, int]:
+    """(job id, dispatch row) of a fast message."""
+    text = message.decode() if isinstance(message, bytes) else message
+    job_id, _, dispatch = text.partition(":")
+    return int(job_id), int(dispatch)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Annotated
 
@@ -131,20 +132,51 @@ def flower(
     require(settings.redis_url, "redis_url")
     from app.broker.celery_app import celery_app, configure
 
-    configure(settings)
+    configure(settings, fast_transport=False)  # its Broker page needs a plain redis:// URL
     # Through Flower's environment option, so the password is not in `ps` output.
     os.environ["FLOWER_BASIC_AUTH"] = f"{user}:{password}"
     address, listen = host or settings.flower_host, port or settings.flower_port
     celery_app.start(["flower", f"--address={address}", f"--port={listen}"])
 
 
-def migrate_cmd() -> None:
+def migrate_cmd(
+    wait: Annotated[float | None, typer.Option(
+        min=0, help="Do not migrate: wait up to this many seconds for the database to reach "
+                    "this code's newest migration (a pod's init container, while the migrate "
+                    "Job runs).")] = None,
+) -> None:
     """Bring the database schema to the newest migration."""
     from app.store.db import current_revision, engine_for, migrate
 
     url = require(get_settings().database_url, "database_url")
-    migrate(url)
+    if wait is not None:
+        wait_for_head(url, wait)
+    else:
+        migrate(url)
     out.print(f"database at revision {current_revision(engine_for(url))}")
+
+
+def wait_for_head(url: str, timeout: float, every: float = 2.0) -> None:
+    """Return once the database is at the code's head revision; CliError after timeout.
+
+    An unreachable database counts as not there yet: pods start while it fails over.
+    """
+    from sqlalchemy.exc import OperationalError
+
+    from app.store.db import current_revision, engine_for, head_revision
+
+    engine, head = engine_for(url), head_revision()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            current = current_revision(engine)
+        except OperationalError:
+            current = "unreachable"
+        if current == head:
+            return
+        if time.monotonic() >= deadline:
+            raise CliError(f"database at {current}, not at {head} after {timeout:g}s", 1)
+        time.sleep(every)
 
 
 def bench(ctx: typer.Context) -> None:

@@ -20,7 +20,18 @@ from app.jobs.execute import (
     finished_jobs,
     lock_queued,
 )
-from app.jobs.manage import Busy, cancel, cancel_batch, expire_leases, prune, retry, take_due
+from app.jobs.leases import renew_leases
+from app.jobs.manage import (
+    CANCEL_SLICE,
+    Busy,
+    cancel,
+    cancel_batch,
+    cancelling_batches,
+    expire_leases,
+    mark_cancelling,
+    prune,
+    retry,
+)
 from app.jobs.pending_publish import schedule_publish
 from app.jobs.submit import (
     JobRow,
@@ -36,6 +47,7 @@ from app.jobs.submit import (
 )
 
 __all__ = [
+    "CANCEL_SLICE",
     "TERMINAL",
     "TRANSITIONS",
     "Busy",
@@ -50,6 +62,7 @@ __all__ = [
     "backoff",
     "cancel",
     "cancel_batch",
+    "cancelling_batches",
     "claim",
     "error_info",
     "expire_leases",
@@ -57,14 +70,15 @@ __all__ = [
     "finish",
     "finished_jobs",
     "lock_queued",
+    "mark_cancelling",
     "move_counters",
     "prepare_rows",
     "prune",
+    "renew_leases",
     "reserve_ids",
     "retry",
     "schedule_publish",
     "store_rows",
     "submit",
-    "take_due",
     "validate",
 ]

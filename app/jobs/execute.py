@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from app.config import get_settings
 from app.core.canonical import canonical_json
 from app.core.status import JobStatus
-from app.jobs import audit
+from app.jobs import audit, webhooks
 from app.jobs.audit import Link
 from app.jobs.counters import Moves, move_counters
 from app.store import pgcopy
@@ -66,12 +66,16 @@ def runs_inline(kind: str, params: dict[str, Any]) -> bool:
 #
 # It also sets idle_in_transaction_session_timeout to the lease for this transaction (in
 # the same round trip as the lock, not a SET LOCAL of its own): see lock_queued(). The
-# uncorrelated subquery is a one-time filter, run once before any row is read.
+# uncorrelated subqueries are one-time filters, run once before any row is read; the
+# first makes no job of a batch being cancelled start (the few marked batches are read
+# through the batches_cancelling partial index).
 LOCK_QUEUED_SQL = """
 SELECT j.id, j.kind, j.params, j.attempt + 1 AS attempt, j.attempt_base, j.max_attempts,
        j.batch_id, j.audit_seq, j.audit_head
 FROM unnest(CAST(:ids AS bigint[])) AS v(id) JOIN jobs j ON j.id = v.id
 WHERE j.status = 'queued' AND (j.run_after IS NULL OR j.run_after <= now())
+  AND (j.batch_id IS NULL OR j.batch_id <> ALL(coalesce(
+       (SELECT array_agg(b.id) FROM batches b WHERE b.cancelling), '{}')))
   AND (SELECT set_config('idle_in_transaction_session_timeout', :idle, true)) IS NOT NULL
 ORDER BY j.id FOR UPDATE OF j SKIP LOCKED
 """
@@ -199,7 +203,7 @@ FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:seqs AS int[
 WHERE jobs.id = v.id
   AND jobs.status = CASE WHEN v.inline THEN 'queued' ELSE 'running' END
   AND jobs.attempt = v.attempt - CASE WHEN v.inline THEN 1 ELSE 0 END
-RETURNING jobs.id, jobs.batch_id
+RETURNING jobs.id, jobs.batch_id, jobs.tenant_id
 """
 _SUCCEED = text(SUCCEED_SQL)
 
@@ -257,7 +261,7 @@ FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:statuses AS 
 WHERE jobs.id = v.id
   AND jobs.status = CASE WHEN v.inline THEN 'queued' ELSE 'running' END
   AND jobs.attempt = v.attempt - CASE WHEN v.inline THEN 1 ELSE 0 END
-RETURNING jobs.id, jobs.batch_id, v.status
+RETURNING jobs.id, jobs.batch_id, jobs.tenant_id, v.status
 """
 _FAIL = text(FAIL_SQL)
 
@@ -287,6 +291,8 @@ def _succeed(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
         _write_results(session, kept)
         audit.insert_links(session, _links(kept))
     _write_decisions(session, [o for o in kept if o.job.kind == "evaluate"])
+    webhooks.record_job_events(session, "job.succeeded",
+                               [(r.id, r.tenant_id, r.batch_id) for r in rows])
     return _moves(outcomes, [(r.id, r.batch_id, S) for r in rows])
 
 
@@ -398,6 +404,8 @@ def _fail(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
         "errors": [_json(o.error) for o in outcomes], "run_afters": run_afters,
     }).all()
     audit.insert_links(session, _links(_kept(outcomes, rows)))
+    webhooks.record_job_events(session, "job.dead", [(r.id, r.tenant_id, r.batch_id)
+                                                     for r in rows if r.status == "dead"])
     return _moves(outcomes, [(r.id, r.batch_id, r.status) for r in rows])
 
 

@@ -39,15 +39,14 @@ def poison_batch() -> list[dict[str, Any]]:
 def test_poison_job_goes_dead_with_backoff_while_its_chunk_succeeds(
     stack: Stack, client: httpx.Client, engine: Engine, since: int, recovery: Recorder
 ) -> None:
-    # The api publishes a batch in one chunk per kind; a poison job shares a chunk with good
-    # jobs when the relay or a producer mixes kinds. Build such chunks: while every worker is
-    # busy, the batch's own messages are taken back from Redis and mixed chunks sent instead
-    # (left there, one could claim a poison job alone while its mixed chunk still waits).
+    # The dispatcher sends a batch in chunks of one kind; a poison job shares a chunk with
+    # good jobs when a producer mixes kinds. Build such chunks: while every worker is busy,
+    # the batch is taken back from the dispatcher and from Redis, and mixed chunks sent
+    # instead (left there, one could claim a poison job alone while its mixed chunk waits).
     sleepers = occupy_workers(client, engine, 3)
     batch = submit_batch(client, poison_batch())
     ids = batch_job_ids(engine, batch["id"])
-    # 597 encode jobs in chunks of 200, and one chunk of the 3 test_fail ones.
-    assert stack.withdraw(ids) == 4, "the batch's own messages were not all waiting in Redis"
+    take_back(stack, engine, ids)
     stack.publish(ids, priority=0, chunk_size=CHUNK)
     checks.wait_terminal(engine, since)
     counts = checks.assert_consistent(engine, since)
@@ -79,6 +78,17 @@ def test_poison_job_goes_dead_with_backoff_while_its_chunk_succeeds(
     checks.assert_consistent(engine, since)
     job = client.get(f"/v1/jobs/{dead_id}").json()
     assert (job["status"], job["attempt"]) == ("dead", 6)
+
+
+def take_back(stack: Stack, engine: Engine, ids: list[int]) -> None:
+    """Undo the dispatch of these jobs: none left pending, in Redis, or to be sent again."""
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM pending_jobs WHERE ids && CAST(:ids AS bigint[])"),
+                     {"ids": ids})
+    assert stack.withdraw(ids) >= 1, "none of the batch's messages was waiting in Redis"
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM dispatches WHERE ids && CAST(:ids AS bigint[])"),
+                     {"ids": ids})
 
 
 def assert_dead_with_error(client: httpx.Client, job_id: int, message: str) -> None:

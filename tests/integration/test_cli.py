@@ -126,6 +126,19 @@ def test_keys_create_prints_only_a_key_that_authenticates(stack: Stack) -> None:
     assert [(k["name"], key.startswith(k["prefix"])) for k in listed] == [("ci", True)]
 
 
+def test_tenants_set_then_list(stack: Stack) -> None:
+    stack.ok("keys", "create", "--tenant", "cli-fair")
+    out = stack.ok("tenants", "set", "cli-fair", "--weight", "3", "--max-running", "200")
+    assert "weight 3, max running 200" in out
+    listed = {t["name"]: t for t in json.loads(stack.ok("tenants", "list", "--json"))}
+    assert (listed["cli-fair"]["weight"], listed["cli-fair"]["max_running"]) == (3.0, 200)
+    stack.ok("tenants", "set", "cli-fair", "--unlimited")
+    listed = {t["name"]: t for t in json.loads(stack.ok("tenants", "list", "--json"))}
+    assert listed["cli-fair"]["max_running"] is None
+    unknown = stack.run("tenants", "set", "no-such-tenant", "--weight", "2")
+    assert unknown.returncode == 1 and "no tenant" in unknown.stderr + unknown.stdout
+
+
 def test_submit_and_wait_gives_the_known_answer(stack: Stack) -> None:
     out = stack.ok("submit", "encode", "--param", "text=hello world", "--wait", "--json")
     job = json.loads(out)
@@ -357,3 +370,28 @@ def test_up_keeps_a_live_admin_key_and_replaces_a_revoked_or_plain_one(settings:
     with session_scope() as session:
         principal = authenticate(session, replacement)
     assert principal is not None and principal.is_admin and principal.tenant == "default"
+
+
+def test_webhooks_delays_and_schedules_from_the_command_line(stack: Stack) -> None:
+    hook = json.loads(stack.ok("webhooks", "create", "http://127.0.0.1:9/hook",
+                               "-e", "job.succeeded", "-e", "batch.completed", "--json"))
+    assert hook["secret"].startswith("whsec_")
+    listed = json.loads(stack.ok("webhooks", "list", "--json"))
+    assert [h["id"] for h in listed] == [hook["id"]] and "secret" not in listed[0]
+    stack.ok("webhooks", "delete", str(hook["id"]))
+
+    later = json.loads(stack.ok("submit", "encode", "--param", "text=later", "--delay", "3600",
+                                "--json"))
+    assert later["status"] == "queued" and later["run_after"] is not None
+    scheduled = json.loads(stack.ok("jobs", "--scheduled", "--json"))
+    assert later["id"] in [j["id"] for j in scheduled]
+    assert json.loads(stack.ok("cancel", str(later["id"]), "--json"))["status"] == "cancelled"
+
+    made = json.loads(stack.ok("schedules", "create", "nightly", "0 3 * * *", "encode",
+                               "--param", "text=nightly", "--tz", "Europe/Paris", "--json"))
+    assert made["next_fire_at"] is not None and made["timezone"] == "Europe/Paris"
+    stack.ok("schedules", "pause", str(made["id"]))
+    [shown] = json.loads(stack.ok("schedules", "list", "--json"))
+    assert shown["paused"] is True
+    stack.ok("schedules", "delete", str(made["id"]))
+    assert json.loads(stack.ok("schedules", "list", "--json")) == []

@@ -458,13 +458,16 @@ def test_secrets_never_reach_the_logs(server: Server, admin_key: str) -> None:
 
 #: Settings of a production api that may start.
 SAFE_API: dict[str, Any] = {"env": "production", "database_url": "postgresql://babelq:Xq3-long-secret@db/babelq",
-            "redis_url": "redis://redis:6379/0", "plugins": ""}
+            "redis_url": "redis://:Rk7-long-secret@redis:6379/0", "plugins": ""}
 
 
 @pytest.mark.parametrize(("unsafe", "named"), [
     ({"database_url": None, "redis_url": None}, ["BABELQ_DATABASE_URL", "BABELQ_REDIS_URL"]),
     ({"database_url": "postgresql://babelq:changeme@db/babelq"}, ["BABELQ_DATABASE_URL"]),
     ({"redis_url": "redis://:@redis:6379/0"}, ["BABELQ_REDIS_URL"]),
+    # No password at all: anyone who reaches the server may read and write every job.
+    ({"database_url": "postgresql://babelq@db/babelq"}, ["BABELQ_DATABASE_URL"]),
+    ({"redis_url": "redis://redis:6379/0"}, ["BABELQ_REDIS_URL"]),
     ({"plugins": "tests.plugins.testkinds"}, ["BABELQ_PLUGINS"]),
 ])
 def test_api_refuses_unsafe_production_settings(unsafe: dict[str, Any], named: list[str]

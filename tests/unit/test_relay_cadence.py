@@ -1,4 +1,4 @@
-"""The relay's cadence: every pass expires and publishes; prunes and stale checks are rarer.
+"""The relay's cadence: every pass expires, dispatches and resends; prunes are rarer.
 
 relay_pass is replaced and the relay's clock advances only in stop.wait, so the schedule
 is exact and nothing here touches a server.
@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from app.config import get_settings
 from workers import relay
 
 
@@ -29,57 +28,31 @@ class Clock(threading.Event):
         return self.is_set()
 
 
-#: What a pass does, given its number and whether it was asked to look for stale jobs:
-#: by default it finds an empty queue and looks.
-Behaviour = Callable[[int, bool], relay.PassReport]
-
-
 def run_passes(monkeypatch: pytest.MonkeyPatch, passes: int,
-               behave: Behaviour = lambda _, stale: relay.PassReport(stale_checked=stale),
-               ) -> list[tuple[bool, bool]]:
-    """(prune, stale) asked of each of `passes` relay passes, one second apart."""
+               fail: Callable[[int], bool] = lambda _: False) -> list[bool]:
+    """Whether each of `passes` relay passes, one second apart, was asked to prune."""
     clock = Clock()
-    seen: list[tuple[bool, bool]] = []
+    seen: list[bool] = []
 
-    def fake_pass(actor: str, prune: bool = True, stale: bool = True) -> relay.PassReport:
-        seen.append((prune, stale))
+    def fake_pass(actor: str, prune: bool = True) -> relay.PassReport:
+        seen.append(prune)
         if len(seen) == passes:
             clock.set()
-        return behave(len(seen) - 1, stale)
+        if fail(len(seen) - 1):
+            raise OperationalError("SELECT", {}, Exception("database away"))
+        return relay.PassReport()
 
     monkeypatch.setattr(relay, "relay_pass", fake_pass)
     monkeypatch.setattr(relay, "time", SimpleNamespace(monotonic=lambda: clock.now))
-    monkeypatch.setattr(get_settings(), "requeue_after", 30.0)
     relay.run(clock, interval=1.0)
     return seen
 
 
-def stale_passes(seen: list[tuple[bool, bool]]) -> list[int]:
-    return [i for i, (_, stale) in enumerate(seen) if stale]
-
-
-def test_stale_check_runs_three_times_per_requeue_after(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert stale_passes(run_passes(monkeypatch, passes=31)) == [0, 10, 20, 30]
-
-
-def test_stale_check_stays_due_until_a_queue_is_empty(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Passes 0-4 find every queue busy, so none of them looks; pass 5 does.
-    def behave(i: int, stale: bool) -> relay.PassReport:
-        return relay.PassReport(stale_checked=stale and i >= 5)
-
-    assert stale_passes(run_passes(monkeypatch, passes=16, behave=behave)) == [0, 1, 2, 3, 4,
-                                                                                5, 15]
-
-
-def test_a_failed_pass_leaves_the_stale_check_due(monkeypatch: pytest.MonkeyPatch) -> None:
-    def behave(i: int, stale: bool) -> relay.PassReport:
-        if i == 0:
-            raise OperationalError("SELECT", {}, Exception("database away"))
-        return relay.PassReport(stale_checked=stale)
-
-    assert stale_passes(run_passes(monkeypatch, passes=12, behave=behave)) == [0, 1, 11]
-
-
 def test_prune_runs_once_per_prune_every(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = run_passes(monkeypatch, passes=121)
-    assert [i for i, (prune, _) in enumerate(seen) if prune] == [0, 60, 120]
+    assert [i for i, prune in enumerate(seen) if prune] == [0, 60, 120]
+
+
+def test_a_failed_pass_leaves_the_prune_due(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = run_passes(monkeypatch, passes=5, fail=lambda i: i < 2)
+    assert [i for i, prune in enumerate(seen) if prune] == [0, 1, 2]

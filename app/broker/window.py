@@ -1,0 +1,110 @@
+"""The Redis side of fair dispatch: each lane's window, chunk sizes by time, publishing.
+
+app.jobs.dispatch decides what to send; this module measures Redis and sends. A lane is a
+kind's queue and a priority; its window is the few messages waiting in its Redis list.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+
+from app.broker.celery_app import celery_app, chunk_message
+from app.broker.notify import redis_client
+from app.broker.queues import KINDS, PRIORITY_STEPS, queue_for, queue_keys
+from app.config import get_settings
+
+log = logging.getLogger(__name__)
+
+#: Redis hash: kind -> measured seconds per job (an EWMA over chunks).
+JOB_SECONDS = "babelq:job_seconds"
+#: Weight of the newest chunk in the per-job run time.
+EWMA_ALPHA = 0.3
+#: Jobs per message of a kind whose run time was never measured.
+FIRST_CHUNK = 10
+
+#: This process's running estimates (kind -> seconds per job), written through to Redis.
+_estimates: dict[str, float] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A message recorded as dispatch row `dispatch`, to publish after its commit."""
+
+    dispatch: int
+    kind: str
+    priority: int
+    ids: list[int]
+
+
+def _client() -> redis.Redis:
+    return redis_client(celery_app.conf.broker_url)
+
+
+class RedisWindow:
+    """Lane lengths and per-kind run times, read from Redis once, when made."""
+
+    def __init__(self) -> None:
+        settings = get_settings()
+        self.window = settings.dispatch_window
+        self.max_chunk = settings.chunk_size
+        self.target = settings.chunk_seconds
+        pipe = _client().pipeline(transaction=False)
+        lanes = [(queue, step) for queue in KINDS for step in PRIORITY_STEPS]
+        for queue, step in lanes:
+            pipe.llen(queue_keys(queue)[PRIORITY_STEPS.index(step)])
+        pipe.hgetall(JOB_SECONDS)
+        *lengths, costs = pipe.execute()
+        #: messages waiting per (queue, priority)
+        self.waiting: dict[tuple[str, int], int] = dict(zip(lanes, lengths, strict=True))
+        self.costs = {k.decode(): float(v) for k, v in costs.items()}
+
+    def room(self, kind: str, priority: int) -> int:
+        """Messages this kind's lane takes before its window is full."""
+        return max(0, self.window - self.waiting.get((queue_for(kind), priority), 0))
+
+    def low(self, queue: str, priority: int) -> bool:
+        """Whether this lane has drained to half its window: time to refill."""
+        return self.waiting.get((queue, priority), 0) <= self.window // 2
+
+    def chunk_size(self, kind: str) -> int:
+        """About chunk_seconds of this kind's jobs, 1..chunk_size."""
+        cost = self.costs.get(kind)
+        if cost is None:
+            return min(self.max_chunk, FIRST_CHUNK)
+        return max(1, min(self.max_chunk, int(self.target / max(cost, 1e-6))))
+
+
+def send(sent: Sequence[Sent], claim_first: bool = False) -> None:
+    """Publish recorded messages, in order, lane by lane (one LPUSH per lane)."""
+    lanes: dict[tuple[str, int], list[bytes]] = defaultdict(list)
+    for s in sent:
+        queue = queue_for(s.kind)
+        lanes[(queue, s.priority)].append(
+            chunk_message(s.ids, s.priority, queue, claim_first, dispatch=s.dispatch))
+    client = _client()
+    for (queue, priority), messages in lanes.items():
+        client.lpush(queue_keys(queue)[PRIORITY_STEPS.index(priority)], *messages)
+
+
+def observe(kind: str, seconds: float, jobs: int) -> None:
+    """Fold a chunk's run time into its kind's seconds per job (best effort)."""
+    if jobs <= 0:
+        return
+    per_job = seconds / jobs
+    old = _estimates.get(kind)
+    _estimates[kind] = per_job if old is None else old + EWMA_ALPHA * (per_job - old)
+    try:
+        _client().hset(JOB_SECONDS, kind, repr(_estimates[kind]))
+    except redis.RedisError as exc:
+        log.debug("run time of %s not recorded: %s", kind, exc)
+
+
+def lane_has_room(kind: str, priority: int) -> bool:
+    """Whether a single job may go straight to Redis: its lane's window is not full."""
+    key = queue_keys(queue_for(kind))[PRIORITY_STEPS.index(priority)]
+    return int(_client().llen(key)) < get_settings().dispatch_window

@@ -1,0 +1,156 @@
+"""The dispatcher against real PostgreSQL: shares by weight, caps, once-only, due jobs only.
+
+The broker here is a fixed window (so what is sent depends on the dispatcher alone);
+tests/faults/test_fairness.py runs the same on the real stack.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+
+from app.config import Settings
+from app.jobs import dispatch
+from app.jobs.keys import ensure_tenant
+from app.store.db import session_scope
+
+#: Jobs per message in these tests.
+SIZE = 50
+
+
+class Window:
+    """A broker whose every lane takes `messages` messages of SIZE jobs per pass."""
+
+    def __init__(self, messages: int) -> None:
+        self.messages = messages
+
+    def room(self, kind: str, priority: int) -> int:
+        return self.messages
+
+    def chunk_size(self, kind: str) -> int:
+        return SIZE
+
+
+@pytest.fixture
+def tenants(settings: Settings) -> Iterator[dict[str, int]]:
+    """Tenants c, d and e of this module (ids), their jobs and dispatch state removed after."""
+    with session_scope() as session:
+        ids = {name: ensure_tenant(session, f"dispatch-{name}").id for name in "cde"}
+    yield ids
+    with session_scope() as session:
+        for table in ("jobs", "pending_jobs", "dispatches", "fair_deficits"):
+            session.execute(text(f"DELETE FROM {table} WHERE tenant_id = ANY(:t)"),
+                            {"t": list(ids.values())})
+        session.execute(text("UPDATE tenants SET weight = 1, max_running = NULL "
+                             "WHERE id = ANY(:t)"), {"t": list(ids.values())})
+
+
+def queue_jobs(tenant: int, n: int, run_after: str = "NULL") -> list[int]:
+    """n queued encode jobs of the tenant, made pending as an upload makes them."""
+    with session_scope() as session:
+        ids = list(session.execute(text(
+            "INSERT INTO jobs (tenant_id, kind, params, published_at, run_after) "
+            f"SELECT :t, 'encode', '{{\"text\": \"x\"}}', now(), {run_after} "
+            "FROM generate_series(1, :n) RETURNING id"), {"t": tenant, "n": n}).scalars())
+        dispatch.pend(session, tenant, "encode", 1, sorted(ids))
+    return sorted(ids)
+
+
+def fill(messages: int) -> list[dispatch.Sent]:
+    with session_scope() as session:
+        return dispatch.fill(session, Window(messages))
+
+
+def jobs_per_tenant(sent: list[dispatch.Sent]) -> Counter[int]:
+    with session_scope() as session:
+        rows = session.execute(text("SELECT tenant_id, count(*) FROM jobs "
+                                    "WHERE id = ANY(:ids) GROUP BY tenant_id"),
+                               {"ids": [i for s in sent for i in s.ids]}).all()
+    return Counter({t: n for t, n in rows})
+
+
+def pending(tenants: dict[str, int]) -> int:
+    """Jobs of these tenants still waiting to be sent."""
+    with session_scope() as session:
+        return int(session.execute(text(
+            "SELECT coalesce(sum(size - taken), 0) FROM pending_jobs WHERE tenant_id = ANY(:t)"),
+            {"t": list(tenants.values())}).scalar_one())
+
+
+def set_tenant(tenant: int, **values: object) -> None:
+    with session_scope() as session:
+        for column, value in values.items():
+            session.execute(text(f"UPDATE tenants SET {column} = :v WHERE id = :t"),
+                            {"v": value, "t": tenant})
+
+
+def test_shares_follow_weights_and_a_change_applies_at_once(tenants: dict[str, int]) -> None:
+    c, d = tenants["c"], tenants["d"]
+    queue_jobs(c, 3000)
+    queue_jobs(d, 3000)
+    set_tenant(c, weight=3)
+    shares = jobs_per_tenant(fill(40))
+    assert shares[c] + shares[d] == 40 * SIZE
+    assert shares[c] == pytest.approx(3 * shares[d], abs=2 * SIZE)
+    set_tenant(c, weight=1)
+    shares = jobs_per_tenant(fill(20))
+    assert shares[c] == pytest.approx(shares[d], abs=SIZE)
+
+
+def test_a_newcomer_waits_one_turn_not_the_backlog(tenants: dict[str, int]) -> None:
+    c, d = tenants["c"], tenants["d"]
+    queue_jobs(c, 5000)
+    fill(10)
+    mine = queue_jobs(d, 1)
+    sent = fill(2)
+    assert mine[0] in [i for s in sent for i in s.ids]
+
+
+def test_max_running_caps_what_is_in_flight(tenants: dict[str, int]) -> None:
+    e = tenants["e"]
+    set_tenant(e, max_running=120)
+    queue_jobs(e, 1000)
+    assert sum(len(s.ids) for s in fill(10)) == 120
+    assert fill(10) == []  # nothing taken by a worker yet: still 120 in flight
+    with session_scope() as session:  # a worker takes one message of 50
+        first = session.execute(text("SELECT min(id) FROM dispatches WHERE tenant_id = :t"),
+                                {"t": e}).scalar_one()
+        dispatch.settle(session, first)
+        session.execute(text("UPDATE jobs SET status = 'succeeded' WHERE id = ANY("
+                             "SELECT unnest(ids) FROM dispatches WHERE id = :d)"), {"d": first})
+    assert sum(len(s.ids) for s in fill(10)) == SIZE
+
+
+def test_concurrent_dispatchers_send_each_job_once(tenants: dict[str, int]) -> None:
+    ids = queue_jobs(tenants["c"], 2000) + queue_jobs(tenants["d"], 1500)
+    sent: list[int] = []
+    lock = threading.Lock()
+
+    def dispatcher() -> None:
+        while pending(tenants) > 0:  # a pass that finds the lock taken sends nothing
+            got = fill(3)
+            with lock:
+                sent.extend(i for s in got for i in s.ids)
+
+    threads = [threading.Thread(target=dispatcher) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(sent) == ids
+
+
+def test_a_job_due_later_is_not_sent(tenants: dict[str, int]) -> None:
+    later = queue_jobs(tenants["c"], 3, run_after="now() + interval '1 hour'")
+    now = queue_jobs(tenants["c"], 2)
+    sent = [i for s in fill(5) for i in s.ids]
+    assert sent == now
+    with session_scope() as session:
+        unpublished = session.execute(text(
+            "SELECT count(*) FROM jobs WHERE id = ANY(:ids) AND published_at IS NULL"),
+            {"ids": later}).scalar_one()
+    assert unpublished == 3  # the relay makes them pending once due
