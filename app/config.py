@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     api_url: str | None = None
     api_key: str | None = None
 
+    #: How every process writes its log: JSON objects one a line, or lines for a console.
+    log_format: Literal["json", "console"] = "console"
+    #: Send OpenTelemetry traces (submission, api request, worker chunk, job outcome) to
+    #: an OTLP/HTTP endpoint; off by default.
+    tracing: bool = False
+    #: Where traces go when tracing is on (the OTLP exporter's default when unset).
+    otlp_endpoint: str | None = None
+
     flower_host: str = "127.0.0.1"
     flower_port: int = 5555
     flower_user: str | None = None

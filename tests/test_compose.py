@@ -241,3 +241,62 @@ def test_image_runs_as_non_root() -> None:
     user = _dockerfile_last("USER")
     assert user is not None, "Dockerfile never sets USER: containers would run as root"
     assert user.split(":")[0] not in {"root", "0"}
+
+
+# Monitoring: Prometheus and Grafana under the `monitoring` profile, wired to deploy/.
+
+MONITORING = ("prometheus", "grafana")
+
+
+def _mounts(name: str) -> dict[str, Path]:
+    """Container path -> host path of a service's bind mounts (relative to the compose file)."""
+    mounts = {}
+    for volume in _service(name).get("volumes", []):
+        source, target, *_ = str(volume).split(":")
+        if source.startswith("."):
+            mounts[target] = ROOT / source
+    return mounts
+
+
+def _yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.mark.parametrize("name", MONITORING)
+def test_monitoring_runs_only_under_its_profile(name: str) -> None:
+    """`docker compose up` leaves it out; `--profile monitoring` starts it."""
+    assert _service(name).get("profiles") == ["monitoring"]
+    ports = [str(p) for p in _service(name).get("ports", [])]
+    assert all(p.startswith("127.0.0.1:") for p in ports), ports
+    for app_service in ALL_SERVICES:
+        assert not _service(app_service).get("profiles"), app_service
+
+
+def test_prometheus_scrapes_the_api_with_the_mounted_key() -> None:
+    config_dir = _mounts("prometheus")["/etc/prometheus"]
+    config = _yaml(config_dir / "prometheus.yml")
+    for rules in config["rule_files"]:
+        assert (config_dir / rules).is_file(), f"rule file {rules} is not in {config_dir}"
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    (target,) = [t for group in job["static_configs"] for t in group["targets"]]
+    host, port = target.split(":")
+    api_ports = {p.split(":")[-1] for p in _service(host).get("ports", [])}
+    assert port in api_ports and _argv(host)[1] == "api"
+    secret = _service("prometheus")["secrets"][0]
+    assert job["authorization"]["credentials_file"] == f"/run/secrets/{secret}"
+    assert _compose()["secrets"][secret] == {"environment": "BABELQ_PROMETHEUS_API_KEY"}
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard() -> None:
+    mounts = _mounts("grafana")
+    provisioning = mounts["/etc/grafana/provisioning"]
+    (source,) = _yaml(provisioning / "datasources" / "prometheus.yml")["datasources"]
+    assert source["url"] == "http://prometheus:9090" and source["type"] == "prometheus"
+    (provider,) = _yaml(provisioning / "dashboards" / "babelq.yml")["providers"]
+    dashboards = mounts[provider["options"]["path"]]
+    panels = json.loads((dashboards / "babelq.json").read_text())["panels"]
+    uids = {p["datasource"]["uid"] for p in panels if "datasource" in p}
+    assert uids == {source["uid"]}
+    env = _environment("grafana")
+    assert env.get("GF_AUTH_ANONYMOUS_ENABLED") == "false"

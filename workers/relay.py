@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 
 from app import jobs
 from app.config import get_settings
-from app.jobs import delayed, dispatch, schedules
+from app.jobs import counts, delayed, dispatch, schedules
 from app.jobs.manage import SLICE
 from app.store.db import session_scope
 from workers import webhooks
@@ -54,6 +54,7 @@ def relay_pass(actor: str, prune: bool = True) -> PassReport:
     with session_scope() as session:
         report.expired = jobs.expire_leases(session, actor=actor)
     with session_scope() as session:
+        counts.fold(session)  # keeps /metrics' read of job counts short
         report.released = delayed.release_due(session)
     with session_scope() as session:
         report.fired = schedules.fire_due(session, actor=actor)

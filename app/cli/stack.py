@@ -45,6 +45,8 @@ def api(
     """Serve the HTTP api (uvicorn)."""
     import uvicorn
 
+    from app.observe import logs
+
     settings = get_settings()
     require(settings.database_url, "database_url")
     # A short graceful shutdown: open long-polls are cut, their clients poll again.
@@ -55,6 +57,7 @@ def api(
         port=port or settings.api_port,
         workers=workers,
         log_level=log_level,
+        log_config=logs.dict_config(settings.log_format, log_level),
         timeout_graceful_shutdown=5,
     )
 
@@ -73,7 +76,7 @@ def worker(
     settings = get_settings()
     require(settings.redis_url, "redis_url")
     require(settings.database_url, "database_url")
-    import workers.tasks  # noqa: F401  (registers run_chunk on the app)
+    import workers.tasks  # noqa: F401  (registers run_chunk; workers.observe formats its logs)
     from app.broker.celery_app import celery_app, configure
 
     configure(settings)
@@ -88,9 +91,10 @@ def relay() -> None:
     settings = get_settings()
     require(settings.redis_url, "redis_url")
     require(settings.database_url, "database_url")
+    from app.observe import logs
     from workers import relay as relay_loop
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(settings.log_format)
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:

@@ -28,6 +28,7 @@ from app.jobs.keys import Principal
 from app.jobs.pending_publish import schedule_fill
 from app.jobs.refusals import NothingAccepted, TooManyLines
 from app.jobs.submission import KIND_MAX, JobCreate, field_errors
+from app.observe import tracing
 from app.store.db import autocommit
 from app.store.models import PRIORITIES
 
@@ -119,8 +120,8 @@ class Ingestor:
         self.max_line_bytes = settings.max_line_bytes
         self.attempts = settings.default_max_attempts
         self.batch_id = self.session.execute(
-            text("INSERT INTO batches (tenant_id) VALUES (:t) RETURNING id"),
-            {"t": self.principal.tenant_id},
+            text("INSERT INTO batches (tenant_id, traceparent) VALUES (:t, :tp) RETURNING id"),
+            {"t": self.principal.tenant_id, "tp": tracing.current_traceparent()},
         ).scalar_one()
 
     def reject(self, line: int, reason: str) -> None:
@@ -204,13 +205,6 @@ class Ingestor:
         schedule_fill(self.session)
         self.session.commit()
         return self.summary()
-
-    def accepted_by_kind(self) -> dict[str, int]:
-        """How many jobs of each kind this batch stored (known once committed)."""
-        counts: dict[str, int] = {}
-        for (kind, _), ids in self.pending.items():
-            counts[kind] = counts.get(kind, 0) + len(ids)
-        return counts
 
     def summary(self) -> dict[str, Any]:
         """What the producer is told."""

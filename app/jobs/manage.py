@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -13,10 +14,13 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.core.status import JobStatus
-from app.jobs import audit, webhooks
+from app.jobs import audit, metrics, webhooks
 from app.jobs.counters import move_counters
 from app.jobs.dispatch import pend_jobs
 from app.jobs.pending_publish import schedule_fill
+from app.observe.logs import job_fields
+
+log = logging.getLogger(__name__)
 
 # Each transition locks its rows (one statement), then writes each row once (another):
 # its new status, the transition's own columns and its audit head.
@@ -60,8 +64,8 @@ WHERE jobs.id = v.id
 
 #: expire_leases: running jobs whose lease ran out, oldest first, skipping locked ones.
 LOCK_EXPIRED_SQL = """
-SELECT id, batch_id, tenant_id, kind, priority, status, attempt, attempt_base, max_attempts, worker,
-       audit_seq, audit_head
+SELECT id, batch_id, tenant_id, kind, priority, status, attempt, attempt_base, max_attempts,
+       worker, audit_seq, audit_head
 FROM jobs WHERE status = 'running' AND lease_until < now()
 ORDER BY lease_until LIMIT :limit FOR UPDATE SKIP LOCKED
 """
@@ -184,6 +188,7 @@ def _cancel(session: Session, lock: TextClause, id_: int, actor: str, *, limit: 
     try:
         rows = session.execute(lock, {"id": id_, "limit": limit}).all()
         _move(session, rows, JobStatus.CANCELLED, _CANCEL, "cancelled", actor, _from)
+        metrics.cancelled(session, rows)
         webhooks.record_job_events(session, "job.cancelled",
                                    [(r.id, r.tenant_id, r.batch_id) for r in rows])
     except OperationalError as exc:
@@ -214,6 +219,10 @@ def expire_leases(session: Session, *, actor: str, limit: int = 5000) -> int:
                 else JobStatus.QUEUED for r in rows]
     _move(session, rows, statuses, _EXPIRE, "lease_expired", actor,
           lambda r, status: {"attempt": r.attempt, "worker": r.worker, "to": status})
+    metrics.expired(session, rows, statuses)
+    for r, status in zip(rows, statuses, strict=True):
+        log.warning("lease of worker %s expired; job %s", r.worker,
+                    "dead" if status == "dead" else "queued again", extra=job_fields(r))
     webhooks.record_job_events(session, "job.dead", [
         (r.id, r.tenant_id, r.batch_id) for r, s in zip(rows, statuses, strict=True)
         if s == JobStatus.DEAD])

@@ -3,6 +3,7 @@ store_rows)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,11 +17,12 @@ from sqlalchemy.orm import Session
 from app import core
 from app.broker.window import Sent
 from app.config import get_settings
-from app.jobs import audit, kinds
+from app.jobs import audit, counts, kinds, metrics
 from app.jobs.audit import Link
 from app.jobs.delayed import HELD, HELD_SQL
 from app.jobs.execute import runs_inline
 from app.jobs.pending_publish import lane_has_room, schedule_publish
+from app.observe import tracing
 from app.store import pgcopy
 from app.store.db import driver_rows, driver_sql
 from app.store.models import PRIORITIES
@@ -101,7 +103,8 @@ def submit(
         "priority": lane, "max_attempts": attempts,
         "idempotency_key": idempotency_key, "ref": ref, "seq": link.seq, "head": link.hash,
         "run_after": run_after, "published_at": None if run_after is None else HELD,
-        "direct": run_after is None and lane_has_room(kind, lane), **audit.arrays([link]),
+        "direct": run_after is None and lane_has_room(kind, lane),
+        "traceparent": tracing.current_traceparent(), **audit.arrays([link]),
     })
     if not rows:
         assert idempotency_key is not None  # only a keyed insert can skip its row
@@ -112,6 +115,7 @@ def submit(
     if dispatch is not None:
         schedule_publish(session, Sent(dispatch, kind, lane, [job_id]),
                          fast=runs_inline(kind, clean))
+    metrics.submitted(session, {(kind, lane): 1})
     return JobRow._make(columns), True
 
 
@@ -140,10 +144,10 @@ def find_keyed(session: Session, tenant_id: int, idempotency_key: str) -> JobRow
 INSERT_ONE_SQL = """
 WITH job AS (
   INSERT INTO jobs (id, tenant_id, kind, params, priority, max_attempts, idempotency_key, ref,
-                    run_after, published_at, audit_seq, audit_head)
+                    run_after, published_at, audit_seq, audit_head, traceparent)
   VALUES (:id, :tenant_id, :kind, :params, :priority, :max_attempts, :idempotency_key, :ref,
           CAST(:run_after AS timestamptz), coalesce(CAST(:published_at AS timestamptz), now()),
-          :seq, :head)
+          :seq, :head, :traceparent)
   ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
   RETURNING *),
 event AS (
@@ -154,6 +158,10 @@ event AS (
          CAST(:e_prev_hash AS text[]), CAST(:e_hash AS text[]))
        AS e(job_id, seq, event_type, actor, created_at, details, prev_hash, hash)
   JOIN job ON job.id = e.job_id),
+-- counted for /metrics in the same statement (as app.jobs.counts.added does for a block)
+counted AS (
+  INSERT INTO job_count_deltas (kind, priority, status, n)
+  SELECT kind, priority, status, 1 FROM job),
 sent AS (
   INSERT INTO dispatches (tenant_id, kind, priority, ids)
   SELECT tenant_id, kind, priority, ARRAY[id] FROM job
@@ -266,6 +274,9 @@ def store_rows(
                            [r for r, i in block.keyed if i not in kept_ids])
     pgcopy.copy_bytes(session, "audit_events", audit.COLUMNS, block.audit_copy)
     audit.insert_links(session, [block.keyed_links[i] for i in sorted(kept_ids)])
+    lanes = Counter((r.kind, r.priority) for r, _ in (*block.plain, *kept))
+    counts.added(session, lanes)
+    metrics.submitted(session, lanes)
     return block.plain + kept, duplicates
 
 

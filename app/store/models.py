@@ -9,6 +9,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Column,
     DateTime,
     Double,
     ForeignKey,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     Index,
     Integer,
     SmallInteger,
+    Table,
     Text,
     UniqueConstraint,
     false,
@@ -94,6 +96,8 @@ class Batch(Base):
     errors: Mapped[list[Any]] = mapped_column(JSONB, default=list)
     #: a cancel is under way, a slice at a time: workers start none of its jobs
     cancelling: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: W3C trace context of the upload, when tracing is on
+    traceparent: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _ts(nullable=False, default_now=True)
     started_at: Mapped[datetime | None] = _ts()
     finished_at: Mapped[datetime | None] = _ts()
@@ -130,6 +134,8 @@ class Job(Base):
     #: head of the job's audit chain, so appending needs no read of audit_events
     audit_seq: Mapped[int] = mapped_column(Integer, default=0)
     audit_head: Mapped[str] = mapped_column(Text, default="")
+    #: W3C trace context of the submission, when tracing is on
+    traceparent: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _ts(nullable=False, default_now=True)
     started_at: Mapped[datetime | None] = _ts()
     finished_at: Mapped[datetime | None] = _ts()
@@ -153,6 +159,14 @@ class Job(Base):
             postgresql_where=text("status = 'queued'"),
         ),
         Index("jobs_running_lease", "lease_until", postgresql_where=text("status = 'running'")),
+        # The oldest due job of a lane, for /metrics (migration 0006).
+        Index(
+            "jobs_queued_due",
+            "kind",
+            "priority",
+            text("(coalesce(run_after, created_at))"),
+            postgresql_where=text("status = 'queued'"),
+        ),
         # Delayed jobs wait here until due (app.jobs.delayed), out of every relay scan.
         Index("jobs_held", "run_after", postgresql_where=text(
             "status = 'queued' AND published_at = '9999-01-01 00:00:00+00'")),
@@ -344,3 +358,24 @@ class ConsoleSession(Base):
     )
     created_at: Mapped[datetime] = _ts(nullable=False, default_now=True)
     expires_at: Mapped[datetime] = _ts(nullable=False)
+
+
+class JobCount(Base):
+    """Jobs per kind, priority and status, kept by triggers on jobs (migration 0006)."""
+
+    __tablename__ = "job_counts"
+    kind: Mapped[str] = mapped_column(Text, primary_key=True)
+    priority: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    status: Mapped[str] = mapped_column(Text, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
+#: What each statement on jobs changed, until app.jobs.counts folds it into job_counts.
+job_count_deltas = Table(
+    "job_count_deltas",
+    Base.metadata,
+    Column("kind", Text, nullable=False),
+    Column("priority", SmallInteger, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("n", BigInteger, nullable=False),
+)

@@ -22,6 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
+from app.jobs import metrics
 from app.jobs.documents import JobRead, batch_read
 from app.store.models import Batch
 from app.webhooks import secrets
@@ -182,5 +183,6 @@ def record(session: Session, attempts: Sequence[Attempt]) -> int:
                      if a.delivery.fresh and not a.ok else None for a in attempts],
         "waits": [0.0 if a.ok else backoff(a.delivery.attempts + 1) for a in attempts],
     })
+    metrics.delivered(session, attempts)
     return sum(a.ok for a in attempts)
 

@@ -13,7 +13,7 @@ Indexes (EXPLAIN plans and ingestion cost in the commit message of this revision
 - jobs_console_ref: a job by its ref; only jobs that carry one are in it.
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-05
 """
 
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

@@ -348,6 +348,9 @@ def _flower_saw_the_work(flower: str, login: tuple[str, str], job_ids: set[int])
                for job in ast.literal_eval(t.get("args") or "([],)")[0]}
         time.sleep(0.5)
     assert job_ids <= ran, f"Flower saw chunks {ran}, not all of {job_ids}"
+    broker = httpx.get(f"{flower}/broker", auth=login, timeout=20)  # `up`'s Flower too
+    assert broker.status_code == 200, broker.text[:300]
+    assert all(f"<td>{queue}</td>" in broker.text for queue in ("encode", "enumerate", "evaluate"))
     workers = httpx.get(f"{flower}/api/workers", params={"refresh": "1"}, auth=login,
                         timeout=20).json()
     assert any(set((info.get("active_queues") and [q["name"] for q in info["active_queues"]])

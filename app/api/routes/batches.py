@@ -15,7 +15,6 @@ from app import jobs
 from app.api import uploads
 from app.api.deps import IdPath, PrincipalDep, SessionDep
 from app.api.errors import ApiError
-from app.api.metrics import SUBMITTED
 from app.api.schemas import ERRORS, BatchCreated, BatchRead, ErrorBody, Priority
 from app.config import get_settings
 from app.jobs import reads
@@ -67,10 +66,7 @@ async def create_batch(
         await _stream_into(first, blocks, ingestor)
         await run_in_threadpool(check_submission, session, principal, ingestor.accepted,
                                 batch_id=ingestor.batch_id)
-        created = BatchCreated(**await run_in_threadpool(ingestor.commit))
-        for kind, n in ingestor.accepted_by_kind().items():
-            SUBMITTED.labels(kind).inc(n)
-        return created
+        return BatchCreated(**await run_in_threadpool(ingestor.commit))
     finally:
         await run_in_threadpool(session.close)
 

@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 from app import jobs
 from app.api.deps import MAX_ID, IdPath, PrincipalDep, SessionDep
 from app.api.errors import ApiError
-from app.api.metrics import SUBMITTED
 from app.api.schemas import (
     ERRORS,
     AuditEventRead,
@@ -108,8 +107,6 @@ def create_job(
             idempotency_key=key, ref=job_in.ref, run_after=after,
         )
         session.commit()
-        if created:
-            SUBMITTED.labels(job.kind).inc()
         return _json(job_read(session, job), 201 if created else 200)
 
 
