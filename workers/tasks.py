@@ -23,6 +23,7 @@ from app.jobs.dispatch import refill, settle
 from app.observe import tracing
 from app.ops.memory import tune_gc
 from app.store.db import session_scope
+from workers import fastlane  # noqa: F401  (the fast lane's worker step)
 from workers.heartbeat import HEARTBEAT
 
 log = logging.getLogger(__name__)
@@ -83,12 +84,12 @@ def execute_chunk(ids: Sequence[int], *, worker: str, claim_first: bool = False,
         held = jobs.claim(session, claimed, worker=worker)
         jobs.finish(session, done, worker=worker, held=held)
     if inline:
-        notify.finished([job.id for job in inline])
+        notify.finished([job.id for job in inline], jobs.finished_jobs(done))
     if claimed:
         with HEARTBEAT.hold(claimed), tracing.chunk_span(claimed):
             outcomes = [compute(job) for job in claimed]
             _persist(outcomes, worker=worker)
-        notify.finished([o.job.id for o in outcomes])
+        notify.finished([o.job.id for o in outcomes], jobs.finished_jobs(outcomes))
     ran = [*inline, *claimed]
     if ran:  # a message carries one kind: its run time sizes the kind's next chunks
         observe(ran[0].kind, time.perf_counter() - started, len(ran))

@@ -20,6 +20,7 @@ from app.config import get_settings
 from app.jobs import audit, counts, kinds, metrics
 from app.jobs.audit import Link
 from app.jobs.delayed import HELD, HELD_SQL
+from app.jobs.execute import runs_inline
 from app.jobs.pending_publish import lane_has_room, schedule_publish
 from app.observe import tracing
 from app.store import pgcopy
@@ -112,7 +113,8 @@ def submit(
         return existing, False
     *columns, dispatch = rows[0]
     if dispatch is not None:
-        schedule_publish(session, Sent(dispatch, kind, lane, [job_id]))
+        schedule_publish(session, Sent(dispatch, kind, lane, [job_id]),
+                         fast=runs_inline(kind, clean))
     metrics.submitted(session, {(kind, lane): 1})
     return JobRow._make(columns), True
 
