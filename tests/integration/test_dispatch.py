@@ -107,7 +107,12 @@ def test_a_newcomer_waits_one_turn_not_the_backlog(tenants: dict[str, int]) -> N
     fill(10)
     mine = queue_jobs(d, 1)
     sent = fill(2)
-    assert mine[0] in [i for s in sent for i in s.ids]
+    assert [s.ids for s in sent if s.ahead] == [mine]  # before what the window holds
+
+
+def test_single_jobs_of_a_tenant_share_a_message(tenants: dict[str, int]) -> None:
+    singles = [i for _ in range(5) for i in queue_jobs(tenants["d"], 1)]
+    assert [s.ids for s in fill(3)] == [singles]
 
 
 def test_max_running_caps_what_is_in_flight(tenants: dict[str, int]) -> None:
