@@ -176,15 +176,17 @@ class _Tenants:
 
 
 def fill(session: Session, broker: Broker) -> list[Sent]:
-    """Send pending jobs into every lane with room; the messages to publish after commit.
+    """Send pending jobs into the lanes; the messages to publish after commit.
 
-    Lanes are filled high priority first. Nothing is sent if another pass holds the lock.
+    Lanes are filled high priority first, up to their room; a tenant with nothing in a
+    lane's window gets one message at the head of it even when the window is full.
+    Nothing is sent if another pass holds the lock.
     """
     backlog: dict[tuple[str, int], dict[int, int]] = defaultdict(dict)
     for r in session.execute(_BACKLOG):
         backlog[(r.kind, r.priority)][r.tenant_id] = r.n
     room = {lane: broker.room(*lane) for lane in backlog}
-    lanes = [lane for lane in backlog if room[lane] > 0]
+    lanes = list(backlog)
     # The lock guards the takes; the backlog read before it only guides the turns.
     if not lanes or not session.execute(_TRY_LOCK, {"key": DISPATCH_LOCK}).scalar_one():
         return []
@@ -210,33 +212,47 @@ def _load_tenants(session: Session, ids: set[int]) -> _Tenants:
 
 def _fill_lane(session: Session, kind: str, priority: int, backlog: dict[int, int],
                tenants: _Tenants, messages: int, size: int) -> list[Sent]:
-    """Up to `messages` messages of this lane, tenant by tenant in deficit round robin."""
+    """This lane's messages: first one at the head for each backlogged tenant with none in
+    the window (its turn comes before what waits there), then up to `messages` more,
+    tenant by tenant in deficit round robin."""
     lane = {"kind": kind, "priority": priority}
     fair = Round(float(size), tenants.weights)
     for r in session.execute(_STATE, lane):
         fair.deficits[r.tenant_id] = r.deficit
         fair.turn = r.tenant_id if r.turn else fair.turn
-    sent: list[Sent] = []
     waiting = set(session.execute(_IN_WINDOW, lane).scalars())
+    sent: list[Sent] = []
+    for tenant in sorted(t for t, n in backlog.items() if n > 0 and t not in waiting):
+        if tenants.room(tenant) > 0:
+            message = _send(session, lane, tenant, size, backlog, tenants, fair)
+            sent += [dataclasses.replace(message, ahead=True)] if message else []
+    queued = 0
     for _ in range(messages + MAX_EMPTY_TAKES):
         active = [t for t, n in backlog.items() if n > 0 and tenants.room(t) > 0]
-        if len(sent) >= messages or not active:
+        if queued >= messages or not active:
             break
-        tenant, n = fair.pick(active, lambda t: min(size, backlog[t], tenants.room(t)))
-        took, message = _take(session, kind, priority, tenant, n)
-        backlog[tenant] = backlog[tenant] - took if took else 0
+        tenant, _n = fair.pick(active, lambda t: min(size, backlog[t], tenants.room(t)))
+        message = _send(session, lane, tenant, size, backlog, tenants, fair)
         if message is not None:
-            if tenant not in waiting:  # its turn comes before what the window holds
-                message = dataclasses.replace(message, ahead=True)
-                waiting.add(tenant)
-            fair.charge(tenant, len(message.ids))
-            tenants.in_flight[tenant] = tenants.in_flight.get(tenant, 0) + len(message.ids)
             sent.append(message)
+            queued += 1
     for tenant, n in backlog.items():
         if n <= 0:
             fair.forget(tenant)
     _save_state(session, lane, fair)
     return sent
+
+
+def _send(session: Session, lane: dict[str, Any], tenant: int, size: int,
+          backlog: dict[int, int], tenants: _Tenants, fair: Round) -> Sent | None:
+    """Take the tenant's next chunk and record it as a message, charging its deficit."""
+    n = min(size, backlog[tenant], tenants.room(tenant))
+    took, message = _take(session, lane["kind"], lane["priority"], tenant, n)
+    backlog[tenant] = backlog[tenant] - took if took else 0
+    if message is not None:
+        fair.charge(tenant, len(message.ids))
+        tenants.in_flight[tenant] = tenants.in_flight.get(tenant, 0) + len(message.ids)
+    return message
 
 
 def _take(session: Session, kind: str, priority: int, tenant: int, n: int

@@ -92,11 +92,12 @@ def submit(
     details = {"kind": kind, "priority": priority, "max_attempts": attempts}
     link = audit.link(job_id, 0, "", "submitted", actor, details)
     lane = PRIORITIES[priority]
+    room = lane_has_room(kind, lane)
     rows = driver_rows(session, _INSERT_ONE, {
         "id": job_id, "tenant_id": tenant_id, "kind": kind, "params": Jsonb(clean),
         "priority": lane, "max_attempts": attempts,
         "idempotency_key": idempotency_key, "ref": ref, "seq": link.seq, "head": link.hash,
-        "direct": lane_has_room(kind, lane), **audit.arrays([link]),
+        "direct": room, **audit.arrays([link]),
     })
     if not rows:
         assert idempotency_key is not None  # only a keyed insert can skip its row
@@ -105,7 +106,7 @@ def submit(
         return existing, False
     *columns, dispatch = rows[0]
     if dispatch is not None:
-        schedule_publish(session, Sent(dispatch, kind, lane, [job_id]))
+        schedule_publish(session, Sent(dispatch, kind, lane, [job_id], ahead=not room))
     return JobRow._make(columns), True
 
 
@@ -128,9 +129,10 @@ def find_keyed(session: Session, tenant_id: int, idempotency_key: str) -> JobRow
 #: One job and its submitted event in one statement; no row (and no event) when the
 #: tenant's idempotency key was seen. Run by the driver itself (a single submission is the
 #: api's hottest write; see db.driver_autocommit), so compiled to its placeholders once.
-#: With :direct (its lane's window has room) and no max_running on the tenant, the job's
-#: message is recorded (`dispatch`, published after commit); else the job is pending, and
-#: a dispatch pass sends it in its tenant's turn (app.jobs.dispatch).
+#: With :direct (its lane's window has room), or when the tenant has no message in the
+#: lane's window (then it goes to the head of the lane: its turn comes first), and no
+#: max_running on the tenant, the job's message is recorded (`dispatch`, published after
+#: commit); else the job is pending, and a dispatch pass sends it in its tenant's turn.
 INSERT_ONE_SQL = """
 WITH job AS (
   INSERT INTO jobs (id, tenant_id, kind, params, priority, max_attempts, idempotency_key, ref,
@@ -150,7 +152,10 @@ event AS (
 sent AS (
   INSERT INTO dispatches (tenant_id, kind, priority, ids)
   SELECT tenant_id, kind, priority, ARRAY[id] FROM job
-  WHERE :direct AND NOT EXISTS (
+  WHERE (:direct OR NOT EXISTS (
+    SELECT 1 FROM dispatches d
+    WHERE d.tenant_id = job.tenant_id AND d.kind = job.kind AND d.priority = job.priority))
+  AND NOT EXISTS (
     SELECT 1 FROM tenants t WHERE t.id = job.tenant_id AND t.max_running IS NOT NULL)
   RETURNING id),
 pend AS (
