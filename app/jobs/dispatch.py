@@ -212,17 +212,18 @@ def _load_tenants(session: Session, ids: set[int]) -> _Tenants:
 
 def _fill_lane(session: Session, kind: str, priority: int, backlog: dict[int, int],
                tenants: _Tenants, messages: int, size: int) -> list[Sent]:
-    """This lane's messages: first one at the head for each backlogged tenant with none in
-    the window (its turn comes before what waits there), then up to `messages` more,
+    """This lane's messages: first one at the head of the lane for each newly backlogged
+    tenant (none in the round's state, none in the window: its turn comes before what
+    waits there, as new flows go first in FQ-CoDel's DRR), then up to `messages` more,
     tenant by tenant in deficit round robin."""
     lane = {"kind": kind, "priority": priority}
     fair = Round(float(size), tenants.weights)
     for r in session.execute(_STATE, lane):
         fair.deficits[r.tenant_id] = r.deficit
         fair.turn = r.tenant_id if r.turn else fair.turn
-    waiting = set(session.execute(_IN_WINDOW, lane).scalars())
+    known = set(fair.deficits) | set(session.execute(_IN_WINDOW, lane).scalars())
     sent: list[Sent] = []
-    for tenant in sorted(t for t, n in backlog.items() if n > 0 and t not in waiting):
+    for tenant in sorted(t for t, n in backlog.items() if n > 0 and t not in known):
         if tenants.room(tenant) > 0:
             message = _send(session, lane, tenant, size, backlog, tenants, fair)
             sent += [dataclasses.replace(message, ahead=True)] if message else []

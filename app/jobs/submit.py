@@ -129,8 +129,8 @@ def find_keyed(session: Session, tenant_id: int, idempotency_key: str) -> JobRow
 #: One job and its submitted event in one statement; no row (and no event) when the
 #: tenant's idempotency key was seen. Run by the driver itself (a single submission is the
 #: api's hottest write; see db.driver_autocommit), so compiled to its placeholders once.
-#: With :direct (its lane's window has room), or when the tenant has no message in the
-#: lane's window (then it goes to the head of the lane: its turn comes first), and no
+#: With :direct (its lane's window has room), or when the tenant has nothing waiting in
+#: the lane (then it goes to the head of the lane: its turn comes first), and no
 #: max_running on the tenant, the job's message is recorded (`dispatch`, published after
 #: commit); else the job is pending, and a dispatch pass sends it in its tenant's turn.
 INSERT_ONE_SQL = """
@@ -152,9 +152,12 @@ event AS (
 sent AS (
   INSERT INTO dispatches (tenant_id, kind, priority, ids)
   SELECT tenant_id, kind, priority, ARRAY[id] FROM job
-  WHERE (:direct OR NOT EXISTS (
+  WHERE (:direct OR (NOT EXISTS (
     SELECT 1 FROM dispatches d
-    WHERE d.tenant_id = job.tenant_id AND d.kind = job.kind AND d.priority = job.priority))
+    WHERE d.tenant_id = job.tenant_id AND d.kind = job.kind AND d.priority = job.priority)
+  AND NOT EXISTS (
+    SELECT 1 FROM pending_jobs p
+    WHERE p.kind = job.kind AND p.priority = job.priority AND p.tenant_id = job.tenant_id)))
   AND NOT EXISTS (
     SELECT 1 FROM tenants t WHERE t.id = job.tenant_id AND t.max_running IS NOT NULL)
   RETURNING id),
