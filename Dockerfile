@@ -16,7 +16,8 @@ COPY workers ./workers
 COPY migrations ./migrations
 RUN pip install .
 
-USER babelq
+# Numeric, so Kubernetes can verify runAsNonRoot; the manifests run as 10001:10001 too.
+USER 10001:10001
 EXPOSE 8000 5555
 ENTRYPOINT ["babelq"]
 CMD ["api", "--host", "0.0.0.0"]

@@ -111,14 +111,21 @@ class Client:
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
         ref: str | None = None,
+        run_at: str | None = None,
+        delay: float | None = None,
     ) -> dict[str, Any]:
-        """Submit one job; the same idempotency_key again returns the first job."""
+        """Submit one job; the same idempotency_key again returns the first job.
+
+        run_at (ISO 8601) or delay (seconds): not before then.
+        """
         body: dict[str, Any] = {"kind": kind, "params": dict(params or {})}
         extras = {
             "priority": priority,
             "max_attempts": max_attempts,
             "idempotency_key": idempotency_key,
             "ref": ref,
+            "run_at": run_at,
+            "delay": delay,
         }
         body.update({k: v for k, v in extras.items() if v is not None})
         return self._object("POST", "/v1/jobs", json=body)
@@ -217,6 +224,55 @@ class Client:
             if not cursor:
                 return
             query["cursor"] = cursor
+
+    # Webhooks ----------------------------------------------------------------------
+
+    def create_webhook(self, url: str, events: list[str], *, include_batch_jobs: bool = False
+                       ) -> dict[str, Any]:
+        """Register an endpoint; its signing secret ("secret") is in this answer only."""
+        return self._object("POST", "/v1/webhooks", json={
+            "url": url, "events": events, "include_batch_jobs": include_batch_jobs})
+
+    def list_webhooks(self) -> list[dict[str, Any]]:
+        """The tenant's endpoints (never their secrets)."""
+        return cast(list[dict[str, Any]], self._object("GET", "/v1/webhooks")["data"])
+
+    def delete_webhook(self, endpoint_id: int) -> None:
+        """Delete an endpoint and its deliveries."""
+        self._call("DELETE", f"/v1/webhooks/{endpoint_id}")
+
+    def deliveries(self, endpoint_id: int, *, status: str | None = None, limit: int = 100
+                   ) -> list[dict[str, Any]]:
+        """An endpoint's latest deliveries, newest first, with their attempts."""
+        params: dict[str, Any] = {"limit": limit, **({"status": status} if status else {})}
+        page = self._object("GET", f"/v1/webhooks/{endpoint_id}/deliveries", params=params)
+        return cast(list[dict[str, Any]], page["data"])
+
+    def redeliver(self, endpoint_id: int, delivery_id: int) -> dict[str, Any]:
+        """Send a delivery again now."""
+        return self._object(
+            "POST", f"/v1/webhooks/{endpoint_id}/deliveries/{delivery_id}/redeliver")
+
+    # Schedules ---------------------------------------------------------------------
+
+    def create_schedule(self, name: str, cron: str, job: Mapping[str, Any], *,
+                        timezone: str = "UTC") -> dict[str, Any]:
+        """A schedule that submits `job` (kind, params, priority...) at every cron match."""
+        return self._object("POST", "/v1/schedules", json={
+            "name": name, "cron": cron, "timezone": timezone, "job": dict(job)})
+
+    def list_schedules(self) -> list[dict[str, Any]]:
+        """The tenant's schedules."""
+        return cast(list[dict[str, Any]], self._object("GET", "/v1/schedules")["data"])
+
+    def pause_schedule(self, schedule_id: int, paused: bool = True) -> dict[str, Any]:
+        """Pause a schedule, or resume it (paused=False)."""
+        action = "pause" if paused else "resume"
+        return self._object("POST", f"/v1/schedules/{schedule_id}/{action}")
+
+    def delete_schedule(self, schedule_id: int) -> None:
+        """Delete a schedule (its jobs stay)."""
+        self._call("DELETE", f"/v1/schedules/{schedule_id}")
 
     # Keys (admin) ------------------------------------------------------------------
 

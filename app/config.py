@@ -6,7 +6,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,7 +29,12 @@ class Settings(BaseSettings):
     #: Where `babelq up` keeps embedded server data and credentials.json.
     home: Path = Path(".babelq")
     database_url: str | None = None
+    #: redis://host:6379/0, or Sentinel: sentinel://host1:26379;sentinel://host2:26379
     redis_url: str | None = None
+    #: The master's name at the sentinels, when redis_url lists sentinel:// entries.
+    redis_sentinel_master: str = "mymaster"
+    #: The sentinels' own password (their requirepass), if any; the master's is in the URL.
+    redis_sentinel_password: str | None = None
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -37,14 +42,24 @@ class Settings(BaseSettings):
     api_url: str | None = None
     api_key: str | None = None
 
+    #: How every process writes its log: JSON objects one a line, or lines for a console.
+    log_format: Literal["json", "console"] = "console"
+    #: Send OpenTelemetry traces (submission, api request, worker chunk, job outcome) to
+    #: an OTLP/HTTP endpoint; off by default.
+    tracing: bool = False
+    #: Where traces go when tracing is on (the OTLP exporter's default when unset).
+    otlp_endpoint: str | None = None
+
     flower_host: str = "127.0.0.1"
     flower_port: int = 5555
     flower_user: str | None = None
     flower_password: str | None = None
 
     # Delivery: see docs/design.md "Where the truth lives".
-    #: Seconds a claimed job may run before the relay takes it back.
-    lease_seconds: float = 120.0
+    #: Seconds a claimed job's lease lasts. A running worker renews it every third of it,
+    #: so it bounds how long a dead worker's jobs wait before they run again, not how long
+    #: a job may take. It also cuts off an inline chunk that hangs (see jobs.take).
+    lease_seconds: float = Field(15.0, gt=0)
     #: Seconds a queued job may wait unstarted before the relay republishes it.
     requeue_after: float = 30.0
     #: Seconds between relay passes.
@@ -76,6 +91,19 @@ class Settings(BaseSettings):
     #: Largest request body, except uploads to /v1/batches (413 beyond).
     max_body_bytes: int = Field(1_048_576, ge=1)
     max_batch_body_bytes: int = Field(1_073_741_824, ge=1)
+    #: Largest JSON batch ({"jobs": [...]}): bigger uploads go as NDJSON (413 beyond).
+    max_json_batch_bytes: int = Field(10_485_760, ge=1)
+    #: Bytes of lines an upload hands to PostgreSQL at a time (with at most 5,000 lines):
+    #: what bounds an upload's memory when its lines are long.
+    ingest_block_bytes: int = Field(2_097_152, ge=1)
+    #: Seconds a request body may take to deliver each block of an upload, or a JSON body
+    #: whole (408 beyond): a client that trickles its body holds a transaction no longer.
+    body_timeout: float = Field(30.0, gt=0)
+    #: Database connections each process keeps, may add under load, and waits for when all
+    #: are taken (then the api answers 503 with Retry-After).
+    db_pool_size: int = Field(10, ge=1)
+    db_max_overflow: int = Field(20, ge=0)
+    db_pool_timeout: float = Field(10.0, gt=0)
     #: Longest NDJSON line; longer lines are rejected with their line number.
     max_line_bytes: int = Field(262_144, ge=1)
     #: Jobs per second each tenant may submit, on average; 0 turns the rate limit off.
@@ -84,6 +112,30 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(0, ge=0)
     #: Queued plus running jobs per tenant; 0 means no cap.
     max_queued_per_tenant: int = Field(0, ge=0)
+
+    # Webhooks, delayed jobs and schedules (README "Webhooks", "Delayed and periodic jobs").
+    #: Let webhook URLs resolve to loopback, private or link-local addresses (development).
+    webhook_allow_private: bool = False
+    #: Seals endpoint secrets at rest (AES-GCM); production refuses new endpoints without it.
+    webhook_secret_key: str | None = None
+    #: Webhook requests in flight at once, per sender (the relay runs one).
+    webhook_concurrency: int = Field(64, ge=1, le=1000)
+    #: Seconds a receiver has to answer.
+    webhook_timeout: float = Field(10.0, gt=0)
+    #: Exponential backoff with jitter between attempts of a delivery (seconds).
+    webhook_backoff_base: float = Field(10.0, gt=0)
+    webhook_backoff_max: float = Field(3600.0, gt=0)
+    #: Seconds after its event a delivery is retried before it is marked failed.
+    webhook_retry_for: float = Field(86_400.0, gt=0)
+    #: Attempts kept per delivery (status code and time of each).
+    webhook_history: int = Field(20, ge=1, le=1000)
+    #: Seconds a claimed delivery is held by its sender before another may take it.
+    webhook_lease_seconds: float = Field(60.0, gt=0)
+    #: Seconds workers trust their list of tenants that have endpoints: a new endpoint gets
+    #: the events of jobs finishing at most this long after it was created.
+    webhook_endpoint_cache_seconds: float = Field(5.0, ge=0)
+    #: Longest delay (run_at or delay) a job may be submitted with.
+    max_delay_seconds: float = Field(366 * 86_400.0, gt=0)
 
     def credentials_path(self) -> Path:
         """Where `babelq up` stores generated URLs and secrets."""
@@ -106,12 +158,19 @@ def _api_problems(settings: Settings) -> list[str]:
     problems = [f"BABELQ_{name.upper()} is not set" for name in ("database_url", "redis_url")
                 if not getattr(settings, name)]
     for name in ("database_url", "redis_url"):
-        password = urlsplit(getattr(settings, name) or "").password
-        if password is not None and password.lower() in PLACEHOLDER_SECRETS:
-            problems.append(f"BABELQ_{name.upper()} has an empty or placeholder password")
+        url = getattr(settings, name)
+        if url and _password(url).lower() in PLACEHOLDER_SECRETS:
+            problems.append(f"BABELQ_{name.upper()} has no password, or a placeholder one")
     if settings.plugins:
         problems.append("BABELQ_PLUGINS is set; extra job kinds are for development and tests")
     return problems
+
+
+def _password(url: str) -> str:
+    """The password a database or Redis URL carries, in its user part or its query; "" if none."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    return parts.password or query.get("password", "")
 
 
 def _flower_problems(user: str | None, password: str | None) -> list[str]:

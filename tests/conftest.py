@@ -38,6 +38,12 @@ TEST_TIMINGS: dict[str, object] = {
     "relay_interval": 0.2,
     "retry_backoff_base": 0.2,
     "retry_backoff_max": 2,
+    # Webhooks: receivers on 127.0.0.1, retries within a test, new endpoints seen at once.
+    "webhook_allow_private": True,
+    "webhook_backoff_base": 0.2,
+    "webhook_backoff_max": 0.5,
+    "webhook_endpoint_cache_seconds": 0,
+    "webhook_lease_seconds": 10,
 }
 
 

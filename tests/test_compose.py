@@ -191,8 +191,19 @@ def test_app_services_share_the_compose_redis() -> None:
     """One BABELQ_REDIS_URL, pointing at the redis service."""
     urls = {_environment(n).get("BABELQ_REDIS_URL") for n in APP_SERVICES}
     assert len(urls) == 1 and None not in urls, f"Redis URLs differ: {urls}"
-    url = urlsplit(str(urls.pop()))
+    url = urlsplit(_interpolate(str(urls.pop())))
     assert (url.scheme, url.hostname, url.port or 6379) == ("redis", "redis", 6379)
+
+
+def test_redis_requires_the_password_the_services_use() -> None:
+    """Redis has requirepass (from a required variable), and the app URL carries it."""
+    command = _words(_service("redis").get("command"))
+    required = _option(command, "--requirepass")
+    assert required and REQUIRED_VARIABLE.fullmatch(required)
+    url = urlsplit(_interpolate(_environment("api")["BABELQ_REDIS_URL"]))
+    assert url.password == _interpolate(required)
+    # The healthcheck's redis-cli authenticates through REDISCLI_AUTH.
+    assert _environment("redis").get("REDISCLI_AUTH") == required
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
@@ -230,3 +241,62 @@ def test_image_runs_as_non_root() -> None:
     user = _dockerfile_last("USER")
     assert user is not None, "Dockerfile never sets USER: containers would run as root"
     assert user.split(":")[0] not in {"root", "0"}
+
+
+# Monitoring: Prometheus and Grafana under the `monitoring` profile, wired to deploy/.
+
+MONITORING = ("prometheus", "grafana")
+
+
+def _mounts(name: str) -> dict[str, Path]:
+    """Container path -> host path of a service's bind mounts (relative to the compose file)."""
+    mounts = {}
+    for volume in _service(name).get("volumes", []):
+        source, target, *_ = str(volume).split(":")
+        if source.startswith("."):
+            mounts[target] = ROOT / source
+    return mounts
+
+
+def _yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.mark.parametrize("name", MONITORING)
+def test_monitoring_runs_only_under_its_profile(name: str) -> None:
+    """`docker compose up` leaves it out; `--profile monitoring` starts it."""
+    assert _service(name).get("profiles") == ["monitoring"]
+    ports = [str(p) for p in _service(name).get("ports", [])]
+    assert all(p.startswith("127.0.0.1:") for p in ports), ports
+    for app_service in ALL_SERVICES:
+        assert not _service(app_service).get("profiles"), app_service
+
+
+def test_prometheus_scrapes_the_api_with_the_mounted_key() -> None:
+    config_dir = _mounts("prometheus")["/etc/prometheus"]
+    config = _yaml(config_dir / "prometheus.yml")
+    for rules in config["rule_files"]:
+        assert (config_dir / rules).is_file(), f"rule file {rules} is not in {config_dir}"
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    (target,) = [t for group in job["static_configs"] for t in group["targets"]]
+    host, port = target.split(":")
+    api_ports = {p.split(":")[-1] for p in _service(host).get("ports", [])}
+    assert port in api_ports and _argv(host)[1] == "api"
+    secret = _service("prometheus")["secrets"][0]
+    assert job["authorization"]["credentials_file"] == f"/run/secrets/{secret}"
+    assert _compose()["secrets"][secret] == {"environment": "BABELQ_PROMETHEUS_API_KEY"}
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard() -> None:
+    mounts = _mounts("grafana")
+    provisioning = mounts["/etc/grafana/provisioning"]
+    (source,) = _yaml(provisioning / "datasources" / "prometheus.yml")["datasources"]
+    assert source["url"] == "http://prometheus:9090" and source["type"] == "prometheus"
+    (provider,) = _yaml(provisioning / "dashboards" / "babelq.yml")["providers"]
+    dashboards = mounts[provider["options"]["path"]]
+    panels = json.loads((dashboards / "babelq.json").read_text())["panels"]
+    uids = {p["datasource"]["uid"] for p in panels if "datasource" in p}
+    assert uids == {source["uid"]}
+    env = _environment("grafana")
+    assert env.get("GF_AUTH_ANONYMOUS_ENABLED") == "false"

@@ -17,9 +17,10 @@ from sqlalchemy.exc import OperationalError
 
 from app import jobs
 from app.config import get_settings
-from app.jobs import dispatch
+from app.jobs import counts, delayed, dispatch, schedules
 from app.jobs.manage import SLICE
 from app.store.db import session_scope
+from workers import webhooks
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,9 @@ class PassReport:
     """What one relay pass did."""
 
     expired: int = 0
+    #: delayed jobs whose time came, and schedules that fired
+    released: int = 0
+    fired: int = 0
     #: never-published queued jobs (retries, returned leases) made pending
     pended: int = 0
     #: messages sent again: sent more than requeue_after ago and never taken
@@ -39,6 +43,8 @@ class PassReport:
     #: messages sent from PostgreSQL into the lanes' windows
     published: int = 0
     pruned: int = 0
+    #: jobs of batches whose cancel had stopped half way
+    cancelled: int = 0
 
 
 def relay_pass(actor: str, prune: bool = True) -> PassReport:
@@ -47,6 +53,11 @@ def relay_pass(actor: str, prune: bool = True) -> PassReport:
     report = PassReport()
     with session_scope() as session:
         report.expired = jobs.expire_leases(session, actor=actor)
+    with session_scope() as session:
+        counts.fold(session)  # keeps /metrics' read of job counts short
+        report.released = delayed.release_due(session)
+    with session_scope() as session:
+        report.fired = schedules.fire_due(session, actor=actor)
     while True:
         with session_scope() as session:
             pended = dispatch.pend_unpublished(session, limit=SLICE)
@@ -55,6 +66,7 @@ def relay_pass(actor: str, prune: bool = True) -> PassReport:
             break
     report.resent = dispatch.resend()
     report.published = dispatch.run_pass()
+    report.cancelled = finish_cancels(actor)
     days = get_settings().retention_days
     if prune and days > 0:
         with session_scope() as session:
@@ -62,11 +74,31 @@ def relay_pass(actor: str, prune: bool = True) -> PassReport:
     return report
 
 
+#: How long the relay waits for a job row a worker holds, when finishing a cancel.
+CANCEL_LOCK_WAIT = "200ms"
+
+
+def finish_cancels(actor: str) -> int:
+    """Go on with the cancels that stopped half way (409, or an api that went away)."""
+    done = 0
+    with session_scope() as session:
+        batch_ids = jobs.cancelling_batches(session)
+    for batch_id in batch_ids:
+        try:
+            with session_scope() as session:
+                done += jobs.cancel_batch(session, batch_id, actor=actor,
+                                          lock_wait=CANCEL_LOCK_WAIT)
+        except jobs.Busy:
+            continue  # a worker holds some of its rows: next pass
+    return done
+
+
 def run(stop: threading.Event | None = None, interval: float | None = None) -> None:
     """Relay passes forever (or until stop is set), surviving outages of either server."""
     stop = stop or threading.Event()
     pause = interval if interval is not None else get_settings().relay_interval
     actor = f"relay@{socket.gethostname()}"
+    webhooks.start(stop)
     next_prune = 0.0
     while not stop.is_set():
         try:
@@ -76,7 +108,8 @@ def run(stop: threading.Event | None = None, interval: float | None = None) -> N
             report = relay_pass(actor, prune=prune)
             if prune:  # a full slice: more is waiting, so prune again next pass
                 next_prune = time.monotonic() + (0 if report.pruned >= SLICE else PRUNE_EVERY)
-            if report.expired or report.pended or report.resent or report.pruned:
+            if (report.expired or report.pended or report.resent or report.pruned
+                    or report.cancelled or report.released or report.fired):
                 log.info("relay: %s", report)
         except (OperationalError, redis.RedisError, OSError) as exc:
             log.warning("relay pass failed, will retry: %s", exc)

@@ -13,14 +13,17 @@ from celery import shared_task
 from celery.signals import celeryd_after_setup, worker_process_init
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+import workers.observe  # noqa: F401  (heartbeats, log format, metrics flushes)
 from app import core, jobs
 from app.broker import notify
 from app.broker.queues import TASK_NAME
 from app.broker.window import observe
 from app.jobs import kinds
 from app.jobs.dispatch import refill, settle
+from app.observe import tracing
 from app.ops.memory import tune_gc
 from app.store.db import session_scope
+from workers.heartbeat import HEARTBEAT
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +49,19 @@ def _tune_gc(**_: Any) -> None:
 
 def compute(job: jobs.LockedJob) -> jobs.Outcome:
     """Run one locked job; an exception becomes the job's error, never the chunk's."""
-    try:
-        extra = kinds.extra_kind(job.kind)
-        if extra is not None:
-            return jobs.Outcome(job, result=extra.run(job.params))
-        return jobs.Outcome(job, result=core.run(job.kind, job.params))
-    except Exception as exc:
-        return jobs.Outcome(job, error=jobs.error_info(exc))
+    start = time.perf_counter()
+    with tracing.job_span(job) as span:
+        try:
+            extra = kinds.extra_kind(job.kind)
+            if extra is not None:
+                outcome = jobs.Outcome(job, result=extra.run(job.params))
+            else:
+                outcome = jobs.Outcome(job, result=core.run(job.kind, job.params))
+        except Exception as exc:
+            outcome = jobs.Outcome(job, error=jobs.error_info(exc))
+        tracing.outcome(span, outcome.error)
+    outcome.seconds = time.perf_counter() - start
+    return outcome
 
 
 def execute_chunk(ids: Sequence[int], *, worker: str, claim_first: bool = False,
@@ -70,17 +79,19 @@ def execute_chunk(ids: Sequence[int], *, worker: str, claim_first: bool = False,
         inline, claimed = jobs.lock_queued(session, ids, worker=worker,
                                            inline_ok=not claim_first)
         started = time.perf_counter()
-        done = [compute(job) for job in inline]
+        with tracing.chunk_span(inline):
+            done = [compute(job) for job in inline]
         computing += time.perf_counter() - started
         held = jobs.claim(session, claimed, worker=worker)
         jobs.finish(session, done, worker=worker, held=held)
     if inline:
         notify.finished([job.id for job in inline])
     if claimed:
-        started = time.perf_counter()
-        outcomes = [compute(job) for job in claimed]
-        computing += time.perf_counter() - started
-        _persist(outcomes, worker=worker)
+        with HEARTBEAT.hold(claimed), tracing.chunk_span(claimed):
+            started = time.perf_counter()
+            outcomes = [compute(job) for job in claimed]
+            computing += time.perf_counter() - started
+            _persist(outcomes, worker=worker)
         notify.finished([o.job.id for o in outcomes])
     ran = [*inline, *claimed]
     # A message carries one kind: its compute time sizes the kind's next chunks. Only the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.jobs import Busy
@@ -24,6 +26,7 @@ CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "timeout",
     409: "conflict",
     413: "too_large",
     415: "unsupported_media_type",
@@ -108,8 +111,20 @@ async def _data_refused(_: Request, exc: Exception) -> JSONResponse:
 async def _dbapi_error(request: Request, exc: DBAPIError) -> JSONResponse:
     if exc.connection_invalidated:
         return await _db_down(request, exc)
-    log.exception("database error")
+    # The server's message may quote a value (a unique key's DETAIL names it): the log
+    # gets the error's class, its SQLSTATE and where it was raised, not the message.
+    log.error("database error %s (SQLSTATE %s) in %s\n%s", type(exc.orig).__name__,
+              getattr(exc.orig, "sqlstate", None), request.url.path,
+              "".join(traceback.format_tb(exc.__traceback__)).rstrip())
     return error_response(500, "internal error")
+
+
+async def _pool_exhausted(_: Request, exc: Exception) -> JSONResponse:
+    # Every pooled connection is taken (a burst, or clients holding uploads open): the
+    # request was not served and may simply be sent again.
+    log.warning("database connection pool exhausted: %s", type(exc).__name__)
+    return error_response(503, "the api is at its database connection limit; nothing was "
+                               "accepted, try again", headers={"Retry-After": "2"})
 
 
 def install(app: FastAPI) -> None:
@@ -123,3 +138,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(OperationalError, _db_down)
     app.add_exception_handler(DBAPIError, _dbapi_error)  # type: ignore[arg-type]
     app.add_exception_handler(DataError, _data_refused)
+    app.add_exception_handler(PoolTimeout, _pool_exhausted)

@@ -12,17 +12,17 @@ class BodyTooLarge(Exception):
     """The client sent more than the limit."""
 
 
-def _too_large(limit: int) -> bytes:
+def _too_large(limit: int, hint: str) -> bytes:
     return json.dumps({"error": {"code": "too_large", "message":
-                                 f"request body exceeds {limit} bytes", "details":
+                                 f"request body exceeds {limit} bytes{hint}", "details":
                                  {"limit": limit}}}).encode()
 
 
 class _Guard:
     """One request's byte count, and whether its response was replaced by the 413."""
 
-    def __init__(self, receive: Receive, send: Send, limit: int) -> None:
-        self.receive, self.send, self.limit = receive, send, limit
+    def __init__(self, receive: Receive, send: Send, limit: int, hint: str = "") -> None:
+        self.receive, self.send, self.limit, self.hint = receive, send, limit, hint
         self.seen = 0
         self.exceeded = self.started = self.replaced = False
 
@@ -50,28 +50,41 @@ class _Guard:
         if self.started:
             return
         self.started = self.replaced = True
-        body = _too_large(self.limit)
+        body = _too_large(self.limit, self.hint)
         await self.send({"type": "http.response.start", "status": 413, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             (b"connection", b"close")]})
         await self.send({"type": "http.response.body", "body": body})
 
 
+#: What a JSON body over its own limit is told to do instead.
+JSON_HINT = "; send bigger batches as NDJSON (application/x-ndjson)"
+
+
 class BodyLimit:
     """ASGI middleware: 413 on a Content-Length over the limit (body unread), or once the
-    stream passes it (the rest unread; the connection is closed after the answer)."""
+    stream passes it (the rest unread; the connection is closed after the answer).
 
-    def __init__(self, app: ASGIApp, default: int, overrides: dict[str, int]) -> None:
-        self.app, self.default, self.overrides = app, default, overrides
+    overrides: limits of paths other than the default; json: limits of JSON bodies on
+    some paths (a JSON batch is read whole, so it is capped far below an NDJSON one).
+    """
 
-    def _limit(self, path: str) -> int:
-        return self.overrides.get(path, self.default)
+    def __init__(self, app: ASGIApp, default: int, overrides: dict[str, int],
+                 json: dict[str, int] | None = None) -> None:
+        self.app, self.default, self.overrides, self.json = app, default, overrides, json or {}
+
+    def _guard(self, scope: Scope, receive: Receive, send: Send) -> _Guard:
+        path = scope["path"]
+        ctype = dict(scope["headers"]).get(b"content-type", b"").split(b";")[0].strip().lower()
+        if path in self.json and ctype == b"application/json":
+            return _Guard(receive, send, self.json[path], JSON_HINT)
+        return _Guard(receive, send, self.overrides.get(path, self.default))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        guard = _Guard(receive, send, self._limit(scope["path"]))
+        guard = self._guard(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > guard.limit:
             await guard.reject()

@@ -8,12 +8,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app.api import errors
 from app.api.limits import BodyLimit
-from app.api.routes import batches, jobs, keys, system, tenants
+from app.api.observe import RequestMetrics
+from app.api.routes import batches, jobs, keys, schedules, system, tenants, webhooks
 from app.api.waiters import Waiters
 from app.config import Settings, get_settings
+from app.console import install as install_console
+from app.observe import tracing
 from app.ops.memory import tune_gc
 
 log = logging.getLogger(__name__)
@@ -40,7 +44,9 @@ def create_app() -> FastAPI:
     """Build the api."""
     settings = get_settings()
     refuse_unsafe(settings)
-    app = FastAPI(
+    tracing.setup(settings, "babelq-api")
+    # /docs and /redoc load Swagger UI and ReDoc from the installed package, not a CDN.
+    app = FastAPIOffline(
         title="Babel Queue",
         version="1.0",
         summary="Durable encode, enumerate and evaluate jobs on Celery, Redis and PostgreSQL.",
@@ -53,8 +59,13 @@ def create_app() -> FastAPI:
     app.include_router(keys.router)
     app.include_router(batches.router)
     app.include_router(tenants.router)
+    app.include_router(webhooks.router)
+    app.include_router(schedules.router)
+    install_console(app)
     app.add_middleware(BodyLimit, default=settings.max_body_bytes,
-                       overrides={"/v1/batches": settings.max_batch_body_bytes})
+                       overrides={"/v1/batches": settings.max_batch_body_bytes},
+                       json={"/v1/batches": settings.max_json_batch_bytes})
+    app.add_middleware(RequestMetrics)  # outermost: counts 413s and errors too
     tune_gc()  # start-up is done: freeze what it made
     return app
 

@@ -8,61 +8,15 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from app.core.status import JobStatus
+from app.jobs.documents import BatchRead, JobError, JobRead
 from app.jobs.submission import KIND_MAX, IdempotencyKey, JobCreate, Label, Priority
-from app.store.models import PRIORITY_NAMES, Job
 
 __all__ = ["ERRORS", "KIND_MAX", "BatchCreated", "BatchRead", "IdempotencyKey", "JobCreate",
-           "Label", "Priority", "Status"]
+           "JobError", "JobRead", "Label", "Priority", "Status"]
 
 Kind = Literal["encode", "enumerate", "evaluate"]
 #: A job's status: the state machine's own enum (app/core/status.py).
 Status = JobStatus
-
-
-class JobError(BaseModel):
-    """Why the last attempt failed."""
-
-    type: str
-    message: str
-    traceback: str = ""
-
-
-class JobRead(BaseModel):
-    """A job as producers see it."""
-
-    id: int
-    kind: str
-    status: Status
-    priority: Priority
-    params: dict[str, Any]
-    attempt: int
-    max_attempts: int
-    batch_id: int | None = None
-    line: int | None = None
-    ref: str | None = None
-    idempotency_key: str | None = None
-    worker: str | None = None
-    error: JobError | None = None
-    result: dict[str, Any] | None = None
-    result_sha256: str | None = None
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    run_after: datetime | None = None
-
-    @classmethod
-    def of(cls, job: Job | Any, result: Any = None, sha: str | None = None) -> JobRead:
-        """Build from a Job (or a row with its columns as attributes) and its result."""
-        return cls(
-            id=job.id, kind=job.kind, status=job.status,  # type: ignore[arg-type]
-            priority=PRIORITY_NAMES[job.priority],  # type: ignore[arg-type]
-            params=job.params, attempt=job.attempt,
-            max_attempts=job.max_attempts, batch_id=job.batch_id, line=job.line, ref=job.ref,
-            idempotency_key=job.idempotency_key, worker=job.worker,
-            error=JobError(**job.error) if job.error else None,
-            result=result, result_sha256=sha, created_at=job.created_at,
-            started_at=job.started_at, finished_at=job.finished_at, run_after=job.run_after,
-        )
 
 
 class JobsRead(BaseModel):
@@ -137,19 +91,3 @@ class BatchCreated(BaseModel):
     rejected: int
     rejected_lines: list[dict[str, Any]]
     rejected_truncated: bool
-
-
-class BatchRead(BaseModel):
-    """A batch's progress."""
-
-    id: int
-    total: int
-    rejected: int
-    counts: dict[str, int]
-    done: bool
-    progress: float
-    jobs_per_second: float | None
-    eta_seconds: float | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None

@@ -7,9 +7,7 @@ import contextlib
 import json
 import logging
 
-import redis.asyncio as aioredis
-
-from app.broker.notify import CHANNEL
+from app.broker.notify import CHANNEL, async_redis_client
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +36,7 @@ class Waiters:
         # A subscription only reads, so a half-open connection is found by TCP keepalive,
         # on by default in redis-py 8.1 (redis-py#4082: idle 30 s, then 3 probes 5 s
         # apart); listen() then raises and we resubscribe. Meanwhile waiters re-read.
-        client = aioredis.Redis.from_url(url)
+        client = async_redis_client(url)
         try:
             while True:
                 try:

@@ -18,6 +18,7 @@ import orjson
 from celery import Celery
 from kombu import Queue
 
+from app.broker import sentinel
 from app.broker.notify import redis_client
 from app.broker.queues import KINDS, PRIORITY_SEP, PRIORITY_STEPS, TASK_NAME, queue_for, queue_keys
 from app.config import Settings, get_settings
@@ -30,16 +31,18 @@ log = logging.getLogger(__name__)
 celery_app = Celery("babelq")
 
 
-def configure(settings: Settings) -> Celery:
-    """Point the app at the configured Redis with the delivery guarantees we rely on."""
+def configure(settings: Settings, *, fast_transport: bool = True) -> Celery:
+    """Point the app at the configured Redis with the delivery guarantees we rely on.
+
+    fast_transport False keeps kombu's own transport: Flower picks its Broker page's
+    client by the scheme of the broker URL, and ours would show as `app.broker.transport:...`.
+    """
     celery_app.conf.update(
         broker_url=settings.redis_url,
-        # Our channel (app/broker/transport.py) for plain redis:// only: kombu turns TLS
-        # on by the transport's name, so rediss:// keeps kombu's own.
-        broker_transport=("app.broker.transport:Transport"
-                          if urlsplit(settings.redis_url or "").scheme == "redis" else None),
+        broker_transport=_transport(settings.redis_url) if fast_transport else None,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
+            **_sentinel_options(settings),
             "visibility_timeout": settings.visibility_timeout,
             # Sweep for messages of dead workers every 30 s (kombu's default is ~100 s).
             "unacked_restore_interval": 30,
@@ -67,6 +70,24 @@ def configure(settings: Settings) -> Celery:
     )
     return celery_app
 
+
+def _transport(url: str | None) -> str | None:
+    """Our channel (app/broker/transport.py) for redis:// and sentinel://: kombu turns TLS on
+    by the transport's name, so rediss:// keeps kombu's own."""
+    return TRANSPORTS.get(urlsplit(url or "").scheme)
+
+
+def _sentinel_options(settings: Settings) -> dict[str, object]:
+    """kombu's master_name (and the sentinels' password) when the URL lists sentinels."""
+    if not sentinel.is_sentinel(settings.redis_url):
+        return {}
+    return sentinel.broker_options(settings.redis_sentinel_master,
+                                   settings.redis_sentinel_password)
+
+
+#: URL scheme -> our kombu transport for it.
+TRANSPORTS = {"redis": "app.broker.transport:Transport",
+              "sentinel": "app.broker.transport:SentinelTransport"}
 
 configure(get_settings())
 

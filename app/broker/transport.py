@@ -1,11 +1,13 @@
-"""kombu's Redis transport, with one client per channel for the commands it sends.
+"""kombu's Redis transports, with one client per channel for the commands they send.
 
 kombu builds a new redis.Redis for every event, ack and publish (Channel.conn_or_acquire),
 and building one fills redis-py's table of some 170 response callbacks. A client holds no
 connection of its own, only the channel's pool, so one client serves every call (redis-py
 clients are thread-safe, and a pool reconnects after a fork). Measured here: a task event
 sent and flushed costs 274 µs of CPU instead of 457-496 µs, and a worker sends three per
-task while Flower listens. Used for redis:// URLs (see celery_app.configure).
+task while Flower listens. Used for redis:// and sentinel:// URLs (see
+celery_app.configure); behind Sentinel the pool is kombu's sentinel-managed one, which
+asks the sentinels for the master at every new connection.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from typing import Any
 from kombu.transport import redis
 
 
-class Channel(redis.Channel):
-    """A Redis channel that reuses one client on its pool."""
+class SharedClient:
+    """conn_or_acquire that reuses one client on the channel's pool."""
 
     _shared: Any = None
+    pool: Any
+    _create_client: Any
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
@@ -34,7 +38,21 @@ class Channel(redis.Channel):
         yield self._shared
 
 
+class Channel(SharedClient, redis.Channel):
+    """A Redis channel that reuses one client on its pool."""
+
+
+class SentinelChannel(SharedClient, redis.SentinelChannel):
+    """kombu's Sentinel channel, reusing one client on its sentinel-managed pool."""
+
+
 class Transport(redis.Transport):
     """kombu's Redis transport with the channel above."""
 
     Channel = Channel
+
+
+class SentinelTransport(redis.SentinelTransport):
+    """kombu's Redis Sentinel transport with the shared-client channel."""
+
+    Channel = SentinelChannel

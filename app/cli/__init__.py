@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import typer
 
-from app.cli import admin, batches, jobs, stack, tenants
+from app.cli import admin, batches, jobs, stack, tenants, webhooks
 from app.cli.common import CliError, explain, fail, parse_object, parse_params, parse_value
 from app.cli.stack import flower_login
 from app.client import BabelqError
@@ -50,6 +50,11 @@ tenants_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(tenants_app, name="tenants", rich_help_panel="Admin")
+webhooks_app = typer.Typer(help="The tenant's webhook endpoints and deliveries.",
+                           no_args_is_help=True)
+schedules_app = typer.Typer(help="The tenant's periodic schedules.", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks", rich_help_panel="Jobs")
+app.add_typer(schedules_app, name="schedules", rich_help_panel="Jobs")
 
 
 def _register_jobs() -> None:
@@ -62,6 +67,10 @@ def _register_jobs() -> None:
     app.command(rich_help_panel=panel)(jobs.retry)
     app.command("jobs", rich_help_panel=panel)(jobs.list_jobs)
     app.command(rich_help_panel=panel)(jobs.demo)
+    for name in ("create", "list", "delete", "deliveries", "redeliver"):
+        webhooks_app.command(name)(getattr(webhooks, f"webhooks_{name}"))
+    for name in ("create", "list", "pause", "resume", "delete"):
+        schedules_app.command(name)(getattr(webhooks, f"schedules_{name}"))
 
 
 def _register_batches() -> None:

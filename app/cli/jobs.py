@@ -30,6 +30,10 @@ def submit(
     max_attempts: Annotated[int | None, typer.Option(min=1, max=20)] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Same key again: same job.")] = None,
     ref: Annotated[str | None, typer.Option(help="Your reference, kept with the job.")] = None,
+    run_at: Annotated[str | None, typer.Option(
+        help="Not before this ISO 8601 time, e.g. 2026-01-31T09:00:00Z.")] = None,
+    delay: Annotated[float | None, typer.Option(min=0, help="Not before this many seconds.")
+                     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until it finishes.")] = False,
     timeout: Annotated[float | None, typer.Option(help="Seconds --wait waits at most.")] = None,
     as_json: JsonFlag = False,
@@ -44,15 +48,17 @@ def submit(
             max_attempts=max_attempts,
             idempotency_key=idempotency_key,
             ref=ref,
+            run_at=run_at,
+            delay=delay,
         )
         if wait:
             finish_job(bq.wait(job["id"], timeout), as_json)
         elif as_json:
             emit_json(job)
         else:
-            out.print(
-                f"job {job['id']} {styled(job['status'])} (`babelq wait {job['id']}` waits for it)"
-            )
+            later = f", not before {job['run_after']}" if job.get("run_after") else ""
+            out.print(f"job {job['id']} {styled(job['status'])}{later} "
+                      f"(`babelq wait {job['id']}` waits for it)")
 
 
 def status(job_id: JobArg, as_json: JsonFlag = False) -> None:
@@ -87,12 +93,16 @@ def list_jobs(
     status: Annotated[str | None, typer.Option(help="queued, running, succeeded, dead…")] = None,
     kind: Annotated[str | None, typer.Option()] = None,
     batch: Annotated[int | None, typer.Option(help="Only this batch's jobs.")] = None,
+    scheduled: Annotated[bool, typer.Option(
+        "--scheduled", help="Only queued jobs waiting for a later time (run_at/delay).")] = False,
     limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 20,
     as_json: JsonFlag = False,
 ) -> None:
     """List jobs, newest first."""
     with client() as bq:
-        found = bq.list_jobs(status=status, kind=kind, batch_id=batch, page_size=min(limit, 1000))
+        found = bq.list_jobs(status=status, kind=kind, batch_id=batch,
+                             scheduled="true" if scheduled else None,
+                             page_size=min(limit, 1000))
         jobs = [job for _, job in zip(range(limit), found, strict=False)]
     if as_json:
         emit_json(jobs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Annotated
 
@@ -44,6 +45,8 @@ def api(
     """Serve the HTTP api (uvicorn)."""
     import uvicorn
 
+    from app.observe import logs
+
     settings = get_settings()
     require(settings.database_url, "database_url")
     # A short graceful shutdown: open long-polls are cut, their clients poll again.
@@ -54,6 +57,7 @@ def api(
         port=port or settings.api_port,
         workers=workers,
         log_level=log_level,
+        log_config=logs.dict_config(settings.log_format, log_level),
         timeout_graceful_shutdown=5,
     )
 
@@ -72,7 +76,7 @@ def worker(
     settings = get_settings()
     require(settings.redis_url, "redis_url")
     require(settings.database_url, "database_url")
-    import workers.tasks  # noqa: F401  (registers run_chunk on the app)
+    import workers.tasks  # noqa: F401  (registers run_chunk; workers.observe formats its logs)
     from app.broker.celery_app import celery_app, configure
 
     configure(settings)
@@ -87,9 +91,10 @@ def relay() -> None:
     settings = get_settings()
     require(settings.redis_url, "redis_url")
     require(settings.database_url, "database_url")
+    from app.observe import logs
     from workers import relay as relay_loop
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(settings.log_format)
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -131,20 +136,51 @@ def flower(
     require(settings.redis_url, "redis_url")
     from app.broker.celery_app import celery_app, configure
 
-    configure(settings)
+    configure(settings, fast_transport=False)  # its Broker page needs a plain redis:// URL
     # Through Flower's environment option, so the password is not in `ps` output.
     os.environ["FLOWER_BASIC_AUTH"] = f"{user}:{password}"
     address, listen = host or settings.flower_host, port or settings.flower_port
     celery_app.start(["flower", f"--address={address}", f"--port={listen}"])
 
 
-def migrate_cmd() -> None:
+def migrate_cmd(
+    wait: Annotated[float | None, typer.Option(
+        min=0, help="Do not migrate: wait up to this many seconds for the database to reach "
+                    "this code's newest migration (a pod's init container, while the migrate "
+                    "Job runs).")] = None,
+) -> None:
     """Bring the database schema to the newest migration."""
     from app.store.db import current_revision, engine_for, migrate
 
     url = require(get_settings().database_url, "database_url")
-    migrate(url)
+    if wait is not None:
+        wait_for_head(url, wait)
+    else:
+        migrate(url)
     out.print(f"database at revision {current_revision(engine_for(url))}")
+
+
+def wait_for_head(url: str, timeout: float, every: float = 2.0) -> None:
+    """Return once the database is at the code's head revision; CliError after timeout.
+
+    An unreachable database counts as not there yet: pods start while it fails over.
+    """
+    from sqlalchemy.exc import OperationalError
+
+    from app.store.db import current_revision, engine_for, head_revision
+
+    engine, head = engine_for(url), head_revision()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            current = current_revision(engine)
+        except OperationalError:
+            current = "unreachable"
+        if current == head:
+            return
+        if time.monotonic() >= deadline:
+            raise CliError(f"database at {current}, not at {head} after {timeout:g}s", 1)
+        time.sleep(every)
 
 
 def bench(ctx: typer.Context) -> None:

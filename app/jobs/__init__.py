@@ -11,7 +11,18 @@ from __future__ import annotations
 from app.core.status import TERMINAL, TRANSITIONS, JobStatus
 from app.jobs.counters import Moves, move_counters
 from app.jobs.execute import LockedJob, Outcome, backoff, claim, error_info, finish, lock_queued
-from app.jobs.manage import Busy, cancel, cancel_batch, expire_leases, prune, retry
+from app.jobs.leases import renew_leases
+from app.jobs.manage import (
+    CANCEL_SLICE,
+    Busy,
+    cancel,
+    cancel_batch,
+    cancelling_batches,
+    expire_leases,
+    mark_cancelling,
+    prune,
+    retry,
+)
 from app.jobs.pending_publish import schedule_publish
 from app.jobs.submit import (
     JobRow,
@@ -27,6 +38,7 @@ from app.jobs.submit import (
 )
 
 __all__ = [
+    "CANCEL_SLICE",
     "TERMINAL",
     "TRANSITIONS",
     "Busy",
@@ -41,15 +53,18 @@ __all__ = [
     "backoff",
     "cancel",
     "cancel_batch",
+    "cancelling_batches",
     "claim",
     "error_info",
     "expire_leases",
     "find_keyed",
     "finish",
     "lock_queued",
+    "mark_cancelling",
     "move_counters",
     "prepare_rows",
     "prune",
+    "renew_leases",
     "reserve_ids",
     "retry",
     "schedule_publish",

@@ -205,57 +205,89 @@ def job_events(session: Session, job_id: int) -> list[AuditEvent]:
     return list(session.scalars(stmt))
 
 
-def verify_job(
-    session: Session, job_id: int, events: Sequence[AuditEvent] | None = None
-) -> ChainReport:
-    """Verify one job's chain, and that the job row's head matches its newest link.
+#: (seq, hash) of a chain's newest link as its job row records it.
+Head = tuple[int, str]
 
-    events: the job's trail if the caller has already read it (job_events).
+_HEADS = text("SELECT id, audit_seq, audit_head FROM jobs WHERE id = ANY(CAST(:ids AS bigint[]))")
+
+#: Jobs whose row records events but which have none at all: their chain was deleted.
+_MISSING = text(
+    "SELECT j.id, j.audit_seq FROM jobs j WHERE j.audit_seq > 0 "
+    "AND NOT EXISTS (SELECT 1 FROM audit_events a WHERE a.job_id = j.id) ORDER BY j.id"
+)
+
+
+def job_head(session: Session, job_id: int) -> Head | None:
+    """The head the job's row records, None if there is no such job."""
+    row = session.execute(_HEADS, {"ids": [job_id]}).first()
+    return None if row is None else (row.audit_seq, row.audit_head)
+
+
+def verify_job(
+    session: Session, job_id: int, events: Sequence[AuditEvent] | None = None,
+    head: Head | None = None,
+) -> ChainReport:
+    """Verify one job's chain, and that it reaches the head recorded on the job's row.
+
+    head: the row's head if the caller has read it; events: the job's trail if the caller
+    has read it (job_events), after the head: events only ever grow, so a head read first
+    is always within an intact chain, while one read after the events may be newer.
     """
+    if head is None:
+        head = job_head(session, job_id)
     if events is None:
         events = job_events(session, job_id)
-    report = verify_events(job_id, events)
-    if not events:
+    return against_head(verify_events(job_id, events), events, head)
+
+
+def against_head(report: ChainReport, events: Sequence[AuditEvent], head: Head | None
+                 ) -> ChainReport:
+    """report, or a broken one if the chain stops short of (or differs at) the row's head."""
+    if not report.ok or head is None or head[0] <= 0:
         return report
-    return next(iter(_against_heads(session, [(report, events[-1])])))
+    seq, hash_ = head
+    if not events:
+        return ChainReport(report.job_id, 0, False, 1, f"chain is missing ({seq} events recorded)")
+    if len(events) < seq or events[seq - 1].hash != hash_:
+        return ChainReport(report.job_id, report.events, False, events[-1].seq,
+                           "chain was truncated")
+    return report
 
 
 def verify_all(session: Session, batch_size: int = 5000) -> Iterable[ChainReport]:
     """Verify every chain, streaming events in (job_id, seq) order.
 
-    Each chain must also end at the head its job row recorded, so a chain cut short
-    at its end is found too.
+    Each chain must also reach the head its job row recorded, so a chain cut short at its
+    end is found too, and so is a job whose whole chain is gone. One snapshot (repeatable
+    read) for all of it: rows and events then agree while workers keep appending.
     """
+    session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     stmt = (
         select(AuditEvent)
         .order_by(AuditEvent.job_id, AuditEvent.seq)
         .execution_options(yield_per=batch_size)
     )
-    pending: list[tuple[ChainReport, AuditEvent]] = []
+    pending: list[tuple[ChainReport, list[AuditEvent]]] = []
     current: list[AuditEvent] = []
     for ev in session.scalars(stmt):
         if current and ev.job_id != current[0].job_id:
-            pending.append((verify_events(current[0].job_id, current), current[-1]))
+            pending.append((verify_events(current[0].job_id, current), current))
             current = []
             if len(pending) >= batch_size:
                 yield from _against_heads(session, pending)
                 pending = []
         current.append(ev)
     if current:
-        pending.append((verify_events(current[0].job_id, current), current[-1]))
+        pending.append((verify_events(current[0].job_id, current), current))
     yield from _against_heads(session, pending)
+    for row in session.execute(_MISSING):
+        yield against_head(ChainReport(row.id, 0, True), [], (row.audit_seq, ""))
 
 
 def _against_heads(
-    session: Session, pending: list[tuple[ChainReport, AuditEvent]]
+    session: Session, pending: list[tuple[ChainReport, list[AuditEvent]]]
 ) -> Iterable[ChainReport]:
     heads = {r.id: (r.audit_seq, r.audit_head) for r in session.execute(
-        text("SELECT id, audit_seq, audit_head FROM jobs WHERE id = ANY(CAST(:ids AS bigint[]))"),
-        {"ids": [rep.job_id for rep, _ in pending]},
-    )}
-    for report, last in pending:
-        head = heads.get(report.job_id)
-        if report.ok and head is not None and head != (last.seq, last.hash):
-            yield ChainReport(report.job_id, report.events, False, last.seq, "chain was truncated")
-        else:
-            yield report
+        _HEADS, {"ids": [rep.job_id for rep, _ in pending]})}
+    for report, events in pending:
+        yield against_head(report, events, heads.get(report.job_id))

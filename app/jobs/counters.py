@@ -8,6 +8,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app.core.status import RUN, JobStatus
+from app.jobs import webhooks
 
 #: A job moved from one status to another in a batch: (batch_id, from, to) -> count.
 Moves = Counter[tuple[int, str, str]]
@@ -25,9 +26,10 @@ def move_counters(session: Session, moves: Moves) -> None:
         d[dst] += n
         if dst in RUN:
             started.add(batch_id)
+    completed: list[tuple[int, int]] = []
     # Sorted, so two transactions moving the same batches lock their rows in one order.
     for batch_id, d in sorted(delta.items()):
-        session.execute(
+        row = session.execute(
             text(
                 "UPDATE batches SET queued = queued + :queued, running = running + :running, "
                 "succeeded = succeeded + :succeeded, dead = dead + :dead, "
@@ -36,8 +38,12 @@ def move_counters(session: Session, moves: Moves) -> None:
                 "ELSE started_at END, "
                 "finished_at = CASE WHEN queued + :queued + running + :running = 0 "
                 "THEN coalesce(finished_at, now()) ELSE NULL END "
-                "WHERE id = :id"
+                "WHERE id = :id RETURNING tenant_id, queued + running = 0 AS idle"
             ),
             {"id": batch_id, "started": batch_id in started,
              **{s.value: d[s] for s in JobStatus}},
-        )
+        ).first()
+        # Complete now: nothing left to run, and this move is what ran the last of it.
+        if row is not None and row.idle and d[JobStatus.QUEUED] + d[JobStatus.RUNNING] < 0:
+            completed.append((batch_id, row.tenant_id))
+    webhooks.record_batch_completed(session, completed)

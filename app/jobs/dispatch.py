@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from app.broker import window
 from app.broker.window import RedisWindow, Sent
 from app.config import get_settings
+from app.jobs import metrics
 from app.jobs.fair import Round
 from app.store.db import array_literal, session_scope
 
@@ -322,6 +323,7 @@ def resend_stale(session: Session, *, limit: int = 1000) -> list[Sent]:
             continue
         session.execute(_RESEND, {"id": r.id, "ids": array_literal(ids)})
         again.append(Sent(r.id, r.kind, r.priority, ids))
+    metrics.republished(session, again)
     return again
 
 

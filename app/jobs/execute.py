@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import operator
 import random
+import time
 import traceback
 from collections import Counter
 from collections.abc import Sequence
@@ -20,14 +22,18 @@ from sqlalchemy.orm import Session
 from app.config import get_settings
 from app.core.canonical import canonical_json
 from app.core.status import JobStatus
-from app.jobs import audit
+from app.jobs import audit, metrics, webhooks
 from app.jobs.audit import Link
 from app.jobs.counters import Moves, move_counters
+from app.observe import tracing
+from app.observe.logs import job_fields
 from app.store import pgcopy
 from app.store.db import array_literal, driver_rows, driver_sql, hex_array_literal
 from app.store.models import Decision
 
 Q, R, S, D = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.DEAD
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -48,6 +54,15 @@ class LockedJob:
     head: Link
     #: held by a row lock in the open transaction, its row still `queued` (see lock_queued())
     inline: bool = False
+    priority: int = 1
+    tenant_id: int | None = None
+    #: seconds since submission when taken (the database's clock), whether a first start,
+    #: and time.monotonic() then: for the queue wait and latency metrics
+    waited: float = 0.0
+    first: bool = False
+    taken: float = 0.0
+    #: W3C trace context of its submission (app/observe/tracing.py)
+    traceparent: str | None = None
 
 
 #: Texts up to this length keep an inline encode to a few milliseconds even with codec hd.
@@ -65,12 +80,17 @@ def runs_inline(kind: str, params: dict[str, Any]) -> bool:
 #
 # It also sets idle_in_transaction_session_timeout to the lease for this transaction (in
 # the same round trip as the lock, not a SET LOCAL of its own): see lock_queued(). The
-# uncorrelated subquery is a one-time filter, run once before any row is read.
+# uncorrelated subqueries are one-time filters, run once before any row is read; the
+# first makes no job of a batch being cancelled start (the few marked batches are read
+# through the batches_cancelling partial index).
 LOCK_QUEUED_SQL = """
 SELECT j.id, j.kind, j.params, j.attempt + 1 AS attempt, j.attempt_base, j.max_attempts,
-       j.batch_id, j.audit_seq, j.audit_head
+       j.batch_id, j.audit_seq, j.audit_head, j.priority, j.tenant_id, j.traceparent,
+       extract(epoch FROM now() - j.created_at) AS waited, j.started_at IS NULL AS first
 FROM unnest(CAST(:ids AS bigint[])) AS v(id) JOIN jobs j ON j.id = v.id
 WHERE j.status = 'queued' AND (j.run_after IS NULL OR j.run_after <= now())
+  AND (j.batch_id IS NULL OR j.batch_id <> ALL(coalesce(
+       (SELECT array_agg(b.id) FROM batches b WHERE b.cancelling), '{}')))
   AND (SELECT set_config('idle_in_transaction_session_timeout', :idle, true)) IS NOT NULL
 ORDER BY j.id FOR UPDATE OF j SKIP LOCKED
 """
@@ -119,9 +139,13 @@ def lock_queued(session: Session, ids: Sequence[int], *, worker: str, inline_ok:
         LockedJob(r.id, r.kind, r.params, r.attempt, r.max_attempts - (r.attempt - r.attempt_base),
                 r.batch_id, audit.link_at(r.id, r.audit_seq, r.audit_head, "started", worker,
                                           {"attempt": r.attempt}, now, stamp),
-                inline_ok and runs_inline(r.kind, r.params))
+                inline_ok and runs_inline(r.kind, r.params), r.priority, r.tenant_id,
+                float(r.waited), r.first, time.monotonic(), r.traceparent)
         for r in rows
     ]
+    if tracing.enabled():
+        _batch_traces(session, taken)
+    metrics.started(session, taken)
     inline = [c for c in taken if c.inline]
     claimed = [c for c in taken if not c.inline]
     if not inline:
@@ -129,6 +153,21 @@ def lock_queued(session: Session, ids: Sequence[int], *, worker: str, inline_ok:
         # and loses it, the jobs are simply queued again and fencing discards this attempt.
         session.execute(text("SET LOCAL synchronous_commit = off"))
     return inline, claimed
+
+
+_BATCH_TRACES = text("SELECT id, traceparent FROM batches WHERE id = ANY(CAST(:ids AS bigint[]))")
+
+
+def _batch_traces(session: Session, taken: list[LockedJob]) -> None:
+    """A batch's jobs are traced in its upload's trace (batches.traceparent)."""
+    ids = {c.batch_id for c in taken if c.batch_id is not None and c.traceparent is None}
+    if not ids:
+        return
+    rows = session.execute(_BATCH_TRACES, {"ids": list(ids)}).all()
+    found: dict[int, str | None] = {r.id: r.traceparent for r in rows}
+    for c in taken:
+        if c.traceparent is None and c.batch_id is not None:
+            c.traceparent = found.get(c.batch_id)
 
 
 def claim(session: Session, claimed: Sequence[LockedJob], *, worker: str) -> Moves:
@@ -161,6 +200,8 @@ class Outcome:
     #: the result's canonical JSON and its sha256, encoded once for every use
     canonical: str = ""
     sha: str = ""
+    #: seconds spent computing it
+    seconds: float = 0.0
 
 
 def error_info(exc: BaseException) -> dict[str, Any]:
@@ -195,7 +236,7 @@ FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:seqs AS int[
 WHERE jobs.id = v.id
   AND jobs.status = CASE WHEN v.inline THEN 'queued' ELSE 'running' END
   AND jobs.attempt = v.attempt - CASE WHEN v.inline THEN 1 ELSE 0 END
-RETURNING jobs.id, jobs.batch_id
+RETURNING jobs.id, jobs.batch_id, jobs.tenant_id
 """
 _SUCCEED = text(SUCCEED_SQL)
 
@@ -212,7 +253,7 @@ WITH won AS (
   WHERE jobs.id = v.id
     AND jobs.status = CASE WHEN v.inline THEN 'queued' ELSE 'running' END
     AND jobs.attempt = v.attempt - CASE WHEN v.inline THEN 1 ELSE 0 END
-  RETURNING jobs.id, jobs.batch_id),
+  RETURNING jobs.id, jobs.batch_id, jobs.tenant_id),
 res AS (
   INSERT INTO results (job_id, result, result_sha256)
   SELECT r.id, r.result, r.sha
@@ -227,7 +268,7 @@ ev AS (
          CAST(:e_prev_hash AS text[]), CAST(:e_hash AS text[]))
        AS e(job_id, seq, event_type, actor, created_at, details, prev_hash, hash)
   JOIN won ON won.id = e.job_id)
-SELECT id, batch_id FROM won
+SELECT id, batch_id, tenant_id FROM won
 """
 _SUCCEED_WITH_ROWS = driver_sql(text(SUCCEED_WITH_ROWS_SQL))
 
@@ -250,7 +291,7 @@ FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:statuses AS 
 WHERE jobs.id = v.id
   AND jobs.status = CASE WHEN v.inline THEN 'queued' ELSE 'running' END
   AND jobs.attempt = v.attempt - CASE WHEN v.inline THEN 1 ELSE 0 END
-RETURNING jobs.id, jobs.batch_id, v.status
+RETURNING jobs.id, jobs.batch_id, jobs.tenant_id, v.status
 """
 _FAIL = text(FAIL_SQL)
 
@@ -276,6 +317,9 @@ def _succeed(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
         _write_results(session, kept)
         audit.insert_links(session, _links(kept))
     _write_decisions(session, [o for o in kept if o.job.kind == "evaluate"])
+    metrics.succeeded(session, kept)
+    webhooks.record_job_events(session, "job.succeeded",
+                               [(r.id, r.tenant_id, r.batch_id) for r in rows])
     return _moves(outcomes, [(r.id, r.batch_id, S) for r in rows])
 
 
@@ -350,6 +394,7 @@ def _write_decisions(session: Session, outcomes: list[Outcome]) -> None:
             "remaining_budget": final["remaining_budget"],
         })
     session.execute(insert(Decision).on_conflict_do_nothing(), rows)
+    metrics.decided(session, rows)
 
 
 def _json(value: Any) -> str:
@@ -377,7 +422,25 @@ def _fail(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
         "errors": [_json(o.error) for o in outcomes], "run_afters": run_afters,
     }).all()
     audit.insert_links(session, _links(_kept(outcomes, rows)))
+    metrics.failed(session, outcomes, rows)
+    _log_failed(outcomes, rows)
+    webhooks.record_job_events(session, "job.dead", [(r.id, r.tenant_id, r.batch_id)
+                                                     for r in rows if r.status == "dead"])
     return _moves(outcomes, [(r.id, r.batch_id, r.status) for r in rows])
+
+
+def _log_failed(outcomes: list[Outcome], rows: Sequence[Any]) -> None:
+    """One line per failed attempt written: retried, or dead (error type, never params)."""
+    by_id = {o.job.id: o for o in outcomes}
+    for r in rows:
+        o = by_id[r.id]
+        kind_of_error = (o.error or {}).get("type")
+        if r.status == "dead":
+            log.error("job dead after attempt %d: %s", o.job.attempt, kind_of_error,
+                      extra=job_fields(o.job))
+        else:
+            log.warning("job attempt %d failed (%s), retry scheduled", o.job.attempt,
+                        kind_of_error, extra=job_fields(o.job))
 
 
 def finish(session: Session, outcomes: Sequence[Outcome], *, worker: str,

@@ -8,6 +8,7 @@ lines are handled a block at a time and only job ids are kept until commit.
 
 from __future__ import annotations
 
+import re
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,11 +22,13 @@ from sqlalchemy.orm import Session
 
 from app import jobs
 from app.config import get_settings
+from app.jobs.delayed import BadDelay, run_after
 from app.jobs.dispatch import pend
 from app.jobs.keys import Principal
 from app.jobs.pending_publish import schedule_fill
 from app.jobs.refusals import NothingAccepted, TooManyLines
 from app.jobs.submission import KIND_MAX, JobCreate, field_errors
+from app.observe import tracing
 from app.store.db import autocommit
 from app.store.models import PRIORITIES
 
@@ -54,8 +57,12 @@ def parse_line(raw: bytes, line: int, default_priority: str, default_attempts: i
         raise ValueError(_reason(field_errors(exc.errors(), prefix))) from None
     except (KeyError, ValueError) as exc:
         raise ValueError(f"kind: {exc}") from None
+    try:
+        after = run_after(job.run_at, job.delay)
+    except BadDelay as exc:
+        raise ValueError(f"run_at: {exc}") from None
     return jobs.NewJob(line, job.kind, params, PRIORITIES[job.priority],
-                       job.max_attempts or default_attempts, job.idempotency_key, job.ref)
+                       job.max_attempts or default_attempts, job.idempotency_key, job.ref, after)
 
 
 #: The fields of a line that _plain() checks itself.
@@ -70,6 +77,21 @@ def _plain(obj: dict[str, Any]) -> bool:
     kind, params, priority = obj.get("kind"), obj.get("params"), obj["priority"]
     return (obj.keys() <= _PLAIN_FIELDS and type(kind) is str and len(kind) <= KIND_MAX
             and type(params) is dict and type(priority) is str and priority in PRIORITIES)
+
+
+def storable(text: str) -> str:
+    """text as PostgreSQL can store it in JSONB: NUL and lone surrogates escaped as \\uXXXX.
+
+    A reason quotes the offending line's keys and values, whatever they hold; one that
+    could not be stored would fail the whole upload, its valid lines with it.
+    """
+    if "\x00" in text:
+        text = text.replace("\x00", "\\u0000")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8") if _SURROGATE.search(
+        text) else text
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _reason(errors: list[dict[str, Any]]) -> str:
@@ -98,15 +120,15 @@ class Ingestor:
         self.max_line_bytes = settings.max_line_bytes
         self.attempts = settings.default_max_attempts
         self.batch_id = self.session.execute(
-            text("INSERT INTO batches (tenant_id) VALUES (:t) RETURNING id"),
-            {"t": self.principal.tenant_id},
+            text("INSERT INTO batches (tenant_id, traceparent) VALUES (:t, :tp) RETURNING id"),
+            {"t": self.principal.tenant_id, "tp": tracing.current_traceparent()},
         ).scalar_one()
 
     def reject(self, line: int, reason: str) -> None:
         """Count a bad line; keep the first ones with their reasons."""
         self.rejected += 1
         if len(self.rejected_lines) < REJECTED_SAMPLE:
-            self.rejected_lines.append({"line": line, "reason": reason})
+            self.rejected_lines.append({"line": line, "reason": storable(reason)})
 
     def feed(self, block: Iterable[tuple[int, bytes | None]]) -> None:
         """Validate and store a block of (line number, raw line); None means too long."""
@@ -157,7 +179,8 @@ class Ingestor:
             for row, job_id in dups
         ]
         for row, job_id in inserted:
-            self.pending.setdefault((row.kind, row.priority), array("q")).append(job_id)
+            if row.run_after is None:  # a delayed job is released by the relay when due
+                self.pending.setdefault((row.kind, row.priority), array("q")).append(job_id)
         self.accepted += len(inserted)
 
     def commit(self) -> dict[str, Any]:
@@ -182,13 +205,6 @@ class Ingestor:
         schedule_fill(self.session)
         self.session.commit()
         return self.summary()
-
-    def accepted_by_kind(self) -> dict[str, int]:
-        """How many jobs of each kind this batch stored (known once committed)."""
-        counts: dict[str, int] = {}
-        for (kind, _), ids in self.pending.items():
-            counts[kind] = counts.get(kind, 0) + len(ids)
-        return counts
 
     def summary(self) -> dict[str, Any]:
         """What the producer is told."""

@@ -7,12 +7,12 @@ read and goes by the driver (see db.driver_autocommit).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
@@ -55,9 +55,13 @@ def list_jobs(
     session: Session, *, tenant_id: int | None, status: str | None = None,
     kind: str | None = None, batch_id: int | None = None,
     created_after: datetime | None = None, created_before: datetime | None = None,
-    before_id: int | None = None, limit: int = 100,
+    before_id: int | None = None, limit: int = 100, scheduled: bool | None = None,
 ) -> list[Job]:
-    """Jobs newest first, filtered (tenant_id None: every tenant's), at most limit."""
+    """Jobs newest first, filtered (tenant_id None: every tenant's), at most limit.
+
+    scheduled: True for queued jobs waiting for a later time (run_at, delay, or a retry's
+    backoff), False for every other job.
+    """
     stmt = select(Job).order_by(Job.id.desc()).limit(limit)
     if tenant_id is not None:
         stmt = stmt.where(Job.tenant_id == tenant_id)
@@ -66,6 +70,9 @@ def list_jobs(
     for value, clause in filters:
         if value is not None:
             stmt = stmt.where(clause)
+    if scheduled is not None:
+        waiting = (Job.status == JobStatus.QUEUED) & (Job.run_after > func.now())
+        stmt = stmt.where(waiting if scheduled else ~waiting)
     if created_after is not None:
         stmt = stmt.where(Job.created_at >= created_after)
     if created_before is not None:
@@ -93,3 +100,46 @@ def submission_session() -> AbstractContextManager[Session]:
     if get_settings().max_queued_per_tenant > 0:
         return new_session()  # a Session closes itself at the end of a with block
     return autocommit()
+
+
+#: Lines of a batch's results page read per statement: what a page costs in memory,
+#: however many lines the client asked for.
+RESULTS_SLICE = 250
+
+#: A slice of a batch's results in line order, results and errors as PostgreSQL's JSON
+#: text (passed through, never parsed).
+BATCH_RESULTS_SQL = """
+SELECT j.line, j.id, j.status, r.result::text AS result,
+       (j.error - 'traceback')::text AS error
+FROM jobs j LEFT JOIN results r ON r.job_id = j.id
+WHERE j.batch_id = %(b)s AND j.line > %(after)s ORDER BY j.line LIMIT %(limit)s
+"""
+#: The last line of a full page of a batch's results, if the page is full (index only).
+PAGE_END_SQL = """
+SELECT line FROM jobs WHERE batch_id = :b AND line > :after ORDER BY line
+OFFSET :limit - 1 LIMIT 1
+"""
+_PAGE_END = text(PAGE_END_SQL)
+
+
+def page_end(session: Session, batch_id: int, after: int, limit: int) -> int | None:
+    """The last line of the page of limit lines after `after`, None if the page is not full."""
+    end = session.execute(_PAGE_END, {"b": batch_id, "after": after, "limit": limit})
+    return end.scalar_one_or_none()
+
+
+def result_slices(batch_id: int, after: int, limit: int) -> Iterator[list[Any]]:
+    """A page of a batch's results, RESULTS_SLICE rows per statement, each in autocommit.
+
+    Keyset slices, not one server-side cursor: a cursor holds its transaction (and a
+    pooled connection) for as long as the client takes to read the page, while between
+    two slices this holds nothing at all.
+    """
+    while limit > 0:
+        with driver_autocommit() as conn:
+            rows = conn_rows(conn, BATCH_RESULTS_SQL, {"b": batch_id, "after": after,
+                                                       "limit": min(limit, RESULTS_SLICE)})
+        if not rows:
+            return
+        yield rows
+        after, limit = rows[-1].line, limit - len(rows)

@@ -3,6 +3,7 @@ how its validation errors read. Shared by the api and ingestion."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -30,6 +31,9 @@ class JobCreate(BaseModel):
     max_attempts: int | None = Field(default=None, ge=1, le=20)
     idempotency_key: IdempotencyKey | None = None
     ref: Label | None = None
+    run_at: datetime | None = Field(
+        default=None, description="ISO 8601 time with zone: the job starts no earlier")
+    delay: float | None = Field(default=None, ge=0, description="seconds: the same, from now")
 
 
 def field_errors(errors: Any, prefix: tuple[Any, ...] = ()) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@ store_rows)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,9 +17,11 @@ from sqlalchemy.orm import Session
 from app import core
 from app.broker.window import Sent
 from app.config import get_settings
-from app.jobs import audit, kinds
+from app.jobs import audit, counts, kinds, metrics
 from app.jobs.audit import Link
+from app.jobs.delayed import HELD, HELD_SQL
 from app.jobs.pending_publish import lane_has_room, schedule_publish
+from app.observe import tracing
 from app.store import pgcopy
 from app.store.db import driver_rows, driver_sql
 from app.store.models import PRIORITIES
@@ -78,12 +81,14 @@ def submit(
     max_attempts: int | None = None,
     idempotency_key: str | None = None,
     ref: str | None = None,
+    run_after: datetime | None = None,
 ) -> tuple[JobRow, bool]:
     """Insert one job (the enqueue) in the caller's transaction; publish after commit.
 
     Returns (job, created); created is False when the idempotency key was seen, and job
     is then the job submitted with it.
     Raises pydantic.ValidationError / ValueError for invalid params: nothing is written.
+    A job with a run_after is held, not published, until then (app.jobs.delayed).
     """
     clean = validate(kind, params)
     attempts = max_attempts or get_settings().default_max_attempts
@@ -92,12 +97,14 @@ def submit(
     details = {"kind": kind, "priority": priority, "max_attempts": attempts}
     link = audit.link(job_id, 0, "", "submitted", actor, details)
     lane = PRIORITIES[priority]
-    room = lane_has_room(kind, lane)
+    room = run_after is None and lane_has_room(kind, lane)
     rows = driver_rows(session, _INSERT_ONE, {
         "id": job_id, "tenant_id": tenant_id, "kind": kind, "params": Jsonb(clean),
         "priority": lane, "max_attempts": attempts,
         "idempotency_key": idempotency_key, "ref": ref, "seq": link.seq, "head": link.hash,
-        "direct": room, **audit.arrays([link]),
+        "run_after": run_after, "published_at": None if run_after is None else HELD,
+        "direct": room, "traceparent": tracing.current_traceparent(),
+        **audit.arrays([link]),
     })
     if not rows:
         assert idempotency_key is not None  # only a keyed insert can skip its row
@@ -107,6 +114,7 @@ def submit(
     *columns, dispatch = rows[0]
     if dispatch is not None:
         schedule_publish(session, Sent(dispatch, kind, lane, [job_id], ahead=not room))
+    metrics.submitted(session, {(kind, lane): 1})
     return JobRow._make(columns), True
 
 
@@ -136,9 +144,10 @@ def find_keyed(session: Session, tenant_id: int, idempotency_key: str) -> JobRow
 INSERT_ONE_SQL = """
 WITH job AS (
   INSERT INTO jobs (id, tenant_id, kind, params, priority, max_attempts, idempotency_key, ref,
-                    published_at, audit_seq, audit_head)
+                    run_after, published_at, audit_seq, audit_head, traceparent)
   VALUES (:id, :tenant_id, :kind, :params, :priority, :max_attempts, :idempotency_key, :ref,
-          now(), :seq, :head)
+          CAST(:run_after AS timestamptz), coalesce(CAST(:published_at AS timestamptz), now()),
+          :seq, :head, :traceparent)
   ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
   RETURNING *),
 event AS (
@@ -149,10 +158,14 @@ event AS (
          CAST(:e_prev_hash AS text[]), CAST(:e_hash AS text[]))
        AS e(job_id, seq, event_type, actor, created_at, details, prev_hash, hash)
   JOIN job ON job.id = e.job_id),
+-- counted for /metrics in the same statement (as app.jobs.counts.added does for a block)
+counted AS (
+  INSERT INTO job_count_deltas (kind, priority, status, n)
+  SELECT kind, priority, status, 1 FROM job),
 sent AS (
   INSERT INTO dispatches (tenant_id, kind, priority, ids)
   SELECT tenant_id, kind, priority, ARRAY[id] FROM job
-  WHERE (:direct OR (NOT EXISTS (
+  WHERE job.run_after IS NULL AND (:direct OR (NOT EXISTS (
     SELECT 1 FROM dispatches d
     WHERE d.tenant_id = job.tenant_id AND d.kind = job.kind AND d.priority = job.priority)
   AND NOT EXISTS (
@@ -163,7 +176,8 @@ sent AS (
   RETURNING id),
 pend AS (
   INSERT INTO pending_jobs (tenant_id, kind, priority, ids, size)
-  SELECT tenant_id, kind, priority, ARRAY[id], 1 FROM job WHERE NOT EXISTS (SELECT 1 FROM sent))
+  SELECT tenant_id, kind, priority, ARRAY[id], 1 FROM job
+  WHERE job.run_after IS NULL AND NOT EXISTS (SELECT 1 FROM sent))
 SELECT id, tenant_id, batch_id, line, kind, params, priority, status, attempt, attempt_base,
        max_attempts, run_after, lease_until, published_at, worker, error, idempotency_key,
        ref, audit_seq, audit_head, created_at, started_at, finished_at, updated_at,
@@ -184,11 +198,13 @@ class NewJob:
     max_attempts: int
     idempotency_key: str | None = None
     ref: str | None = None
+    #: not before then (held, not published, until it is: app.jobs.delayed)
+    run_after: datetime | None = None
 
 
 _JOB_COLUMNS = ("id", "tenant_id", "batch_id", "line", "kind", "params", "priority",
                 "max_attempts", "idempotency_key", "ref", "published_at", "audit_seq",
-                "audit_head")
+                "audit_head", "run_after")
 
 
 # The sequence is looked up once, in an InitPlan: as a plain argument of nextval() the
@@ -235,9 +251,11 @@ def prepare_rows(
     job_lines, event_lines = [], []
     for r, i in plain:
         head = events.hash(i, r.kind, r.line)
+        held = "\\N" if r.run_after is None else r.run_after.isoformat()
         job_lines.append(
             f"{i}\t{prefix}{r.line}\t{r.kind}\t{pgcopy.json_value(r.params)}\t{r.priority}\t"
-            f"{r.max_attempts}\t\\N\t{pgcopy.text_value(r.ref)}\t{stamp}\t1\t{head}\n")
+            f"{r.max_attempts}\t\\N\t{pgcopy.text_value(r.ref)}\t"
+            f"{stamp if r.run_after is None else HELD_SQL}\t1\t{head}\t{held}\n")
         event_lines.append(events.copy_line(i, r.kind, r.line, head))
     keyed_links = {i: audit.link_at(i, 0, "", "submitted", actor,
                                     events.details(r.kind, r.line), now, stamp)
@@ -262,6 +280,9 @@ def store_rows(
                            [r for r, i in block.keyed if i not in kept_ids])
     pgcopy.copy_bytes(session, "audit_events", audit.COLUMNS, block.audit_copy)
     audit.insert_links(session, [block.keyed_links[i] for i in sorted(kept_ids)])
+    lanes = Counter((r.kind, r.priority) for r, _ in (*block.plain, *kept))
+    counts.added(session, lanes)
+    metrics.submitted(session, lanes)
     return block.plain + kept, duplicates
 
 
@@ -269,13 +290,14 @@ def store_rows(
 #: it inserted.
 INSERT_KEYED_SQL = """
 INSERT INTO jobs (id, tenant_id, batch_id, line, kind, params, priority, max_attempts,
-                  idempotency_key, ref, published_at, audit_seq, audit_head)
+                  idempotency_key, ref, published_at, audit_seq, audit_head, run_after)
 SELECT v.id, :tenant, :batch, v.line, v.kind, v.params, v.priority, v.attempts, v.ikey, v.ref,
-       :now, 1, v.head
+       CASE WHEN v.run_after IS NULL THEN :now ELSE :held END, 1, v.head, v.run_after
 FROM unnest(CAST(:ids AS bigint[]), CAST(:lines AS int[]), CAST(:kinds AS text[]),
             CAST(:params AS jsonb[]), CAST(:pris AS smallint[]), CAST(:attempts AS int[]),
-            CAST(:ikeys AS text[]), CAST(:refs AS text[]), CAST(:heads AS text[]))
-     AS v(id, line, kind, params, priority, attempts, ikey, ref, head)
+            CAST(:ikeys AS text[]), CAST(:refs AS text[]), CAST(:heads AS text[]),
+            CAST(:run_afters AS timestamptz[]))
+     AS v(id, line, kind, params, priority, attempts, ikey, ref, head, run_after)
 ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id
 """
@@ -290,13 +312,14 @@ def _insert_keyed(
         return []
     got = set(session.execute(
         _INSERT_KEYED,
-        {"tenant": tenant_id, "batch": batch_id, "now": now,
+        {"tenant": tenant_id, "batch": batch_id, "now": now, "held": HELD,
          "ids": [i for _, i in keyed], "lines": [r.line for r, _ in keyed],
          "kinds": [r.kind for r, _ in keyed],
          "params": [orjson.dumps(r.params).decode() for r, _ in keyed],
          "pris": [r.priority for r, _ in keyed], "attempts": [r.max_attempts for r, _ in keyed],
          "ikeys": [r.idempotency_key for r, _ in keyed], "refs": [r.ref for r, _ in keyed],
-         "heads": [links[i].hash for _, i in keyed]},
+         "heads": [links[i].hash for _, i in keyed],
+         "run_afters": [r.run_after for r, _ in keyed]},
     ).scalars())
     return [(r, i) for r, i in keyed if i in got]
 

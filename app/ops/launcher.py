@@ -194,6 +194,7 @@ def banner(creds: dict[str, Any], home: Path) -> Panel:
     grid.add_column()
     grid.add_row("API", creds["api_url"])
     grid.add_row("Docs", f"{creds['api_url']}/docs")
+    grid.add_row("Console", f"{creds['api_url']}/console (log in with the API key below)")
     if creds.get("flower_url"):
         grid.add_row("Flower", creds["flower_url"])
         grid.add_row("Flower login", f"{creds['flower_user']} / {creds['flower_password']}")

@@ -41,12 +41,19 @@ def normalize_url(url: str) -> str:
 
 @lru_cache(maxsize=8)
 def engine_for(url: str) -> Engine:
-    """One pooled engine per URL per process; a checkout replaces a connection the server closed."""
+    """One pooled engine per URL per process; a checkout replaces a connection the server closed.
+
+    Statements' parameters are clients' data (job params, idempotency keys): SQLAlchemy
+    leaves them out of its error messages (hide_parameters), so no log line carries them.
+    """
+    settings = get_settings()
     engine = create_engine(
         normalize_url(url),
-        pool_size=10,
-        max_overflow=20,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout,
         pool_recycle=1800,
+        hide_parameters=True,
         connect_args={"connect_timeout": 5},
     )
     event.listen(engine.pool, "checkout", _refuse_closed)

@@ -9,6 +9,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Column,
     DateTime,
     Double,
     ForeignKey,
@@ -16,7 +17,10 @@ from sqlalchemy import (
     Index,
     Integer,
     SmallInteger,
+    Table,
     Text,
+    UniqueConstraint,
+    false,
     func,
     text,
 )
@@ -90,9 +94,15 @@ class Batch(Base):
     dead: Mapped[int] = mapped_column(Integer, default=0)
     cancelled: Mapped[int] = mapped_column(Integer, default=0)
     errors: Mapped[list[Any]] = mapped_column(JSONB, default=list)
+    #: a cancel is under way, a slice at a time: workers start none of its jobs
+    cancelling: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: W3C trace context of the upload, when tracing is on
+    traceparent: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _ts(nullable=False, default_now=True)
     started_at: Mapped[datetime | None] = _ts()
     finished_at: Mapped[datetime | None] = _ts()
+
+    __table_args__ = (Index("batches_cancelling", "id", postgresql_where=text("cancelling")),)
 
 
 class Job(Base):
@@ -124,6 +134,8 @@ class Job(Base):
     #: head of the job's audit chain, so appending needs no read of audit_events
     audit_seq: Mapped[int] = mapped_column(Integer, default=0)
     audit_head: Mapped[str] = mapped_column(Text, default="")
+    #: W3C trace context of the submission, when tracing is on
+    traceparent: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _ts(nullable=False, default_now=True)
     started_at: Mapped[datetime | None] = _ts()
     finished_at: Mapped[datetime | None] = _ts()
@@ -147,12 +159,34 @@ class Job(Base):
             postgresql_where=text("status = 'queued'"),
         ),
         Index("jobs_running_lease", "lease_until", postgresql_where=text("status = 'running'")),
+        # The oldest due job of a lane, for /metrics (migration 0006).
+        Index(
+            "jobs_queued_due",
+            "kind",
+            "priority",
+            text("(coalesce(run_after, created_at))"),
+            postgresql_where=text("status = 'queued'"),
+        ),
+        # Delayed jobs wait here until due (app.jobs.delayed), out of every relay scan.
+        Index("jobs_held", "run_after", postgresql_where=text(
+            "status = 'queued' AND published_at = '9999-01-01 00:00:00+00'")),
         Index(
             "jobs_unpublished",
             "priority",
             "id",
             postgresql_where=text("status = 'queued' AND published_at IS NULL"),
         ),
+        # The console's (migration 0007): backlog and throughput per lane, failed jobs, refs.
+        Index("jobs_console_queued", "tenant_id", "kind", "priority",
+              postgresql_where=text("status = 'queued'")),
+        Index("jobs_console_finished", "tenant_id", "kind", "priority", "status", "finished_at",
+              postgresql_where=text("finished_at IS NOT NULL")),
+        Index("jobs_console_failed", "status", "id",
+              postgresql_where=text("status IN ('dead', 'cancelled')")),
+        Index("jobs_console_tenant_failed", "tenant_id", "status", "id",
+              postgresql_where=text("status IN ('dead', 'cancelled')")),
+        Index("jobs_console_ref", "ref", postgresql_using="hash",
+              postgresql_where=text("ref IS NOT NULL")),
     )
 
 
@@ -241,3 +275,107 @@ class FairDeficit(Base):
     deficit: Mapped[float] = mapped_column(Double, server_default=text("0"))
     #: whether this tenant holds the lane's turn
     turn: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+
+
+class WebhookEndpoint(Base):
+    """A tenant's receiver of job and batch events; its secret is stored encrypted."""
+
+    __tablename__ = "webhook_endpoints"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    include_batch_jobs: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    #: the whsec_ secret, sealed by app.webhooks.secrets
+    secret: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = _ts(nullable=False, default_now=True)
+
+    __table_args__ = (Index("webhook_endpoints_tenant", "tenant_id", "id"),)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: pending until delivered, or failed after a day of tries."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    tenant_id: Mapped[int] = mapped_column(BigInteger)
+    event: Mapped[str] = mapped_column(Text)
+    job_id: Mapped[int | None] = mapped_column(BigInteger)
+    batch_id: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(Text, server_default=text("'pending'"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    #: the last attempts: {"at", "status_code", "error", "ms"}, oldest first, bounded
+    history: Mapped[list[Any]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    #: the body, kept when the first attempt fails, so every retry sends the same data
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    #: the last response body, at most 1 KB
+    response: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime] = _ts(nullable=False, default_now=True)
+    #: when retrying stops: set at the first attempt (and again by a manual redelivery)
+    retry_until: Mapped[datetime | None] = _ts()
+    created_at: Mapped[datetime] = _ts(nullable=False, default_now=True)
+    finished_at: Mapped[datetime | None] = _ts()
+
+    __table_args__ = (
+        Index("webhook_deliveries_due", "next_attempt_at",
+              postgresql_where=text("status = 'pending'")),
+        Index("webhook_deliveries_endpoint", "endpoint_id", "id"),
+    )
+
+
+class Schedule(Base):
+    """A cron schedule that submits one job per fire time."""
+
+    __tablename__ = "schedules"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(Text)
+    cron: Mapped[str] = mapped_column(Text)
+    timezone: Mapped[str] = mapped_column(Text)
+    #: the job each fire submits: kind, params, priority, max_attempts, ref
+    job: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    paused: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    next_fire_at: Mapped[datetime] = _ts(nullable=False)
+    last_fire_at: Mapped[datetime | None] = _ts()
+    last_job_id: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = _ts(nullable=False, default_now=True)
+
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "name", name="schedules_tenant_name"),
+        Index("schedules_due", "next_fire_at", postgresql_where=text("NOT paused")),
+    )
+
+
+class ConsoleSession(Base):
+    """A login to the web console: the sha256 of its cookie and the key it stands for."""
+
+    __tablename__ = "console_sessions"
+    token_hash: Mapped[str] = mapped_column(Text, primary_key=True)
+    key_id: Mapped[int] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = _ts(nullable=False, default_now=True)
+    expires_at: Mapped[datetime] = _ts(nullable=False)
+
+
+class JobCount(Base):
+    """Jobs per kind, priority and status, kept by triggers on jobs (migration 0006)."""
+
+    __tablename__ = "job_counts"
+    kind: Mapped[str] = mapped_column(Text, primary_key=True)
+    priority: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    status: Mapped[str] = mapped_column(Text, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
+#: What each statement on jobs changed, until app.jobs.counts folds it into job_counts.
+job_count_deltas = Table(
+    "job_count_deltas",
+    Base.metadata,
+    Column("kind", Text, nullable=False),
+    Column("priority", SmallInteger, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("n", BigInteger, nullable=False),
+)

@@ -42,6 +42,11 @@ TIMINGS = {
     "retry_backoff_base": "0.2",
     "retry_backoff_max": "1",
     "chunk_size": "200",
+    "webhook_allow_private": "true",
+    "webhook_backoff_base": "0.2",
+    "webhook_backoff_max": "0.5",
+    "webhook_endpoint_cache_seconds": "0",
+    "webhook_lease_seconds": "5",
 }
 #: The queues every worker consumes.
 QUEUES = "encode,enumerate,evaluate"

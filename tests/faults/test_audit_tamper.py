@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -17,7 +17,7 @@ from app.jobs.keys import ensure_tenant
 from app.ops.embedded import create_database, drop_database
 from app.store.db import migrate, normalize_url
 from tests.faults import checks
-from tests.faults.stack import BABELQ, ROOT, Servers, babelq_env
+from tests.faults.stack import BABELQ, ROOT, Servers, babelq_env, sql_count
 
 pytestmark = pytest.mark.faults
 
@@ -120,3 +120,63 @@ def test_truncated_chain_is_found_by_audit_verify_all(tamper_db: tuple[str, Engi
     broken = json.loads(found.stdout)["broken"]
     assert [(b["job_id"], b["broken_seq"], b["reason"]) for b in broken] == [
         (victim, 2, "chain was truncated")]
+
+
+def test_a_chain_deleted_whole_is_found(tamper_db: tuple[str, Engine]) -> None:
+    # Zero events is not an intact chain when the job's row records a head.
+    url, engine = tamper_db
+    kept, victim = finished_jobs(engine, 2)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER audit_events_append_only ON audit_events"))
+        conn.execute(text("DELETE FROM audit_events WHERE job_id = :j"), {"j": victim})
+    one = audit_verify(url, str(victim))
+    assert one.returncode == 1, one.stdout + one.stderr
+    assert json.loads(one.stdout)["broken"] == [
+        {"job_id": victim, "broken_seq": 1, "reason": "chain is missing (3 events recorded)"}]
+    every = audit_verify(url, "--all")
+    assert every.returncode == 1, every.stdout + every.stderr
+    assert [(b["job_id"], b["reason"]) for b in json.loads(every.stdout)["broken"]] == [
+        (victim, "chain is missing (3 events recorded)")]
+    assert audit_verify(url, str(kept)).returncode == 0
+
+
+@pytest.fixture
+def app_role(tamper_db: tuple[str, Engine]) -> Iterator[Engine]:
+    """An engine of an ordinary role: it may read and write every table, owns none."""
+    url, engine = tamper_db
+    role = "babelq_app_tamper"
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE ROLE {role} LOGIN"))
+        conn.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public "
+                          f"TO {role}"))
+    own = create_engine(make_url(normalize_url(url)).set(username=role))
+    try:
+        yield own
+    finally:
+        own.dispose()
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP OWNED BY {role}"))
+            conn.execute(text(f"DROP ROLE {role}"))
+
+
+def test_only_the_prune_deletes_audit_events(tamper_db: tuple[str, Engine], app_role: Engine
+                                             ) -> None:
+    # The prune's flag no longer switches the trigger off for just any session.
+    _, engine = tamper_db
+    old, kept = finished_jobs(engine, 2)
+    with pytest.raises(DBAPIError, match="append-only"), app_role.begin() as conn:
+        conn.execute(text("SET LOCAL babelq.prune = 'on'"))
+        conn.execute(text("DELETE FROM audit_events WHERE job_id = :j"), {"j": old})
+    with app_role.begin() as conn:  # nor does the prune's function, for a job still there
+        assert conn.execute(text("SELECT babelq_prune_audit(ARRAY[:j])"),
+                            {"j": kept}).scalar_one() == 0
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE jobs SET finished_at = now() - interval '40 days' "
+                          "WHERE id = :j"), {"j": old})
+        conn.execute(text("UPDATE batches SET finished_at = now() - interval '40 days'"))
+    with Session(app_role) as session:  # the prune itself, as the same ordinary role
+        assert jobs.prune(session, older_than_days=30) == 1
+        session.commit()
+    assert checks.verify_all_chains(engine) == []
+    assert [sql_count(engine, "SELECT count(*) FROM audit_events WHERE job_id = :j", j=j)
+            for j in (old, kept)] == [0, 3]

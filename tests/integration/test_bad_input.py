@@ -123,3 +123,23 @@ def test_created_after_iso_filters(api: TestClient, key_a: str) -> None:
     r = api.get("/v1/jobs", params={"created_after": "2999-01-01T00:00:00Z"}, headers=auth(key_a))
     assert r.status_code == 200
     assert r.json()["data"] == []
+
+
+def test_a_nul_in_a_key_is_a_rejected_line_not_a_failed_upload(api: TestClient, key_a: str
+                                                                ) -> None:
+    # The rejection reason names the key, and PostgreSQL cannot store a NUL in JSON: the
+    # reason is stored with it escaped, and the upload's valid lines are kept.
+    lines = [b'{"kind": "encode", "params": {"text": "kept one"}}',
+             b'{"kind": "encode", "params": {"text": "x", "\\u0000evil": 1}}',
+             b'{"kind": "encode", "params": {"text": "kept two"}, "\\u0000": 2}',
+             b'{"kind": "encode", "params": {"text": "kept three"}}']
+    r = api.post("/v1/batches", content=b"\n".join(lines),
+                 headers={**auth(key_a), "Content-Type": "application/x-ndjson"})
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert (body["accepted"], body["rejected"]) == (2, 2)
+    reasons = {row["line"]: row["reason"] for row in body["rejected_lines"]}
+    assert set(reasons) == {2, 3} and "\\u0000evil" in reasons[2], reasons
+    assert all("\x00" not in reason for reason in reasons.values())
+    batch = api.get(f"/v1/batches/{body['id']}", headers=auth(key_a)).json()
+    assert (batch["total"], batch["rejected"]) == (2, 2)

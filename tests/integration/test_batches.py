@@ -208,3 +208,46 @@ def test_high_priority_job_overtakes_queued_batch(api: TestClient, key_a: str) -
     # Most of the batch was still waiting when the urgent job finished.
     assert behind > n // 2
     api.post(f"/v1/batches/{batch_id}/cancel", headers=auth(key_a))
+
+
+def unpublished_batch(n: int) -> tuple[int, list[int]]:
+    """A batch of n queued encode jobs, stored but never published (no worker sees it)."""
+    from datetime import UTC, datetime
+
+    from app import core, jobs
+    from app.jobs.keys import ensure_tenant
+
+    with session_scope() as s:
+        tenant = ensure_tenant(s, "cancelling")
+        batch_id = s.execute(text("INSERT INTO batches (tenant_id, total, queued) "
+                                  "VALUES (:t, :n, :n) RETURNING id"),
+                             {"t": tenant.id, "n": n}).scalar_one()
+        rows = [jobs.NewJob(i + 1, "encode", core.validate("encode", {"text": f"c {i}"}), 1, 3)
+                for i in range(n)]
+        block = jobs.prepare_rows(rows, jobs.reserve_ids(s, n), tenant_id=tenant.id,
+                                  batch_id=batch_id, actor="cancel-test", now=datetime.now(UTC))
+        inserted, _ = jobs.store_rows(s, block, tenant_id=tenant.id, batch_id=batch_id)
+    return batch_id, [job_id for _, job_id in inserted]
+
+
+def test_no_job_of_a_batch_being_cancelled_starts() -> None:
+    from app import jobs
+    from workers.relay import finish_cancels
+
+    batch_id, ids = unpublished_batch(12)
+    with session_scope() as s:
+        jobs.mark_cancelling(s, batch_id)
+    # A worker handed its chunk now (a message already in Redis) starts none of it.
+    with session_scope() as s:
+        assert jobs.lock_queued(s, ids, worker="cancel-test") == ([], [])
+        assert jobs.lock_queued(s, ids, worker="cancel-test", inline_ok=False) == ([], [])
+    # Slices of 5, each its own transaction; the last one clears the mark.
+    with session_scope() as s:
+        assert jobs.cancel_batch(s, batch_id, actor="cancel-test", limit=5) == 5
+    with session_scope() as s:
+        assert jobs.cancelling_batches(s) == [batch_id]
+    assert finish_cancels("relay-test") == 7  # a cancel that stopped half way: the relay
+    with session_scope() as s:
+        assert jobs.cancelling_batches(s) == []
+        batch = s.get(Batch, batch_id)
+        assert batch is not None and (batch.queued, batch.cancelled) == (0, 12)

@@ -348,6 +348,9 @@ def _flower_saw_the_work(flower: str, login: tuple[str, str], job_ids: set[int])
                for job in ast.literal_eval(t.get("args") or "([],)")[0]}
         time.sleep(0.5)
     assert job_ids <= ran, f"Flower saw chunks {ran}, not all of {job_ids}"
+    broker = httpx.get(f"{flower}/broker", auth=login, timeout=20)  # `up`'s Flower too
+    assert broker.status_code == 200, broker.text[:300]
+    assert all(f"<td>{queue}</td>" in broker.text for queue in ("encode", "enumerate", "evaluate"))
     workers = httpx.get(f"{flower}/api/workers", params={"refresh": "1"}, auth=login,
                         timeout=20).json()
     assert any(set((info.get("active_queues") and [q["name"] for q in info["active_queues"]])
@@ -370,3 +373,28 @@ def test_up_keeps_a_live_admin_key_and_replaces_a_revoked_or_plain_one(settings:
     with session_scope() as session:
         principal = authenticate(session, replacement)
     assert principal is not None and principal.is_admin and principal.tenant == "default"
+
+
+def test_webhooks_delays_and_schedules_from_the_command_line(stack: Stack) -> None:
+    hook = json.loads(stack.ok("webhooks", "create", "http://127.0.0.1:9/hook",
+                               "-e", "job.succeeded", "-e", "batch.completed", "--json"))
+    assert hook["secret"].startswith("whsec_")
+    listed = json.loads(stack.ok("webhooks", "list", "--json"))
+    assert [h["id"] for h in listed] == [hook["id"]] and "secret" not in listed[0]
+    stack.ok("webhooks", "delete", str(hook["id"]))
+
+    later = json.loads(stack.ok("submit", "encode", "--param", "text=later", "--delay", "3600",
+                                "--json"))
+    assert later["status"] == "queued" and later["run_after"] is not None
+    scheduled = json.loads(stack.ok("jobs", "--scheduled", "--json"))
+    assert later["id"] in [j["id"] for j in scheduled]
+    assert json.loads(stack.ok("cancel", str(later["id"]), "--json"))["status"] == "cancelled"
+
+    made = json.loads(stack.ok("schedules", "create", "nightly", "0 3 * * *", "encode",
+                               "--param", "text=nightly", "--tz", "Europe/Paris", "--json"))
+    assert made["next_fire_at"] is not None and made["timezone"] == "Europe/Paris"
+    stack.ok("schedules", "pause", str(made["id"]))
+    [shown] = json.loads(stack.ok("schedules", "list", "--json"))
+    assert shown["paused"] is True
+    stack.ok("schedules", "delete", str(made["id"]))
+    assert json.loads(stack.ok("schedules", "list", "--json")) == []

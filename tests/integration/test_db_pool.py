@@ -94,3 +94,14 @@ def test_driver_work_on_a_lost_connection_raises_sqlalchemys_error(
     with contextlib.suppress(DBAPIError):
         session.close()
     engine.dispose()
+
+
+def test_database_errors_leave_the_parameters_out(settings: Settings) -> None:
+    # Parameters are clients' data (job params, idempotency keys): an error message, and so
+    # any log line made of it, must not carry them.
+    engine = own_engine(settings, "babelq-hidden-parameters")
+    with pytest.raises(DBAPIError) as caught, engine.connect() as conn:
+        conn.execute(text("SELECT CAST(:key AS text), 1 / 0"), {"key": "idem-secret-7"})
+    assert "division by zero" in str(caught.value)
+    assert "idem-secret-7" not in str(caught.value)
+    engine.dispose()

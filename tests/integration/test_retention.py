@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from sqlalchemy import text
 from app import jobs
 from app.config import get_settings
 from app.store.db import get_engine, session_scope
-from tests.faults.stack import batch_job_ids, sql_count
+from tests.faults.stack import batch_job_ids, sql_count, wait_for
 from tests.integration.conftest import auth
 from tests.integration.test_batches import NDJSON, ndjson, wait_done
 from tests.integration.test_jobs_api import submit_and_wait
@@ -113,3 +114,42 @@ def test_relay_prunes_by_retention_days(
     # The suite's own relay thread may prune it first: either way, a relay pass did.
     relay.relay_pass("test-relay")
     assert left("jobs", "id", [old]) == left("results", "job_id", [old]) == 0
+
+
+def blocked_on_a_lock(pid: int) -> bool:
+    """Whether this backend waits for a lock another transaction holds."""
+    return bool(sql_count(get_engine(), "SELECT count(*) FROM pg_locks WHERE pid = :p "
+                                        "AND NOT granted", p=pid))
+
+
+def test_a_retried_job_is_never_pruned(api: TestClient, key_a: str) -> None:
+    # A manual retry of an old cancelled job, not yet committed, races the prune: the job
+    # the retry answers "queued" for must still be there, with its whole audit trail.
+    r = api.post("/v1/jobs", json=ENCODE, headers=auth(key_a))
+    job_id = r.json()["id"]
+    api.post(f"/v1/jobs/{job_id}/cancel", headers=auth(key_a))
+    assert api.get(f"/v1/jobs/{job_id}", headers=auth(key_a)).json()["status"] in (
+        "cancelled", "succeeded")
+    with session_scope() as s:  # cancelled, whatever the worker managed first
+        s.execute(text("UPDATE jobs SET status = 'cancelled' WHERE id = :j"), {"j": job_id})
+    age(40, [job_id])
+    retrying = session_scope()
+    session = retrying.__enter__()
+    assert jobs.retry(session, job_id, actor="race-test")
+    pruned: list[int] = []
+    pid: list[int] = []
+
+    def prune() -> None:
+        with session_scope() as s:
+            pid.append(s.execute(text("SELECT pg_backend_pid()")).scalar_one())
+            pruned.append(jobs.prune(s, older_than_days=30))
+
+    thread = threading.Thread(target=prune)
+    thread.start()
+    wait_for("the prune to end or to wait on the retry's lock",
+             lambda: pruned or (pid and blocked_on_a_lock(pid[0])), 30, 0.02)
+    retrying.__exit__(None, None, None)  # the retry commits
+    thread.join(30)
+    assert left("jobs", "id", [job_id]) == 1
+    trail = api.get(f"/v1/jobs/{job_id}/audit", headers=auth(key_a)).json()
+    assert trail["verified"] and trail["events"][-1]["type"] == "retried", trail

@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 from app import jobs
 from app.api.deps import MAX_ID, IdPath, PrincipalDep, SessionDep
 from app.api.errors import ApiError
-from app.api.metrics import SUBMITTED
 from app.api.schemas import (
     ERRORS,
     AuditEventRead,
@@ -29,7 +28,7 @@ from app.api.schemas import (
     Status,
 )
 from app.core.status import TERMINAL
-from app.jobs import audit, reads
+from app.jobs import audit, delayed, reads
 from app.jobs.admission import check_cap, check_submission
 from app.jobs.keys import Principal
 from app.store.models import Job, Result
@@ -88,6 +87,10 @@ def create_job(
     except jobs.UnknownKind as exc:
         raise ApiError(422, str(exc), [{"field": "kind", "message": str(exc)}]) from None
     key = job_in.idempotency_key or idempotency_key
+    try:
+        after = delayed.run_after(job_in.run_at, job_in.delay)
+    except delayed.BadDelay as exc:
+        raise ApiError(422, str(exc), [{"field": "run_at", "message": str(exc)}]) from None
     with reads.submission_session() as session:
         seen = jobs.find_keyed(session, principal.tenant_id, key) if key else None
         if seen is not None:
@@ -97,12 +100,10 @@ def create_job(
         job, created = jobs.submit(
             session, tenant_id=principal.tenant_id, kind=job_in.kind, params=job_in.params,
             actor=principal.actor, priority=job_in.priority, max_attempts=job_in.max_attempts,
-            idempotency_key=key, ref=job_in.ref,
+            idempotency_key=key, ref=job_in.ref, run_after=after,
         )
         session.commit()
-        if created:
-            SUBMITTED.labels(job.kind).inc()
-        else:
+        if not created:
             response.status_code = 200
         return job_read(session, job)
 
@@ -142,6 +143,9 @@ def read_jobs(
     status: Status | None = None,
     kind: Kind | None = None,
     batch_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    scheduled: Annotated[bool | None, Query(
+        description="true: only queued jobs waiting for a later time (run_at, delay, or a "
+                    "retry's backoff); false: every other job")] = None,
     created_after: IsoDatetime | None = None,
     created_before: IsoDatetime | None = None,
     cursor: Annotated[str | None, Query(pattern=r"^\d{1,19}$")] = None,
@@ -151,6 +155,7 @@ def read_jobs(
     rows = reads.list_jobs(
         session, tenant_id=None if principal.is_admin else principal.tenant_id, status=status,
         kind=kind, batch_id=batch_id, created_after=created_after, created_before=created_before,
+        scheduled=scheduled,
         before_id=int(cursor) if cursor is not None else None, limit=limit + 1)
     page = rows[:limit]
     results = reads.results_of(session, page)
@@ -186,8 +191,8 @@ def retry_job(job_id: IdPath, session: SessionDep, principal: PrincipalDep) -> J
 def read_audit(job_id: IdPath, session: SessionDep, principal: PrincipalDep) -> AuditRead:
     """The job's audit trail and whether its hash chain verifies."""
     job = get_job(session, principal, job_id)
-    events = audit.job_events(session, job.id)
-    report = audit.verify_job(session, job.id, events)
+    events = audit.job_events(session, job.id)  # after the row: see audit.verify_job
+    report = audit.verify_job(session, job.id, events, (job.audit_seq, job.audit_head))
     return AuditRead(
         job_id=job.id, verified=report.ok, broken_seq=report.broken_seq, reason=report.reason,
         events=[
