@@ -34,10 +34,13 @@ def move_counters(session: Session, moves: Moves) -> None:
                 "UPDATE batches SET queued = queued + :queued, running = running + :running, "
                 "succeeded = succeeded + :succeeded, dead = dead + :dead, "
                 "cancelled = cancelled + :cancelled, "
-                "started_at = CASE WHEN :started THEN coalesce(started_at, now()) "
+                # clock_timestamp(), not now(): the row is written once its lock is held,
+                # so a transaction that began first but waited for the lock cannot stamp
+                # a finish before the start another one stamped meanwhile.
+                "started_at = CASE WHEN :started THEN coalesce(started_at, clock_timestamp()) "
                 "ELSE started_at END, "
                 "finished_at = CASE WHEN queued + :queued + running + :running = 0 "
-                "THEN coalesce(finished_at, now()) ELSE NULL END "
+                "THEN coalesce(finished_at, clock_timestamp()) ELSE NULL END "
                 "WHERE id = :id RETURNING tenant_id, queued + running = 0 AS idle"
             ),
             {"id": batch_id, "started": batch_id in started,

@@ -12,7 +12,7 @@ any other role cannot switch the trigger off; the owner could drop it anyway, an
 what `babelq audit verify` is for.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-05
 """
 

@@ -163,11 +163,11 @@ def test_a_results_page_streams_in_bounded_memory(hostile_api: Api) -> None:
     with hostile_api.client() as client:
         made = client.post("/v1/batches", content=lines, headers=NDJSON).json()
         cancel(client, made["id"])
-        with session_scope() as s:  # 10,000 results of 9.6 KB each
+        with session_scope() as s:  # results of 9.6 KB for the jobs the cancel caught
             s.execute(text(
                 "INSERT INTO results (job_id, result, result_sha256) SELECT id, "
                 "jsonb_build_object('pad', repeat(md5(id::text), 300)), '' FROM jobs "
-                "WHERE batch_id = :b ON CONFLICT DO NOTHING"), {"b": made["id"]})
+                "WHERE batch_id = :b AND status = 'cancelled'"), {"b": made["id"]})
 
         def read_page() -> int:
             with client.stream("GET", f"/v1/batches/{made['id']}/results",
@@ -177,11 +177,13 @@ def test_a_results_page_streams_in_bounded_memory(hostile_api: Api) -> None:
 
         count, grew = peak_growth(hostile_api, read_page)
         first = client.get(f"/v1/batches/{made['id']}/results", params={"limit": 2})
+        last = client.get(f"/v1/batches/{made['id']}/results", params={"cursor": 9_998})
     assert count == 10_000
     assert grew < MEMORY_BOUND, f"api grew by {grew:.0f} MiB"
-    assert first.headers["x-next-cursor"] == "2"
-    page = [json.loads(line) for line in first.text.splitlines()]
-    assert [p["line"] for p in page] == [1, 2] and len(page[0]["result"]["pad"]) == 9600
+    assert first.headers["x-next-cursor"] == "2" and "x-next-cursor" not in last.headers
+    page = [json.loads(line) for line in (first.text + last.text).splitlines()]
+    assert [p["line"] for p in page] == [1, 2, 9_999, 10_000]
+    assert any(len((p["result"] or {}).get("pad", "")) == 9600 for p in page)
 
 
 def test_a_big_batch_is_cancelled_in_bounded_memory(hostile_api: Api) -> None:
@@ -230,6 +232,8 @@ def answer(sock: socket.socket) -> bytes:
 
 
 def test_a_trickling_upload_holds_no_transaction_and_times_out(hostile_api: Api) -> None:
+    # A request before may still be closing its session (after its answer was sent).
+    wait_for("the api's earlier sessions to end", lambda: open_transactions() == 0, 10, 0.05)
     sock = start_upload(hostile_api, b'{"kind": "encode", "params": {"text": "slow"}}\n')
     done: list[bytes] = []
     reader = threading.Thread(target=lambda: done.append(answer(sock)))
@@ -242,15 +246,28 @@ def test_a_trickling_upload_holds_no_transaction_and_times_out(hostile_api: Api)
     assert b"within 5 s" in done[0]
 
 
+def feed(sock: socket.socket, block: bytes, stop: threading.Event) -> None:
+    """Send block every second until stop is set (never more than 60 s)."""
+    for _ in range(60):
+        if stop.wait(1):
+            return
+        sock.sendall(block)
+
+
 def test_an_exhausted_pool_is_503_with_retry_after(hostile_api: Api) -> None:
-    # A first block (5,000 lines), then silence: the upload holds its transaction (one of
-    # the api's two connections) until it times out.
+    # An upload that sends a block (5,000 lines) a second: it holds its transaction (one
+    # of the api's two connections) for as long as it goes on.
     block = b'{"kind": "encode", "params": {"text": "held"}}\n' * 5000
     held = start_upload(hostile_api, block)
+    refused_yet = threading.Event()
+    feeder = threading.Thread(target=feed, args=(held, block, refused_yet))
+    feeder.start()
     wait_for("the upload to hold a transaction", lambda: open_transactions() == 1, 30, 0.05)
     # A second one takes the other connection, and its block waits for a third in vain.
     second = start_upload(hostile_api, block)
     refused = answer(second)
+    refused_yet.set()  # the first upload now falls silent, and times out
+    feeder.join()
     assert refused.startswith(b"HTTP/1.1 503"), refused
     assert b"retry-after: 2" in refused.lower()
     assert answer(held).startswith(b"HTTP/1.1 408")
