@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(0, ge=0)
     #: Queued plus running jobs per tenant; 0 means no cap.
     max_queued_per_tenant: int = Field(0, ge=0)
+    #: Seconds an api process trusts a live key without asking PostgreSQL again; a key
+    #: revoked outside the api (the CLI) is refused within this. 0 looks up every request.
+    key_cache_seconds: float = Field(2.0, ge=0, le=60)
 
     # Webhooks, delayed jobs and schedules (README "Webhooks", "Delayed and periodic jobs").
     #: Let webhook URLs resolve to loopback, private or link-local addresses (development).

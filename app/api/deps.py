@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError
+from app.api.keycache import KeyCache
 from app.jobs.keys import Principal, authenticate
 from app.store.db import driver_autocommit, new_session
 
@@ -48,14 +49,23 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
-def get_principal(request: Request) -> Principal:
-    """The live key's principal, or 401: one statement, in autocommit."""
+async def get_principal(request: Request) -> Principal:
+    """The live key's principal, or 401: from the key cache, else one statement in autocommit."""
     token = _bearer(request)
-    with driver_autocommit() as conn:
-        principal = authenticate(conn, token)
+    cache: KeyCache = request.app.state.keys
+    principal = cache.get(token)
     if principal is None:
-        raise ApiError(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+        principal = await run_in_threadpool(_lookup, token)
+        if principal is None:
+            raise ApiError(401, "invalid or revoked API key",
+                           headers={"WWW-Authenticate": "Bearer"})
+        cache.put(token, principal)
     return principal
+
+
+def _lookup(token: str) -> Principal | None:
+    with driver_autocommit() as conn:
+        return authenticate(conn, token)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from app.api import errors
+from app.api.keycache import KeyCache
 from app.api.limits import BodyLimit
 from app.api.observe import RequestMetrics
 from app.api.routes import batches, jobs, keys, schedules, system, tenants, webhooks
@@ -52,7 +53,8 @@ def create_app() -> FastAPI:
         summary="Durable encode, enumerate and evaluate jobs on Celery, Redis and PostgreSQL.",
         lifespan=lifespan,
     )
-    app.state.waiters = Waiters()
+    app.state.keys = KeyCache(settings.key_cache_seconds)
+    app.state.waiters = Waiters(on_key_revoked=app.state.keys.drop)
     errors.install(app)
     app.include_router(system.router)
     app.include_router(jobs.router)

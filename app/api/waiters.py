@@ -4,20 +4,65 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
-from app.broker.notify import CHANNEL, async_redis_client
+import orjson
+
+from app.broker.notify import CHANNEL, KEYS_CHANNEL, async_redis_client
 
 log = logging.getLogger(__name__)
+
+
+class Watch(asyncio.Event):
+    """Set when the watched job changes state; with the job itself when the worker sent it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: the finished job as a read shows it, with its tenant_id (see notify.finished)
+        self.final: dict[str, Any] | None = None
+
+
+class RecentlyFinished:
+    """The jobs announced whole (succeeded, so never to change), each for a few seconds.
+
+    A single job usually finishes before its producer's long-poll arrives: that poll is
+    then answered from here, after the same tenant check, without reading PostgreSQL.
+    """
+
+    #: Seconds an announced job is kept, and how many are kept at most.
+    SECONDS, MAX = 5.0, 1024
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._jobs: OrderedDict[int, tuple[float, dict[str, Any]]] = OrderedDict()
+
+    def add(self, job: dict[str, Any]) -> None:
+        """Keep a finished job, dropping the oldest beyond MAX."""
+        self._jobs[job["id"]] = (self._clock() + self.SECONDS, job)
+        self._jobs.move_to_end(job["id"])
+        while len(self._jobs) > self.MAX:
+            self._jobs.popitem(last=False)
+
+    def get(self, job_id: int) -> dict[str, Any] | None:
+        """The job if it was announced less than SECONDS ago."""
+        entry = self._jobs.get(job_id)
+        return entry[1] if entry is not None and entry[0] > self._clock() else None
 
 
 class Waiters:
     """Job id → events of requests waiting for that job to change state."""
 
-    def __init__(self) -> None:
-        self._events: dict[int, set[asyncio.Event]] = {}
+    def __init__(self, on_key_revoked: Callable[[int], None] = lambda key_id: None) -> None:
+        #: jobs just announced whole: see RecentlyFinished
+        self.recent = RecentlyFinished()
+        self._events: dict[int, set[Watch]] = {}
         self._task: asyncio.Task[None] | None = None
+        #: Called with the id of every key revoked anywhere (see app.api.keycache).
+        self._on_key_revoked = on_key_revoked
 
     def start(self, redis_url: str) -> None:
         """Start listening on the finished-jobs channel."""
@@ -41,10 +86,14 @@ class Waiters:
             while True:
                 try:
                     async with client.pubsub() as pubsub:
-                        await pubsub.subscribe(CHANNEL)
+                        await pubsub.subscribe(CHANNEL, KEYS_CHANNEL)
                         async for message in pubsub.listen():
-                            if message.get("type") == "message":
-                                self._wake(json.loads(message["data"]))
+                            if message.get("type") != "message":
+                                continue
+                            if message["channel"] == KEYS_CHANNEL.encode():
+                                self._on_key_revoked(int(message["data"]))
+                            else:
+                                self._wake(orjson.loads(message["data"]))
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # Redis away: waiters fall back to polling
@@ -53,15 +102,23 @@ class Waiters:
         finally:
             await client.aclose()
 
-    def _wake(self, ids: list[int]) -> None:
+    def _wake(self, message: list[int] | dict[str, Any]) -> None:
+        """Set the watches of these jobs: a list of ids, or ids and some jobs whole."""
+        if isinstance(message, dict):
+            ids, finals = message["ids"], {job["id"]: job for job in message["jobs"]}
+        else:
+            ids, finals = message, {}
+        for job in finals.values():
+            self.recent.add(job)
         for job_id in ids:
-            for ev in self._events.get(job_id, ()):
-                ev.set()
+            for watch in self._events.get(job_id, ()):
+                watch.final = finals.get(job_id)
+                watch.set()
 
     @contextlib.contextmanager
     def watch(self, job_id: int):  # type: ignore[no-untyped-def]
         """Register interest before reading the job, so no notification slips between."""
-        ev = asyncio.Event()
+        ev = Watch()
         self._events.setdefault(job_id, set()).add(ev)
         try:
             yield ev

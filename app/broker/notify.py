@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
+import orjson
 import redis
 import redis.asyncio as aioredis
 
@@ -16,6 +17,8 @@ from app.config import get_settings
 log = logging.getLogger(__name__)
 
 CHANNEL = "babelq:finished"
+#: Ids of revoked API keys, so every api process drops them from its key cache at once.
+KEYS_CHANNEL = "babelq:keys-revoked"
 
 
 #: Socket timeouts of the app's own Redis clients, in seconds.
@@ -41,12 +44,30 @@ def async_redis_client(url: str) -> aioredis.Redis:
     return aioredis.Redis.from_url(url)
 
 
-def finished(ids: Sequence[int]) -> None:
-    """Tell waiters these jobs changed state; best effort, waiters also poll."""
+def finished(ids: Sequence[int], jobs: Sequence[dict[str, Any]] = ()) -> None:
+    """Tell waiters these jobs changed state; best effort, waiters also poll.
+
+    jobs: some of them whole, as a read would show them (with "tenant_id"), so a waiter
+    answers without reading them again. The message is then {"ids": [...], "jobs":
+    [...]}, else the list of ids alone.
+    """
     url = get_settings().redis_url
     if not url or not ids:
         return
+    message = orjson.dumps({"ids": list(ids), "jobs": list(jobs)}) if jobs else orjson.dumps(
+        list(ids))
     try:
-        redis_client(url).publish(CHANNEL, json.dumps(list(ids)))
+        redis_client(url).publish(CHANNEL, message)
     except redis.RedisError as exc:
         log.debug("finished-notification not sent: %s", exc)
+
+
+def key_revoked(key_id: int) -> None:
+    """Tell every api process to forget a revoked key; best effort, their cache expires."""
+    url = get_settings().redis_url
+    if not url:
+        return
+    try:
+        redis_client(url).publish(KEYS_CHANNEL, str(key_id))
+    except redis.RedisError as exc:
+        log.debug("key revocation notice not sent: %s", exc)

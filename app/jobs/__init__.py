@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from app.core.status import TERMINAL, TRANSITIONS, JobStatus
 from app.jobs.counters import Moves, move_counters
-from app.jobs.execute import LockedJob, Outcome, backoff, claim, error_info, finish, lock_queued
+from app.jobs.execute import (
+    LockedJob,
+    Outcome,
+    backoff,
+    claim,
+    error_info,
+    finish,
+    finished_jobs,
+    lock_queued,
+)
 from app.jobs.leases import renew_leases
 from app.jobs.manage import (
     CANCEL_SLICE,
@@ -59,6 +68,7 @@ __all__ = [
     "expire_leases",
     "find_keyed",
     "finish",
+    "finished_jobs",
     "lock_queued",
     "mark_cancelling",
     "move_counters",

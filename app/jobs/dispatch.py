@@ -13,6 +13,7 @@ the others skip), so each pending job is sent once, by however many dispatchers.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -127,29 +128,38 @@ _SAVE_STATE = text(
     "DELETE FROM fair_deficits WHERE kind = :kind AND priority = :priority "
     "AND tenant_id <> ALL(CAST(:tenants AS bigint[]))"
 )
-#: One message of a tenant's lane, in one statement: its oldest pending row gives up to :n
-#: ids (the row advances, or goes when used up); of those, the ones still queued and due
-#: are recorded as a dispatch. Queued ones due later (a delayed job) go back to the
+#: One message of a tenant's lane, in one statement: up to :n ids from its oldest pending
+#: rows (a single job's row holds one id, an upload block's up to PENDING_ROW); each row
+#: advances, or goes when used up. Of those ids, the ones still queued and due are
+#: recorded as a dispatch. Queued ones due later (a delayed job) go back to the
 #: never-published path, which makes them pending when due. Each id is looked up by its
 #: key (a LATERAL with LIMIT, which the planner cannot turn into a join: with a fresh
 #: batch's stale statistics it ran the join as a scan of every job, 90 ms).
 _TAKE = text(
-    "WITH r AS (SELECT id, ids[taken + 1:taken + :n] AS part, size - taken AS left "
-    "FROM pending_jobs WHERE kind = :kind AND priority = :priority AND tenant_id = :tenant "
-    "ORDER BY id LIMIT 1), "
-    "adv AS (UPDATE pending_jobs p SET taken = p.taken + :n FROM r "
-    "WHERE p.id = r.id AND r.left > :n), "
-    "gone AS (DELETE FROM pending_jobs p USING r WHERE p.id = r.id AND r.left <= :n), "
-    "v AS MATERIALIZED (SELECT j.id, j.run_after > now() AS later FROM r "
-    "CROSS JOIN LATERAL unnest(r.part) AS u(id) CROSS JOIN LATERAL (SELECT id, run_after "
+    "WITH r AS (SELECT id, ids, taken, size - taken AS rest, "
+    "sum(size - taken) OVER (ORDER BY id) - (size - taken) AS before FROM pending_jobs "
+    "WHERE kind = :kind AND priority = :priority AND tenant_id = :tenant "
+    "ORDER BY id LIMIT :n), "
+    "part AS (SELECT id, rest, least(rest, :n - before) AS k, "
+    "ids[taken + 1:taken + least(rest, :n - before)] AS part FROM r WHERE before < :n), "
+    "adv AS (UPDATE pending_jobs p SET taken = p.taken + part.k FROM part "
+    "WHERE p.id = part.id AND part.rest > part.k), "
+    "gone AS (DELETE FROM pending_jobs p USING part "
+    "WHERE p.id = part.id AND part.rest <= part.k), "
+    "v AS MATERIALIZED (SELECT j.id, j.run_after > now() AS later FROM part "
+    "CROSS JOIN LATERAL unnest(part.part) AS u(id) CROSS JOIN LATERAL (SELECT id, run_after "
     "FROM jobs WHERE jobs.id = u.id AND jobs.status = 'queued' LIMIT 1) j), "
     "later AS (UPDATE jobs SET published_at = NULL "
     "WHERE id = ANY(ARRAY(SELECT id FROM v WHERE later))), "
     "due AS (SELECT array_agg(id ORDER BY id) AS ids FROM v WHERE later IS NOT TRUE), "
     "sent AS (INSERT INTO dispatches (tenant_id, kind, priority, ids) "
     "SELECT :tenant, :kind, :priority, ids FROM due WHERE ids IS NOT NULL RETURNING id, ids) "
-    "SELECT cardinality(r.part) AS took, sent.id, sent.ids FROM r LEFT JOIN sent ON true"
+    "SELECT (SELECT sum(k) FROM part) AS took, sent.id, sent.ids "
+    "FROM (SELECT 1) AS one LEFT JOIN sent ON true"
 )
+#: Tenants with a message of this lane not yet taken by a worker.
+_IN_WINDOW = text("SELECT DISTINCT tenant_id FROM dispatches "
+                  "WHERE kind = :kind AND priority = :priority")
 
 
 @dataclass
@@ -167,15 +177,17 @@ class _Tenants:
 
 
 def fill(session: Session, broker: Broker) -> list[Sent]:
-    """Send pending jobs into every lane with room; the messages to publish after commit.
+    """Send pending jobs into the lanes; the messages to publish after commit.
 
-    Lanes are filled high priority first. Nothing is sent if another pass holds the lock.
+    Lanes are filled high priority first, up to their room; a tenant with nothing in a
+    lane's window gets one message at the head of it even when the window is full.
+    Nothing is sent if another pass holds the lock.
     """
     backlog: dict[tuple[str, int], dict[int, int]] = defaultdict(dict)
     for r in session.execute(_BACKLOG):
         backlog[(r.kind, r.priority)][r.tenant_id] = r.n
     room = {lane: broker.room(*lane) for lane in backlog}
-    lanes = [lane for lane in backlog if room[lane] > 0]
+    lanes = list(backlog)
     # The lock guards the takes; the backlog read before it only guides the turns.
     if not lanes or not session.execute(_TRY_LOCK, {"key": DISPATCH_LOCK}).scalar_one():
         return []
@@ -201,24 +213,31 @@ def _load_tenants(session: Session, ids: set[int]) -> _Tenants:
 
 def _fill_lane(session: Session, kind: str, priority: int, backlog: dict[int, int],
                tenants: _Tenants, messages: int, size: int) -> list[Sent]:
-    """Up to `messages` messages of this lane, tenant by tenant in deficit round robin."""
+    """This lane's messages: first one at the head of the lane for each newly backlogged
+    tenant (none in the round's state, none in the window: its turn comes before what
+    waits there, as new flows go first in FQ-CoDel's DRR), then up to `messages` more,
+    tenant by tenant in deficit round robin."""
     lane = {"kind": kind, "priority": priority}
     fair = Round(float(size), tenants.weights)
     for r in session.execute(_STATE, lane):
         fair.deficits[r.tenant_id] = r.deficit
         fair.turn = r.tenant_id if r.turn else fair.turn
+    known = set(fair.deficits) | set(session.execute(_IN_WINDOW, lane).scalars())
     sent: list[Sent] = []
+    for tenant in sorted(t for t, n in backlog.items() if n > 0 and t not in known):
+        if tenants.room(tenant) > 0:
+            message = _send(session, lane, tenant, size, backlog, tenants, fair)
+            sent += [dataclasses.replace(message, ahead=True)] if message else []
+    queued = 0
     for _ in range(messages + MAX_EMPTY_TAKES):
         active = [t for t, n in backlog.items() if n > 0 and tenants.room(t) > 0]
-        if len(sent) >= messages or not active:
+        if queued >= messages or not active:
             break
-        tenant, n = fair.pick(active, lambda t: min(size, backlog[t], tenants.room(t)))
-        took, message = _take(session, kind, priority, tenant, n)
-        backlog[tenant] = backlog[tenant] - took if took else 0
+        tenant, _n = fair.pick(active, lambda t: min(size, backlog[t], tenants.room(t)))
+        message = _send(session, lane, tenant, size, backlog, tenants, fair)
         if message is not None:
-            fair.charge(tenant, len(message.ids))
-            tenants.in_flight[tenant] = tenants.in_flight.get(tenant, 0) + len(message.ids)
             sent.append(message)
+            queued += 1
     for tenant, n in backlog.items():
         if n <= 0:
             fair.forget(tenant)
@@ -226,14 +245,24 @@ def _fill_lane(session: Session, kind: str, priority: int, backlog: dict[int, in
     return sent
 
 
+def _send(session: Session, lane: dict[str, Any], tenant: int, size: int,
+          backlog: dict[int, int], tenants: _Tenants, fair: Round) -> Sent | None:
+    """Take the tenant's next chunk and record it as a message, charging its deficit."""
+    n = min(size, backlog[tenant], tenants.room(tenant))
+    took, message = _take(session, lane["kind"], lane["priority"], tenant, n)
+    backlog[tenant] = backlog[tenant] - took if took else 0
+    if message is not None:
+        fair.charge(tenant, len(message.ids))
+        tenants.in_flight[tenant] = tenants.in_flight.get(tenant, 0) + len(message.ids)
+    return message
+
+
 def _take(session: Session, kind: str, priority: int, tenant: int, n: int
           ) -> tuple[int, Sent | None]:
-    """Up to n of the tenant's pending ids of this lane: how many left pending, and the
+    """Up to n of the tenant's pending ids of this lane: how many were taken, and the
     message of those still queued and due (None if none is)."""
     row = session.execute(_TAKE, {"kind": kind, "priority": priority, "tenant": tenant,
-                                  "n": n}).first()
-    if row is None:
-        return 0, None
+                                  "n": n}).one()
     sent = Sent(row.id, kind, priority, list(row.ids)) if row.id is not None else None
     return int(row.took or 0), sent
 

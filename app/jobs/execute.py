@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from psycopg.types.json import Jsonb
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
@@ -200,6 +201,9 @@ class Outcome:
     #: the result's canonical JSON and its sha256, encoded once for every use
     canonical: str = ""
     sha: str = ""
+    #: the job's row as its success left it (FINISHED_COLUMNS), when written by
+    #: SUCCEED_WITH_ROWS_SQL: what finished_jobs() tells the waiting long-polls
+    row: Any = None
     #: seconds spent computing it
     seconds: float = 0.0
 
@@ -253,7 +257,10 @@ WITH won AS (
   WHERE jobs.id = v.id
     AND jobs.status = CASE WHEN v.inline THEN 'queued' ELSE 'running' END
     AND jobs.attempt = v.attempt - CASE WHEN v.inline THEN 1 ELSE 0 END
-  RETURNING jobs.id, jobs.batch_id, jobs.tenant_id),
+  RETURNING jobs.id, jobs.batch_id, jobs.tenant_id, jobs.line, jobs.kind, jobs.params,
+            jobs.priority, jobs.status, jobs.attempt, jobs.max_attempts, jobs.run_after,
+            jobs.worker, jobs.error, jobs.idempotency_key, jobs.ref, jobs.created_at,
+            jobs.started_at, jobs.finished_at),
 res AS (
   INSERT INTO results (job_id, result, result_sha256)
   SELECT r.id, r.result, r.sha
@@ -268,7 +275,7 @@ ev AS (
          CAST(:e_prev_hash AS text[]), CAST(:e_hash AS text[]))
        AS e(job_id, seq, event_type, actor, created_at, details, prev_hash, hash)
   JOIN won ON won.id = e.job_id)
-SELECT id, batch_id, tenant_id FROM won
+SELECT * FROM won
 """
 _SUCCEED_WITH_ROWS = driver_sql(text(SUCCEED_WITH_ROWS_SQL))
 
@@ -300,6 +307,7 @@ def _succeed(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
     at = datetime.now(UTC)
     stamp = audit.timestamp(at)
     for o in outcomes:
+        o.row = None  # a row of an earlier try, rolled back, must not be announced
         encoded = canonical_json(o.result)
         o.canonical = encoded.decode()
         o.sha = hashlib.sha256(encoded).hexdigest()
@@ -311,6 +319,9 @@ def _succeed(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
             **params, "results": [o.canonical for o in outcomes],
             "shas": [o.sha for o in outcomes], **audit.arrays(_links(outcomes))})
         kept = _kept(outcomes, rows)
+        by_id = {r.id: r for r in rows}
+        for o in kept:
+            o.row = by_id[o.job.id]
     else:
         rows = session.execute(_SUCCEED, params).all()
         kept = _kept(outcomes, rows)  # then their results and events, by COPY
@@ -321,6 +332,16 @@ def _succeed(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
     webhooks.record_job_events(session, "job.succeeded",
                                [(r.id, r.tenant_id, r.batch_id) for r in rows])
     return _moves(outcomes, [(r.id, r.batch_id, S) for r in rows])
+
+
+def finished_jobs(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
+    """The succeeded jobs of these outcomes as a read shows them, for notify.finished.
+
+    Only outcomes whose row their finishing statement returned (a few-job chunk); the
+    result goes as its canonical JSON, unparsed. Call after the commit.
+    """
+    return [{**o.row._asdict(), "result": orjson.Fragment(o.canonical),
+             "result_sha256": o.sha} for o in outcomes if o.row is not None]
 
 
 def _kept(outcomes: list[Outcome], rows: Sequence[Any]) -> list[Outcome]:

@@ -48,8 +48,16 @@ class Round:
         self.deficits[tenant] = self.deficits.get(tenant, 0.0) - jobs
 
     def forget(self, tenant: int) -> None:
-        """tenant has nothing queued any more: its deficit goes (classic DRR)."""
+        """tenant has nothing queued any more: its deficit goes (classic DRR).
+
+        If it held the turn, the turn passes back to the tenant before it, so the next
+        turn goes to the one after it; else the next pass would restart at the lowest id
+        and give that tenant extra turns.
+        """
         self.deficits.pop(tenant, None)
+        if tenant == self.turn:
+            rest = sorted(self.deficits)
+            self.turn = max((t for t in rest if t < tenant), default=rest[-1] if rest else None)
 
     def _advance(self, ordered: list[int]) -> None:
         """Give the turn to the next tenant after the current one, topping up its deficit."""

@@ -12,20 +12,25 @@ import logging
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from app.broker import window
+from app.broker import fastlane, window
 from app.broker.window import Sent
 
 log = logging.getLogger(__name__)
 
 #: Where a session keeps the messages to publish at commit (session.info): a list.
 PENDING = "babelq_pending_publish"
+#: Where a session keeps its fast-lane messages (single inline jobs).
+FAST = "babelq_pending_fast"
 #: Set in session.info when a dispatch pass should run after commit.
 FILL = "babelq_fill"
 
 
-def schedule_publish(session: Session, sent: Sent) -> None:
-    """Publish this recorded message once (and only if) the session's transaction commits."""
-    session.info.setdefault(PENDING, []).append(sent)
+def schedule_publish(session: Session, sent: Sent, *, fast: bool = False) -> None:
+    """Publish this recorded message once (and only if) the session's transaction commits.
+
+    fast: one job that runs inline, for the fast lane (app.broker.fastlane).
+    """
+    session.info.setdefault(FAST if fast else PENDING, []).append(sent)
 
 
 def schedule_fill(session: Session) -> None:
@@ -45,12 +50,14 @@ def lane_has_room(kind: str, priority: int) -> bool:
 @event.listens_for(Session, "after_commit")
 def _publish_pending(session: Session) -> None:
     pending: list[Sent] = session.info.pop(PENDING, [])
+    fast: list[Sent] = session.info.pop(FAST, [])
     fill = session.info.pop(FILL, False)
-    if not pending and not fill:
+    if not pending and not fill and not fast:
         return
     from app.jobs import dispatch  # dispatch itself commits sessions: imported late
 
     try:
+        fastlane.send(fast)
         window.send(pending)
         if fill:
             dispatch.run_pass()
@@ -61,4 +68,5 @@ def _publish_pending(session: Session) -> None:
 @event.listens_for(Session, "after_rollback")
 def _drop_pending(session: Session) -> None:
     session.info.pop(PENDING, None)
+    session.info.pop(FAST, None)
     session.info.pop(FILL, None)

@@ -20,6 +20,7 @@ from app.config import get_settings
 from app.jobs import audit, counts, kinds, metrics
 from app.jobs.audit import Link
 from app.jobs.delayed import HELD, HELD_SQL
+from app.jobs.execute import runs_inline
 from app.jobs.pending_publish import lane_has_room, schedule_publish
 from app.observe import tracing
 from app.store import pgcopy
@@ -97,13 +98,14 @@ def submit(
     details = {"kind": kind, "priority": priority, "max_attempts": attempts}
     link = audit.link(job_id, 0, "", "submitted", actor, details)
     lane = PRIORITIES[priority]
+    room = run_after is None and lane_has_room(kind, lane)
     rows = driver_rows(session, _INSERT_ONE, {
         "id": job_id, "tenant_id": tenant_id, "kind": kind, "params": Jsonb(clean),
         "priority": lane, "max_attempts": attempts,
         "idempotency_key": idempotency_key, "ref": ref, "seq": link.seq, "head": link.hash,
         "run_after": run_after, "published_at": None if run_after is None else HELD,
-        "direct": run_after is None and lane_has_room(kind, lane),
-        "traceparent": tracing.current_traceparent(), **audit.arrays([link]),
+        "direct": room, "traceparent": tracing.current_traceparent(),
+        **audit.arrays([link]),
     })
     if not rows:
         assert idempotency_key is not None  # only a keyed insert can skip its row
@@ -112,7 +114,10 @@ def submit(
         return existing, False
     *columns, dispatch = rows[0]
     if dispatch is not None:
-        schedule_publish(session, Sent(dispatch, kind, lane, [job_id]))
+        # The fast lane only when the lane has room: a job sent ahead of a full lane (its
+        # tenant's first) takes its fair turn through Celery, not a side door.
+        schedule_publish(session, Sent(dispatch, kind, lane, [job_id], ahead=not room),
+                         fast=room and runs_inline(kind, clean))
     metrics.submitted(session, {(kind, lane): 1})
     return JobRow._make(columns), True
 
@@ -136,9 +141,10 @@ def find_keyed(session: Session, tenant_id: int, idempotency_key: str) -> JobRow
 #: One job and its submitted event in one statement; no row (and no event) when the
 #: tenant's idempotency key was seen. Run by the driver itself (a single submission is the
 #: api's hottest write; see db.driver_autocommit), so compiled to its placeholders once.
-#: With :direct (its lane's window has room) and no max_running on the tenant, the job's
-#: message is recorded (`dispatch`, published after commit); else the job is pending, and
-#: a dispatch pass sends it in its tenant's turn (app.jobs.dispatch).
+#: With :direct (its lane's window has room), or when the tenant has nothing waiting in
+#: the lane (then it goes to the head of the lane: its turn comes first), and no
+#: max_running on the tenant, the job's message is recorded (`dispatch`, published after
+#: commit); else the job is pending, and a dispatch pass sends it in its tenant's turn.
 INSERT_ONE_SQL = """
 WITH job AS (
   INSERT INTO jobs (id, tenant_id, kind, params, priority, max_attempts, idempotency_key, ref,
@@ -163,7 +169,13 @@ counted AS (
 sent AS (
   INSERT INTO dispatches (tenant_id, kind, priority, ids)
   SELECT tenant_id, kind, priority, ARRAY[id] FROM job
-  WHERE :direct AND NOT EXISTS (
+  WHERE job.run_after IS NULL AND (:direct OR (NOT EXISTS (
+    SELECT 1 FROM dispatches d
+    WHERE d.tenant_id = job.tenant_id AND d.kind = job.kind AND d.priority = job.priority)
+  AND NOT EXISTS (
+    SELECT 1 FROM pending_jobs p
+    WHERE p.kind = job.kind AND p.priority = job.priority AND p.tenant_id = job.tenant_id)))
+  AND NOT EXISTS (
     SELECT 1 FROM tenants t WHERE t.id = job.tenant_id AND t.max_running IS NOT NULL)
   RETURNING id),
 pend AS (

@@ -25,6 +25,8 @@ def test_small_run_finishes_every_job_of_both_systems(
     assert (e2e["jobs"], e2e["succeeded"], e2e["results"]) == (2000, 2000, 2000)
     assert report["naive"]["succeeded"] == 300
     assert report["latency_ms"]["samples"] == 10
+    assert report["naive_latency_ms"]["samples"] == 10
+    assert report["ratios"]["latency_p50"] > 0
     assert report["ratios"]["ingestion"] > 0 and report["ratios"]["end_to_end"] > 0
     assert report["memory_mb"]["api_peak"] > 0 and report["memory_mb"]["worker_peak"] > 0
     assert report["checkpointed"] is True  # the admin URL may run CHECKPOINT
@@ -35,3 +37,18 @@ def test_memory_check_ingests_every_line(pg_admin_url: str) -> None:
     report = run_memory_check(lines=5000, as_json=True, database_url=pg_admin_url)
     assert report["ingestion"]["jobs"] == 5000
     assert report["api_peak_mb"] > 0
+
+
+def test_latency_only_measures_ours_beside_a_bare_celery_task(
+    pg_admin_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--latency-only: as many samples of each system, the ratio and our stages."""
+    code = main(["--latency-only", "--latency-samples", "5", "--json",
+                 "--database-url", pg_admin_url])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert report["latency_ms"]["samples"] == report["naive_latency_ms"]["samples"] == 5
+    assert report["ratios"]["latency_p50"] > 0
+    assert set(report["latency_ms"]["median_stages"]) == {
+        "submit_to_created", "created_to_started", "started_to_finished", "finished_to_seen"}
+    assert {t["metric"] for t in report["targets"]} == {"ratios.latency_p50", "latency_ms.p99"}

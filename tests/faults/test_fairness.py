@@ -101,13 +101,14 @@ def test_a_weight_change_changes_the_split(
                  >= 300, 60, 0.02)
         r = admin.patch("/v1/tenants/fair-c", json={"weight": 4})
         assert r.status_code == 200, r.text
-        # Let what was sent before the change drain (a window and the running chunks).
+        # Let what was sent before the change drain (the window, the messages at its head
+        # and the running chunks: up to ~10 chunks of 50).
         base = done_of(engine, bc) + done_of(engine, bd)
         wait_for("the change to reach the workers", lambda: done_of(engine, bc)
-                 + done_of(engine, bd) >= base + 300, 60, 0.02)
+                 + done_of(engine, bd) >= base + 600, 120, 0.02)
         c0, d0 = done_of(engine, bc), done_of(engine, bd)
         wait_for("600 more jobs", lambda: done_of(engine, bc) + done_of(engine, bd)
-                 >= c0 + d0 + 600, 60, 0.02)
+                 >= c0 + d0 + 600, 120, 0.02)
         c1, d1 = done_of(engine, bc), done_of(engine, bd)
     assert c1 - c0 >= 2 * (d1 - d0), (c0, d0, c1, d1)
     checks.wait_terminal(engine, since)

@@ -170,7 +170,9 @@ def test_status_and_audit_verify_of_a_finished_job(stack: Stack) -> None:
 
 
 def test_cancel_then_retry_and_a_refused_cancel(stack: Stack) -> None:
-    job = json.loads(stack.ok("submit", "test_sleep", "--param", "seconds=3", "--json"))
+    # Long enough that the cancel (a new `babelq` process, seconds to start on a loaded
+    # machine) meets it queued or running, not already succeeded.
+    job = json.loads(stack.ok("submit", "test_sleep", "--param", "seconds=8", "--json"))
     cancelled = json.loads(stack.ok("cancel", str(job["id"]), "--json"))
     assert cancelled["status"] == "cancelled"
     again = stack.run("cancel", str(job["id"]))
@@ -178,8 +180,8 @@ def test_cancel_then_retry_and_a_refused_cancel(stack: Stack) -> None:
     assert "409" in again.stderr and "Traceback" not in again.stderr
     retried = json.loads(stack.ok("retry", str(job["id"]), "--json"))
     assert retried["status"] in ("queued", "running")
-    finished = json.loads(stack.ok("wait", str(job["id"]), "--timeout", "30", "--json"))
-    assert finished["status"] == "succeeded" and finished["result"] == {"slept": 3.0}
+    finished = json.loads(stack.ok("wait", str(job["id"]), "--timeout", "60", "--json"))
+    assert finished["status"] == "succeeded" and finished["result"] == {"slept": 8.0}
 
 
 def test_invalid_params_are_refused_with_the_field_named(stack: Stack) -> None:

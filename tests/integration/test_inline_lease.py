@@ -33,7 +33,8 @@ def unpublished_job(text_: str) -> int:
         tenant = ensure_tenant(s, "inline-lease").id
         job, _ = jobs.submit(s, tenant_id=tenant, kind="encode", params={"text": text_},
                              actor="test")
-        s.info.pop(pending_publish.PENDING)  # no publish after commit
+        s.info.pop(pending_publish.PENDING, None)  # no publish after commit
+        s.info.pop(pending_publish.FAST, None)
         return job.id
 
 
@@ -137,12 +138,17 @@ def test_a_session_the_server_ended_is_retried_as_a_lost_connection(
 
 def record_claim_first(monkeypatch: pytest.MonkeyPatch, first_raises: Exception | None = None
                        ) -> list[bool]:
-    """The claim_first flag of every chunk the test worker runs from now on; if first_raises,
-    the first run raises it instead of running."""
+    """The claim_first flag of every chunk of jobs made from now on that the test worker
+    runs; if first_raises, the first run raises it instead of running. (Earlier tests'
+    jobs, e.g. an unpublished one the relay sends late, are run but not recorded.)"""
     claim_first: list[bool] = []
     real_execute = tasks.execute_chunk
+    with session_scope() as s:
+        floor = s.execute(text("SELECT coalesce(max(id), 0) FROM jobs")).scalar_one()
 
     def execute_recorded(ids: Sequence[int], **kw: Any) -> int:
+        if min(ids) <= floor:
+            return real_execute(ids, **kw)
         claim_first.append(kw["claim_first"])
         if first_raises is not None and len(claim_first) == 1:
             raise first_raises

@@ -52,3 +52,12 @@ def test_a_small_weight_still_gets_its_share() -> None:
     fair = Round(quantum=100, weights={1: 1.0, 2: 0.25})
     sent = serve(fair, {1: 10**6, 2: 10**6}, size=100, picks=500)
     assert sent[2] * 4 == sent[1]
+
+
+def test_a_tenant_leaving_passes_the_turn_on() -> None:
+    # Tenant 2 takes its turn, then empties: the next turn is 3's, not 1's again.
+    fair = Round(quantum=100, weights={}, deficits={1: 0.0, 2: 0.0, 3: 0.0}, turn=1)
+    assert fair.pick([1, 2, 3], lambda t: 100 if t != 2 else 5)[0] == 2
+    fair.charge(2, 5)
+    fair.forget(2)
+    assert fair.pick([1, 3], lambda t: 100)[0] == 3

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -72,13 +73,17 @@ def _result_of(res: Result | None) -> tuple[Any, str | None]:
     return (res.result, res.result_sha256) if res else (None, None)
 
 
+def _json(job: JobRead, status_code: int = 200) -> Response:
+    """The job as the response itself: FastAPI would validate it once more to serialise it."""
+    return Response(job.model_dump_json(), status_code, media_type="application/json")
+
+
 @router.post("", status_code=201, response_model=JobRead, responses=ERRORS)
 def create_job(
     job_in: JobCreate,
     principal: PrincipalDep,
-    response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=200, pattern=r"^[!-~]+$")] = None,
-) -> JobRead:
+) -> Response:
     """Submit one job; 200 with the existing job if the idempotency key was seen."""
     # Refused params and replays of a seen idempotency key take no rate-limit token, so
     # params are checked here first (and again by submit: 2-6 us, of about 3 ms).
@@ -94,8 +99,7 @@ def create_job(
     with reads.submission_session() as session:
         seen = jobs.find_keyed(session, principal.tenant_id, key) if key else None
         if seen is not None:
-            response.status_code = 200
-            return job_read(session, seen)
+            return _json(job_read(session, seen))
         check_submission(session, principal, 1)
         job, created = jobs.submit(
             session, tenant_id=principal.tenant_id, kind=job_in.kind, params=job_in.params,
@@ -103,9 +107,7 @@ def create_job(
             idempotency_key=key, ref=job_in.ref, run_after=after,
         )
         session.commit()
-        if not created:
-            response.status_code = 200
-        return job_read(session, job)
+        return _json(job_read(session, job), 201 if created else 200)
 
 
 def _read(principal: Principal, job_id: int) -> tuple[JobRead, bool]:
@@ -122,18 +124,31 @@ async def read_job(
     request: Request,
     principal: PrincipalDep,
     wait: Annotated[float, Query(ge=0, le=60, description="long-poll seconds")] = 0,
-) -> JobRead:
+) -> Response:
     """The job; with wait=S, block up to S seconds until it reaches a terminal state."""
     deadline = time.monotonic() + wait
     waiters = request.app.state.waiters
+    # A long-poll of a job its worker announced a moment ago needs no read. A plain read
+    # always asks PostgreSQL: it is how a producer checks what is stored now.
+    final = waiters.recent.get(job_id) if wait > 0 else None
+    if final is not None:
+        return _json(_finished(principal, job_id, final))
     while True:
         with waiters.watch(job_id) as changed:
             job, done = await run_in_threadpool(_read, principal, job_id)
             left = deadline - time.monotonic()
             if done or left <= 0:
-                return job
+                return _json(job)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), timeout=min(left, POLL_FALLBACK))
+            if changed.final is not None:  # the worker sent the finished job: no re-read
+                return _json(_finished(principal, job_id, changed.final))
+
+
+def _finished(principal: Principal, job_id: int, final: dict[str, Any]) -> JobRead:
+    """A finished job as its worker announced it, to the same tenant check as a read."""
+    job: Any = _visible(SimpleNamespace(**final), principal, job_id)
+    return JobRead.of(job, final["result"], final["result_sha256"])
 
 
 @router.get("", response_model=JobsRead, responses=ERRORS)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import AdminDep, IdPath, SessionDep
 from app.api.errors import ApiError
 from app.api.schemas import ErrorBody, Label
+from app.broker import notify
 from app.jobs import keys
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
@@ -75,8 +76,10 @@ def read_keys(
 
 
 @router.delete("/{key_id}", status_code=204, responses=ERRORS)
-def revoke_key(key_id: IdPath, session: SessionDep, _: AdminDep) -> None:
+def revoke_key(key_id: IdPath, session: SessionDep, _: AdminDep, request: Request) -> None:
     """Revoke a key; requests with it fail from now on."""
     if not keys.revoke_key(session, key_id):
         raise ApiError(404, f"no live key {key_id}")
     session.commit()
+    request.app.state.keys.drop(key_id)  # this process at once, the others when told
+    notify.key_revoked(key_id)

@@ -15,7 +15,7 @@ from app.jobs import tenants
 router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (401, 403, 404, 422, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 422, 503)
 }
 
 TenantName = Annotated[str, Path(pattern=tenants.TENANT_PATTERN)]

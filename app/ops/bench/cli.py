@@ -9,12 +9,9 @@ table (or JSON) and returns the numbers.
 from __future__ import annotations
 
 import gc
-import itertools
 import json
-import statistics
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Annotated, Any
 
 import httpx
@@ -22,7 +19,8 @@ import typer
 from rich.console import Console
 
 from app.ops.bench import naive
-from app.ops.bench.report import STAGES, assemble, machine, show
+from app.ops.bench.latency import naive_first, ours_latency, side_by_side
+from app.ops.bench.report import assemble, latency_report, machine, show
 from app.ops.bench.system import (
     MB,
     Procs,
@@ -80,39 +78,6 @@ def batch_done(client: httpx.Client, batch_id: int) -> bool:
     return bool(reply.json()["done"])
 
 
-def single_job(client: httpx.Client, text: str) -> tuple[float, dict[str, float]]:
-    """Submit one job and long-poll it to `succeeded`: total ms and ms per stage."""
-    began, started = time.time(), time.perf_counter()
-    reply = client.post("/v1/jobs", json={"kind": "encode", "params": {"text": text}})
-    reply.raise_for_status()
-    job = reply.json()
-    while job["status"] in ("queued", "running"):
-        reply = client.get(f"/v1/jobs/{job['id']}", params={"wait": 10})
-        reply.raise_for_status()
-        job = reply.json()
-    total = (time.perf_counter() - started) * 1000
-    if job["status"] != "succeeded":
-        raise RuntimeError(f"job {job['id']} ended {job['status']}: {job.get('error')}")
-    marks = [began, *(datetime.fromisoformat(job[k]).timestamp()
-                      for k in ("created_at", "started_at", "finished_at")), time.time()]
-    gaps = [(b - a) * 1000 for a, b in itertools.pairwise(marks)]
-    return total, dict(zip(STAGES, gaps, strict=True))
-
-
-def latency(client: httpx.Client, samples: int, tag: str) -> dict[str, Any]:
-    """Percentiles of single-job latency, and the median of each stage of it."""
-    runs = [single_job(client, f"{tag} {i}") for i in range(samples)]
-    stages = {k: statistics.median(r[1][k] for r in runs) for k in STAGES}
-    return {**percentiles([r[0] for r in runs]), "median_stages": stages}
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    """p50, p95, p99, mean and max of milliseconds."""
-    cuts = statistics.quantiles(samples, n=100, method="inclusive")
-    return {"samples": len(samples), "p50": cuts[49], "p95": cuts[94], "p99": cuts[98],
-            "mean": statistics.fmean(samples), "max": max(samples)}
-
-
 def batch_outcome(database_url: str, batch_id: int) -> dict[str, int]:
     """Jobs per status and results persisted, read from PostgreSQL itself."""
     from sqlalchemy import text
@@ -150,8 +115,7 @@ def naive_phase(srv: Servers, procs: Procs, rss: RssSampler, n: int, workers: in
     started = time.monotonic()
     naive.ingest(engine, [f"naive {i}" for i in range(n)])
     ingestion = rate(n, time.monotonic() - started)
-    worker = procs.start("naive-worker", naive_worker_args(workers))
-    rss.watch("naive_worker", worker.process.pid)
+    start_naive_worker(srv, procs, rss, workers)
     started = time.monotonic()
     wait_for(lambda: naive.succeeded(engine) >= n, procs, timeout=600)
     drain = rate(n, time.monotonic() - started)
@@ -160,9 +124,19 @@ def naive_phase(srv: Servers, procs: Procs, rss: RssSampler, n: int, workers: in
     started = time.monotonic()
     naive.ingest(engine, [f"naive e2e {i}" for i in range(n)])
     done = wait_for(lambda: naive.succeeded(engine, first) >= n, procs, timeout=600)
-    procs.stop("naive-worker")
+    # Its worker stays up for the single-job latency, measured beside ours (our_phase).
     return {"ingestion": ingestion, "processing": drain, "end_to_end": rate(n, done - started),
             "succeeded": naive.succeeded(engine, first), "checkpointed": checkpointed}
+
+
+def start_naive_worker(srv: Servers, procs: Procs, rss: RssSampler, workers: int) -> None:
+    """The baseline's Celery worker (its tables made first when missing), watched for RSS."""
+    from app.store.db import engine_for
+
+    naive.configure(srv.redis_url)
+    naive.NaiveBase.metadata.create_all(engine_for(srv.database_url))
+    worker = procs.start("naive-worker", naive_worker_args(workers))
+    rss.watch("naive_worker", worker.process.pid)
 
 
 def start_stack(srv: Servers, procs: Procs, rss: RssSampler, workers: int) -> str:
@@ -181,12 +155,14 @@ def start_stack(srv: Servers, procs: Procs, rss: RssSampler, workers: int) -> st
 
 def our_phase(client: httpx.Client, srv: Servers, procs: Procs, rss: RssSampler, n: int,
               samples: int) -> dict[str, Any]:
-    """Warm up, latency on the idle system, then one batch: ingestion and end to end."""
+    """Warm up, latency beside naive Celery's on the idle system, then one batch.
+
+    The naive worker is stopped after the latency samples, before the batch.
+    """
     warm = upload(client, WARMUP_LINES, "warm")
     wait_for(lambda: batch_done(client, warm["id"]), procs, timeout=120)
-    latency(client, WARMUP_SINGLES, "warm single")
-    checkpointed = settle(srv.database_url)
-    lat = latency(client, samples, "single")
+    lat, naive_lat, checkpointed = latency_phase(client, srv, samples)
+    procs.stop("naive-worker")
     checkpointed &= settle(srv.database_url)
     ingestion, growth = measured_upload(client, rss, n, "job")
     done = wait_for(lambda: batch_done(client, ingestion["id"]), procs,
@@ -198,7 +174,19 @@ def our_phase(client: httpx.Client, srv: Servers, procs: Procs, rss: RssSampler,
                            f"{outcome}")
     return {"ingestion": rate(n, ingestion["seconds"]),
             "end_to_end": {**rate(n, done - ingestion["started"]), **outcome},
-            "latency_ms": lat, "api_growth_mb": growth, "checkpointed": checkpointed}
+            "latency_ms": lat, "naive_latency_ms": naive_lat, "api_growth_mb": growth,
+            "checkpointed": checkpointed}
+
+
+def latency_phase(client: httpx.Client, srv: Servers, samples: int
+                  ) -> tuple[dict[str, Any], dict[str, float], bool]:
+    """Warm both systems' single-job paths, settle, then (ours, naive, checkpointed)."""
+    naive_first(srv.database_url)
+    ours_latency(client, WARMUP_SINGLES, "warm single")
+    side_by_side(client, srv.database_url, WARMUP_SINGLES, "warm pair")
+    checkpointed = settle(srv.database_url)
+    ours, base = side_by_side(client, srv.database_url, samples, "single")
+    return ours, base, checkpointed
 
 
 def measured_upload(client: httpx.Client, rss: RssSampler, n: int, tag: str
@@ -237,6 +225,30 @@ def run_bench(
             procs.stop()
             gc.unfreeze()  # settle() froze this process's heap; a caller may run on
         report = assemble(ours, base, rss, at_start, n=n, naive_n=naive_n, workers=workers)
+    show(report, as_json)
+    return report
+
+
+def run_latency(
+    samples: int = 100,
+    workers: int = 2,
+    as_json: bool = False,
+    database_url: str | None = None,
+    redis_url: str | None = None,
+) -> dict[str, Any]:
+    """Only the single-job latency, ours beside naive Celery's: quick, for iterating."""
+    at_start = machine()
+    with servers(database_url, redis_url) as srv, RssSampler() as rss:
+        procs = Procs(child_env(srv), srv.tmp / "logs")
+        try:
+            start_naive_worker(srv, procs, rss, workers)
+            url = start_stack(srv, procs, rss, workers)
+            with httpx.Client(base_url=url, headers=_auth(srv), timeout=60) as client:
+                ours, base, checkpointed = latency_phase(client, srv, samples)
+        finally:
+            procs.stop()
+            gc.unfreeze()
+    report = latency_report(ours, base, at_start, workers=workers, checkpointed=checkpointed)
     show(report, as_json)
     return report
 
@@ -301,6 +313,8 @@ def bench(
     naive_n: Annotated[int, typer.Option(min=1, help="Jobs for the naive baseline.")] = 10_000,
     memory: Annotated[int, typer.Option(
         help="Instead: api RSS growth over an upload of this many lines (e.g. 1000000).")] = 0,
+    latency_only: Annotated[bool, typer.Option(
+        help="Instead: only single-job latency, ours beside naive Celery's.")] = False,
     fairness: Annotated[bool, typer.Option(
         "--fairness", help="Instead: a small tenant's latency beside a big tenant's backlog, "
         "and a weight-3 tenant's share (encode, then enumerate with pages).")] = False,
@@ -316,6 +330,8 @@ def bench(
         run_fairness(workers, as_json, database_url, redis_url)
     elif memory:
         run_memory_check(memory, as_json, database_url, redis_url)
+    elif latency_only:
+        run_latency(latency_samples, workers, as_json, database_url, redis_url)
     else:
         run_bench(n, workers, latency_samples, as_json, database_url, redis_url, naive_n)
 

@@ -97,8 +97,8 @@ def percentiles(ms: list[float]) -> dict[str, float]:
 
 def done(client: httpx.Client, batch: int) -> int:
     """Finished jobs of a batch."""
-    b = client.get(f"/v1/batches/{batch}").raise_for_status().json()
-    return int(b["succeeded"] + b["dead"] + b["cancelled"])
+    counts = client.get(f"/v1/batches/{batch}").raise_for_status().json()["counts"]
+    return sum(int(counts.get(s, 0)) for s in ("succeeded", "dead", "cancelled"))
 
 
 class RedisPeak(threading.Thread):
@@ -130,24 +130,46 @@ def share(clients: dict[str, httpx.Client], a: int, c: int, c_n: int, procs: Pro
             "c_over_a": (c1 - c0) / max(1, a1 - a0)}
 
 
+def waits(database_url: str, since: float) -> dict[str, float]:
+    """B's jobs since then, from PostgreSQL: ms from stored to started, and started to
+    finished (the queue's share of B's latency; the rest is the api and the client)."""
+    from sqlalchemy import text
+
+    from app.store.db import engine_for
+
+    with engine_for(database_url).connect() as conn:
+        rows = conn.execute(text(
+            "SELECT extract(epoch FROM j.started_at - j.created_at) * 1000, "
+            "extract(epoch FROM j.finished_at - j.started_at) * 1000 FROM jobs j "
+            "JOIN tenants t ON t.id = j.tenant_id WHERE t.name = 'fair-b' "
+            "AND j.created_at > to_timestamp(:since)"), {"since": since}).all()
+    started = [float(r[0]) for r in rows]
+    ran = [float(r[1]) for r in rows]
+    return {"to_started_p50": statistics.median(started), "to_started_max": max(started),
+            "run_p50": statistics.median(ran)}
+
+
 def workload_phase(clients: dict[str, httpx.Client], workload: str, a_n: int, c_n: int,
-                   procs: Procs, peak: RedisPeak) -> dict[str, Any]:
+                   procs: Procs, peak: RedisPeak, database_url: str) -> dict[str, Any]:
     """One workload: B idle, then A's backlog with B's singles and C's batch beside it."""
     err.print(f"{workload}: B idle x{B_IDLE}, A uploads {a_n:,}, B x{B_JOBS} + C {c_n:,}")
     spaced_singles(clients["b"], workload, 5, f"{workload} warm")
     idle = percentiles(spaced_singles(clients["b"], workload, B_IDLE, f"{workload} idle"))
     redis_before = peak.now_mb()
     a = upload(clients["a"], workload, a_n, f"{workload} a")
+    b_since = time.time()
     with ThreadPoolExecutor(max_workers=1) as pool:
         b_run = pool.submit(spaced_singles, clients["b"], workload, B_JOBS, f"{workload} b")
         c = upload(clients["c"], workload, c_n, f"{workload} c")
         split = share(clients, a, c, c_n, procs)
         busy = percentiles(b_run.result())
     a_left = a_n - done(clients["a"], a)
+    b_waits = waits(database_url, b_since)
     for tenant, batch in (("a", a), ("c", c)):
         cancel(clients[tenant], batch)
     wait_for(lambda: done(clients["a"], a) == a_n and done(clients["c"], c) == c_n, procs, 600)
-    return {"b_idle_ms": idle, "b_beside_a_ms": busy, "share": split,
+    return {"b_idle_ms": idle, "b_beside_a_ms": busy, "b_beside_a_db_ms": b_waits,
+            "share": split,
             "a_unfinished_when_b_done": a_left, "redis_mb_before_upload": redis_before,
             "targets": {"b_p99_ms": P99_TARGET_MS[workload], "c_over_a": RATIO_TARGET},
             "met": {"b_p99": busy["p99"] <= P99_TARGET_MS[workload],
@@ -193,7 +215,8 @@ def run_fairness(workers: int = 2, as_json: bool = False, database_url: str | No
                                        headers={"Authorization": f"Bearer {k}"})
                        for t, k in keys.items()}
             clients["admin"].patch("/v1/tenants/fair-c", json={"weight": 3}).raise_for_status()
-            runs = {w: workload_phase(clients, w, a_n, c_n, procs, peak) for w in WORKLOADS}
+            runs = {w: workload_phase(clients, w, a_n, c_n, procs, peak, srv.database_url)
+                    for w in WORKLOADS}
         finally:
             peak.halt.set()
             procs.stop()

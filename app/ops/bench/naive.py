@@ -27,6 +27,8 @@ from app.store.db import engine_for
 #: The baseline's own broker queue, so it never meets Babel Queue's messages.
 NAIVE_QUEUE = "babelq_naive"
 TASK_NAME = "babelq_naive.run_job"
+#: The single-job latency baseline: a plain task that stores one durable result row.
+ENCODE_ONE = "babelq_naive.encode_one"
 
 
 class NaiveBase(DeclarativeBase):
@@ -50,6 +52,14 @@ class NaiveResult(NaiveBase):
 
     __tablename__ = "naive_results"
     job_id: Mapped[int] = mapped_column(ForeignKey("naive_jobs.id"), primary_key=True)
+    result: Mapped[dict[str, Any]] = mapped_column(JSONB)
+
+
+class NaiveOutput(NaiveBase):
+    """The result row of one latency sample, keyed by the client's own key."""
+
+    __tablename__ = "naive_outputs"
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
     result: Mapped[dict[str, Any]] = mapped_column(JSONB)
 
 
@@ -96,6 +106,14 @@ def run_job(job_id: int) -> None:
         job.status = "succeeded"
         job.finished_at = datetime.now(UTC)
         session.add(NaiveResult(job_id=job.id, result=result))
+        session.commit()
+
+
+@naive_app.task(name=ENCODE_ONE, ignore_result=True)
+def encode_one(key: str, text: str) -> None:
+    """Compute one encode and commit its result row: the bare Celery task of a latency sample."""
+    with Session(_engine()) as session:
+        session.add(NaiveOutput(key=key, result=core.run("encode", {"text": text})))
         session.commit()
 
 

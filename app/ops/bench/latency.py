@@ -1,0 +1,118 @@
+"""Single-job latency: ours (submit, then long-poll) beside a bare Celery task, sample by sample.
+
+The baseline is what a service gets from Celery alone: `apply_async` of a plain task that
+computes the same encode and commits one durable result row, while the client polls for
+that row every millisecond. Samples alternate between the two systems, so both meet the
+same load on a machine whose other users come and go.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import httpx
+import psycopg
+from kombu import Producer
+
+from app.ops.bench import naive
+from app.ops.bench.report import STAGES
+
+#: Seconds between a naive client's polls of its result row.
+NAIVE_POLL = 0.001
+#: Seconds of rest before each sample, so every sample starts on an idle system (the
+#: previous one's trailing work, e.g. a worker's task events, is done by then).
+REST = 0.005
+
+
+def single_job(client: httpx.Client, text: str) -> tuple[float, dict[str, float]]:
+    """Submit one job and long-poll it to `succeeded`: total ms and ms per stage."""
+    began, started = time.time(), time.perf_counter()
+    reply = client.post("/v1/jobs", json={"kind": "encode", "params": {"text": text}})
+    reply.raise_for_status()
+    job = reply.json()
+    while job["status"] in ("queued", "running"):
+        reply = client.get(f"/v1/jobs/{job['id']}", params={"wait": 10})
+        reply.raise_for_status()
+        job = reply.json()
+    total = (time.perf_counter() - started) * 1000
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"job {job['id']} ended {job['status']}: {job.get('error')}")
+    marks = [began, *(datetime.fromisoformat(job[k]).timestamp()
+                      for k in ("created_at", "started_at", "finished_at")), time.time()]
+    gaps = [(b - a) * 1000 for a, b in itertools.pairwise(marks)]
+    return total, dict(zip(STAGES, gaps, strict=True))
+
+
+def naive_single(conn: psycopg.Connection[Any], producer: Producer, text: str,
+                 timeout: float = 10.0) -> float:
+    """apply_async one bare encode task, poll its result row until committed: ms taken."""
+    key = uuid.uuid4().hex
+    started = time.perf_counter()
+    naive.encode_one.apply_async(args=[key, text], queue=naive.NAIVE_QUEUE, producer=producer)
+    cur = conn.cursor()
+    while cur.execute("SELECT 1 FROM naive_outputs WHERE key = %s", (key,)).fetchone() is None:
+        if time.perf_counter() - started > timeout:
+            raise TimeoutError(f"naive task {key} not done within {timeout:.0f}s")
+        time.sleep(NAIVE_POLL)
+    return (time.perf_counter() - started) * 1000
+
+
+def naive_first(database_url: str, timeout: float = 120.0) -> None:
+    """One naive sample, waiting as long as the baseline's worker takes to start."""
+    with _naive_client(database_url) as (conn, producer):
+        naive_single(conn, producer, "warm naive", timeout)
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    """p50, p95, p99, mean and max of milliseconds."""
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return {"samples": len(samples), "p50": cuts[49], "p95": cuts[94], "p99": cuts[98],
+            "mean": statistics.fmean(samples), "max": max(samples)}
+
+
+def ours_latency(client: httpx.Client, samples: int, tag: str) -> dict[str, Any]:
+    """Percentiles of our single-job latency alone, and the median of each stage."""
+    return _summary([single_job(client, f"{tag} {i}") for i in range(samples)])
+
+
+def side_by_side(client: httpx.Client, database_url: str, samples: int, tag: str
+                 ) -> tuple[dict[str, Any], dict[str, float]]:
+    """(ours, naive): samples of each, alternating, each after a short rest."""
+    ours, base = [], []
+    with _naive_client(database_url) as (conn, producer):
+        for i in range(samples):
+            time.sleep(REST)
+            base.append(naive_single(conn, producer, f"{tag} {i}"))
+            time.sleep(REST)
+            ours.append(single_job(client, f"{tag} {i}"))
+    return _summary(ours), percentiles(base)
+
+
+def _summary(runs: list[tuple[float, dict[str, float]]]) -> dict[str, Any]:
+    stages = {k: statistics.median(r[1][k] for r in runs) for k in STAGES}
+    return {**percentiles([r[0] for r in runs]), "median_stages": stages}
+
+
+@contextmanager
+def _naive_client(database_url: str) -> Iterator[tuple[psycopg.Connection[Any], Producer]]:
+    """The naive client's database connection and broker producer, both open throughout.
+
+    A producer on a connection of our own, not Celery's pool: the pool keeps the broker
+    URL it was made with, and one process may run several benches, each with its Redis.
+    """
+    with psycopg.connect(_libpq(database_url), autocommit=True) as conn, \
+            naive.naive_app.connection_for_write() as broker:
+        yield conn, broker.Producer()
+
+
+def _libpq(url: str) -> str:
+    """A SQLAlchemy URL (postgresql+psycopg://) as libpq takes it."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme.split('+')[0]}{sep}{rest}"

@@ -1,0 +1,87 @@
+"""A single job's quick path: the fast lane, and the finished job handed to its waiter."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from app.api.routes.jobs import _read
+from app.jobs import keys
+from app.store.db import session_scope
+from tests.integration.conftest import auth
+from tests.integration.test_inline_lease import unpublished_job
+from tests.integration.test_jobs_api import submit_and_wait
+from workers import tasks
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker", "relay")]
+
+#: Seconds the sleeping jobs hold both of the test worker's pool slots.
+HOLD = 6
+
+
+def status(api: TestClient, key: str, job_id: int) -> str:
+    """The job's status now."""
+    return str(api.get(f"/v1/jobs/{job_id}", headers=auth(key)).json()["status"])
+
+
+def test_the_job_row_is_committed_before_the_api_answers(api: TestClient, admin_key: str
+                                                         ) -> None:
+    created = api.post("/v1/jobs", json={"kind": "encode", "params": {"text": "committed"}},
+                       headers=auth(admin_key))
+    assert created.status_code == 201
+    with session_scope() as s:  # another connection: sees only what was committed
+        row = s.execute(text("SELECT kind FROM jobs WHERE id = :id"),
+                        {"id": created.json()["id"]}).one()
+    assert row.kind == "encode"
+
+
+def test_a_single_job_runs_while_every_pool_slot_is_busy(api: TestClient, admin_key: str
+                                                         ) -> None:
+    """The fast lane does not queue a cheap single job behind the pool's long chunks."""
+    sleepers = [api.post("/v1/jobs", json={"kind": "test_sleep", "params": {"seconds": HOLD}},
+                         headers=auth(admin_key)).json()["id"] for _ in range(2)]
+    deadline = time.monotonic() + 30
+    while any(status(api, admin_key, s) != "running" for s in sleepers):
+        assert time.monotonic() < deadline, "the sleeping jobs never started"
+        time.sleep(0.05)
+    job = submit_and_wait(api, admin_key, {"kind": "encode", "params": {"text": "no wait"}})
+    assert job["status"] == "succeeded"
+    assert [status(api, admin_key, s) for s in sleepers] == ["running", "running"]
+
+
+def test_a_waiter_gets_the_finished_job_as_a_read_shows_it(api: TestClient, admin_key: str
+                                                           ) -> None:
+    job_id = unpublished_job("waited for")
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(api.get, f"/v1/jobs/{job_id}", params={"wait": 30},
+                              headers=auth(admin_key))
+        time.sleep(0.5)  # let the long-poll start waiting (it passes either way)
+        assert tasks.execute_chunk([job_id], worker="test-waiter") == 1
+        waited: dict[str, Any] = waiting.result().json()
+    assert waited["status"] == "succeeded" and waited["result"]["codec"] == "babel"
+    assert waited == from_database(admin_key, job_id)
+
+
+def test_a_just_finished_job_reads_as_stored_and_only_for_its_tenant(
+    api: TestClient, key_a: str, key_b: str
+) -> None:
+    job = submit_and_wait(api, key_a, {"kind": "encode", "params": {"text": "just done"}})
+    wait = {"wait": 10}
+    again = api.get(f"/v1/jobs/{job['id']}", params=wait, headers=auth(key_a))
+    other = api.get(f"/v1/jobs/{job['id']}", params=wait, headers=auth(key_b))
+    assert job["status"] == "succeeded"
+    assert job == again.json() == from_database(key_a, job["id"])
+    assert other.status_code == 404
+
+
+def from_database(key: str, job_id: int) -> dict[str, Any]:
+    """The job as a read of PostgreSQL shows it (not an announcement kept by the api)."""
+    with session_scope() as s:
+        principal = keys.authenticate(s, key)
+    assert principal is not None
+    return _read(principal, job_id)[0].model_dump(mode="json")

@@ -1,0 +1,190 @@
+"""The fast lane: single cheap jobs taken straight from Redis by a thread of each worker process.
+
+A single job that runs inline (see jobs.runs_inline) is published to a Redis list of its
+own (app.broker.fastlane), not as a Celery message, and a thread in every pool process of
+a worker that serves the `encode` queue takes it with BRPOP and runs it at once: no
+hand-over from Celery's consumer to a pool process, no task events, no message ack. With
+a pool other than prefork, one thread runs in the worker process itself.
+
+Nothing changes about what is kept: the job is locked, computed and finished in one
+transaction by execute_chunk, as a Celery message would have it. A fast message that is
+lost (Redis emptied, or a process killed after BRPOP) leaves its job queued; the relay
+republishes it as a Celery message once the job is older than requeue_after, like any
+lost message. Fast jobs are not Celery tasks, but with task events on (`babelq worker`
+always turns them on) a lane sends the events of one, after the job is done, so Flower
+lists them among the run_chunk tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+from uuid import uuid4
+
+import redis
+from celery import bootsteps
+from celery.concurrency.prefork import TaskPool
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from app.broker import window
+from app.broker.celery_app import celery_app
+from app.broker.fastlane import FAST_QUEUE, fast_keys, parse
+from app.broker.queues import TASK_NAME
+from app.config import get_settings
+
+log = logging.getLogger(__name__)
+
+#: Seconds one BRPOP waits: how long a stopping lane may take to notice.
+POLL = 1.0
+#: Seconds to wait after Redis failed before asking again.
+PAUSE = 1.0
+
+
+class TaskEvents:
+    """Celery task events for the jobs a lane ran, so Flower lists them as it lists tasks.
+
+    Sent once the job is done and its waiter told, as one message (received, started,
+    succeeded): after the finish, not before the run as Celery's consumer sends them.
+    """
+
+    def __init__(self, worker: str) -> None:
+        self._connection = celery_app.connection_for_write()
+        self._dispatcher = celery_app.events.Dispatcher(
+            self._connection, hostname=worker, enabled=True, buffer_group=("task",))
+
+    def ran(self, job_id: int, runtime: float, ran: int) -> None:
+        """Announce one lane job as a run_chunk task of one id that ran `ran` jobs."""
+        uuid, send = str(uuid4()), self._dispatcher.send
+        send("task-received", uuid=uuid, name=TASK_NAME, args=repr([[job_id]]), kwargs="{}",
+             root_id=uuid, parent_id=None, retries=0, eta=None, expires=None)
+        send("task-started", uuid=uuid)
+        send("task-succeeded", uuid=uuid, result=repr(ran), runtime=runtime)
+        self._dispatcher.flush()
+
+    def close(self) -> None:
+        """Let go of the broker connection."""
+        self._dispatcher.close()
+        self._connection.release()
+
+
+class FastLane:
+    """A thread that runs fast-lane jobs until stopped."""
+
+    def __init__(self, redis_url: str, worker: str, task_events: bool) -> None:
+        self.worker = worker
+        self._events = TaskEvents(worker) if task_events else None
+        self._client = redis.Redis.from_url(redis_url, socket_timeout=POLL + 5,
+                                            socket_connect_timeout=5)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="babelq-fast-lane", daemon=True)
+
+    def start(self) -> None:
+        """Start taking jobs."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish the job in hand, then stop (within POLL seconds)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._client.close()
+        if self._events is not None:
+            self._events.close()
+
+    def _run(self) -> None:
+        keys = fast_keys()
+        while not self._stop.is_set():
+            try:
+                item = self._client.brpop(keys, timeout=POLL)
+            except redis.RedisError as exc:
+                log.warning("fast lane: Redis unavailable: %s", exc)
+                time.sleep(PAUSE)
+                continue
+            if item is not None:
+                key, message = item
+                self._run_job(keys.index(key.decode() if isinstance(key, bytes) else key),
+                              *parse(message))
+
+    def _run_job(self, priority: int, job_id: int, dispatch: int) -> None:
+        """Run one job as a fresh message would; if that fails, hand it to Celery, claim first.
+
+        As a Celery task would retry it (autoretry_for), but at once: the job is still
+        queued (its transaction rolled back), and that run claims it before computing, so
+        a job that keeps failing its worker spends its attempts.
+        """
+        from workers import tasks
+
+        started = time.monotonic()
+        try:
+            ran = tasks.execute_chunk([job_id], worker=self.worker, claim_first=False,
+                                      dispatch=dispatch)
+        except Exception as exc:
+            log.warning("fast lane: job %d handed to Celery after %s: %s", job_id,
+                        type(exc).__name__, exc)
+            try:
+                window.send([window.Sent(dispatch, FAST_QUEUE, priority, [job_id])],
+                            claim_first=True)
+            except Exception as lost:  # its dispatch row stays: the relay sends it again
+                log.warning("fast lane: job %d left to the relay: %s", job_id, lost)
+            return
+        if self._events is not None:
+            try:
+                self._events.ran(job_id, time.monotonic() - started, ran)
+            except Exception as exc:  # only Flower's view: never the job's business
+                log.debug("fast lane: task events not sent: %s", exc)
+
+
+#: What pool processes need to run a lane of their own: set before the pool forks.
+_lane_for_children: dict[str, Any] = {}
+#: The lane of this process, if it runs one.
+_lane: list[FastLane] = []
+
+
+def _start(worker: str, task_events: bool) -> None:
+    url = get_settings().redis_url
+    if url and not _lane:
+        _lane.append(FastLane(url, worker, task_events))
+        _lane[0].start()
+
+
+def _stop() -> None:
+    while _lane:
+        _lane.pop().stop()
+
+
+class FastLaneStep(bootsteps.StartStopStep):
+    """A worker step: fast lanes for workers that serve the encode queue."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def create(self, w: Any) -> None:
+        """Decide before the pool forks: with prefork, each pool process runs a lane."""
+        self.enabled = FAST_QUEUE in w.app.amqp.queues.consume_from
+        self.in_children = self.enabled and issubclass(w.pool_cls, TaskPool)
+        if self.in_children:
+            _lane_for_children.update(worker=w.hostname, task_events=bool(w.task_events))
+
+    def start(self, w: Any) -> None:
+        """Other pools: one lane in this process."""
+        if self.enabled and not self.in_children:
+            _start(w.hostname, bool(w.task_events))
+
+    def stop(self, w: Any) -> None:
+        """Stop this process's lane (pool processes stop their own as they exit)."""
+        _stop()
+
+
+celery_app.steps["worker"].add(FastLaneStep)
+
+
+@worker_process_init.connect
+def _start_in_child(**_: Any) -> None:
+    if _lane_for_children:
+        _start(_lane_for_children["worker"], _lane_for_children["task_events"])
+
+
+@worker_process_shutdown.connect
+def _stop_in_child(**_: Any) -> None:
+    _stop()
