@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -152,3 +154,35 @@ def test_a_kept_connection_the_receiver_closed_is_not_reused() -> None:
     server = run(lambda _: b"HTTP/1.1 204 No Content\r\n\r\n", scenario, close_after=True)
     assert [r.status for r in got] == [204, 204]
     assert server.connections == 2
+
+
+def test_a_delivery_whose_lease_is_nearly_over_is_not_sent() -> None:
+    """Claimed ahead behind slow receivers, it would be sent while another sender may
+    claim it again after the lease: it is left for that claim instead."""
+    from app.webhooks.deliveries import Due, Target
+    from workers.webhooks import Sender
+
+    server = Server(lambda _: b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    async def main() -> Sender:
+        listening = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+        port = listening.sockets[0].getsockname()[1]
+        sender = Sender()
+        sender.settings = sender.settings.model_copy(update={"webhook_allow_private": True})
+        target = Target(f"http://127.0.0.1:{port}/hook", "whsec_" + "A" * 32)
+        now = time.monotonic()
+        for ident, send_before in ((1, now - 1), (2, now + 60)):
+            due = Due(ident, 1, "job.succeeded", 0, b"{}", None)
+            sender.claimed.put_nowait((due, target, send_before))
+        stop = threading.Event()
+        stop.set()
+        sender.senders_left = 1
+        await sender.send_loop(stop)
+        listening.close()
+        return sender
+
+    sender = asyncio.run(main())
+    assert sender.let_go == 1
+    sent = [sender.outcomes.get_nowait() for _ in range(sender.outcomes.qsize())]
+    assert [(a.delivery.id, a.status_code) for a in sent] == [(2, 204)]
+    assert len(server.requests) == 1
