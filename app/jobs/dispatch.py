@@ -134,7 +134,9 @@ _SAVE_STATE = text(
 #: recorded as a dispatch. Queued ones due later (a delayed job) go back to the
 #: never-published path, which makes them pending when due. Each id is looked up by its
 #: key (a LATERAL with LIMIT, which the planner cannot turn into a join: with a fresh
-#: batch's stale statistics it ran the join as a scan of every job, 90 ms).
+#: batch's stale statistics it ran the join as a scan of every job, 90 ms). The status
+#: is checked outside the LIMIT: inside it, a partial index on queued jobs (the
+#: console's) matched, and the planner filtered it by id: 18 ms per id, 9 s a chunk.
 _TAKE = text(
     "WITH r AS (SELECT id, ids, taken, size - taken AS rest, "
     "sum(size - taken) OVER (ORDER BY id) - (size - taken) AS before FROM pending_jobs "
@@ -147,8 +149,8 @@ _TAKE = text(
     "gone AS (DELETE FROM pending_jobs p USING part "
     "WHERE p.id = part.id AND part.rest <= part.k), "
     "v AS MATERIALIZED (SELECT j.id, j.run_after > now() AS later FROM part "
-    "CROSS JOIN LATERAL unnest(part.part) AS u(id) CROSS JOIN LATERAL (SELECT id, run_after "
-    "FROM jobs WHERE jobs.id = u.id AND jobs.status = 'queued' LIMIT 1) j), "
+    "CROSS JOIN LATERAL unnest(part.part) AS u(id) CROSS JOIN LATERAL (SELECT id, run_after, "
+    "status FROM jobs WHERE jobs.id = u.id LIMIT 1) j WHERE j.status = 'queued'), "
     "later AS (UPDATE jobs SET published_at = NULL "
     "WHERE id = ANY(ARRAY(SELECT id FROM v WHERE later))), "
     "due AS (SELECT array_agg(id ORDER BY id) AS ids FROM v WHERE later IS NOT TRUE), "
