@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -18,6 +16,7 @@ from app.console.chart import trajectories_svg
 from app.console.render import page
 from app.console.scope import IdPath, NotFound, Scope, scope_of
 from app.jobs import audit
+from app.jobs.documents import batch_read
 from app.store.db import new_session
 from app.store.models import AuditEvent, Batch, Decision, Job, Result, Tenant
 
@@ -42,38 +41,6 @@ NOTICES = {
     "capped": ("The tenant is at its cap of unfinished jobs; nothing was queued.", True),
     "batch-cancelled": ("Every job of the batch that had not started is cancelled.", False),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """A batch's counts, share done, rate and ETA (as the api's GET /v1/batches/{id})."""
-
-    total: int
-    rejected: int
-    counts: dict[str, int]
-    done: bool
-    progress: float
-    jobs_per_second: float | None
-    eta_seconds: float | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-
-def progress(batch: Batch) -> Progress:
-    """Where a batch stands: finished jobs over the time since it started."""
-    counts = {s: getattr(batch, s) for s in ("queued", "running", "succeeded", "dead",
-                                              "cancelled")}
-    finished = counts["succeeded"] + counts["dead"] + counts["cancelled"]
-    done = batch.total > 0 and finished == batch.total
-    rate = eta = None
-    if batch.started_at is not None and finished:
-        end = batch.finished_at if done and batch.finished_at else datetime.now(UTC)
-        rate = finished / max((end - batch.started_at).total_seconds(), 1e-3)
-        eta = 0.0 if done else (batch.total - finished) / rate
-    return Progress(batch.total, batch.rejected, counts, done,
-                    finished / batch.total if batch.total else 0.0, rate, eta,
-                    batch.created_at, batch.started_at, batch.finished_at if done else None)
 
 
 def notice_context(request: Request) -> dict[str, Any]:
@@ -143,7 +110,7 @@ def _batch_context(login: LoginDep, batch_id: int) -> dict[str, Any]:
     with new_session() as session:
         scope = scope_of(session, login, None)
         batch = visible_batch(session, scope, batch_id)
-    return {**scope.context(), "batch": batch, "view": progress(batch), "nav": "batches"}
+    return {**scope.context(), "batch": batch, "view": batch_read(batch), "nav": "batches"}
 
 
 @router.get("/batches/{batch_id}")
