@@ -1,0 +1,86 @@
+"""A chunk's lock reads its own jobs only, whatever the planner's statistics say.
+
+A fresh upload is a backlog the statistics have not seen: they still describe a table of
+finished jobs, so every partial index on queued jobs looks empty. The statement that locks
+a chunk's jobs must then still find each job by its key, not read the whole backlog on
+every chunk (which made each chunk of a 200,000-job backlog cost 124 ms, and the cost
+grow with the backlog: every tenant's jobs waited on it).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, create_engine, text
+
+from app.jobs.execute import LOCK_QUEUED_SQL
+from app.ops.embedded import create_database, drop_database
+from app.store.db import array_literal, migrate, normalize_url
+
+#: Finished jobs the statistics are taken over, and the backlog added after them.
+FINISHED, BACKLOG, CHUNK = 2_000, 40_000, 500
+#: Buffers one job's lookup may touch (index descent and heap page): far below a read of
+#: the backlog, which costs thousands of buffers per chunk.
+BUFFERS_PER_JOB = 10
+
+
+@pytest.fixture()
+def stale(pg_admin_url: str) -> Iterator[Connection]:
+    """A database of its own whose statistics saw only finished jobs, then a backlog."""
+    name = f"babelq_plan_{secrets.token_hex(4)}"
+    url = create_database(pg_admin_url, name)
+    engine = create_engine(normalize_url(url))
+    try:
+        migrate(url)
+        with engine.connect() as conn:
+            conn.execute(text("ALTER TABLE jobs SET (autovacuum_enabled = false)"))
+            tenant = conn.execute(text(
+                "INSERT INTO tenants (name) VALUES ('plan') RETURNING id")).scalar_one()
+            conn.execute(text(
+                "INSERT INTO jobs (tenant_id, kind, params, status) SELECT :t, 'encode', "
+                "jsonb_build_object('text', 'done ' || g), 'succeeded' "
+                "FROM generate_series(1, :n) g"), {"t": tenant, "n": FINISHED})
+            conn.execute(text("ANALYZE jobs"))
+            conn.execute(text(
+                "INSERT INTO jobs (tenant_id, kind, params, published_at) SELECT :t, "
+                "'encode', jsonb_build_object('text', 'new ' || g), now() "
+                "FROM generate_series(1, :n) g"), {"t": tenant, "n": BACKLOG})
+            conn.commit()
+            yield conn
+    finally:
+        engine.dispose()
+        drop_database(pg_admin_url, name)
+
+
+def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _nodes(child)
+
+
+def test_a_chunk_is_locked_by_key_under_stale_statistics(stale: Connection) -> None:
+    ids = list(stale.execute(text(
+        "SELECT id FROM jobs WHERE status = 'queued' ORDER BY id OFFSET 10000 LIMIT :n"),
+        {"n": CHUNK}).scalars())
+    # Unsorted and with a repeat, as a redelivered message's ids may be: each job once.
+    shuffled = ids[::-1] + ids[:3]
+    explained = stale.execute(
+        text("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + LOCK_QUEUED_SQL),
+        {"ids": array_literal(shuffled), "idle": "60s"}).scalar_one()
+    plan = (explained if isinstance(explained, list) else json.loads(explained))[0]["Plan"]
+    nodes = list(_nodes(plan))
+    scans = {n.get("Index Name") for n in nodes if n.get("Relation Name") == "jobs"}
+    assert scans == {"jobs_pkey"}, f"jobs read through {scans}"
+    assert plan["Actual Rows"] == CHUNK
+    buffers = plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]
+    assert buffers <= BUFFERS_PER_JOB * CHUNK, f"{buffers} buffers for {CHUNK} jobs"
+    stale.rollback()
+
+    locked = stale.execute(text(LOCK_QUEUED_SQL),
+                           {"ids": array_literal(shuffled), "idle": "60s"}).all()
+    assert [r.id for r in locked] == ids  # in id order, each once
+    stale.rollback()
