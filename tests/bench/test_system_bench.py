@@ -29,6 +29,8 @@ def test_small_run_finishes_every_job_of_both_systems(
     assert report["ratios"]["latency_p50"] > 0
     assert report["ratios"]["ingestion"] > 0 and report["ratios"]["end_to_end"] > 0
     assert report["memory_mb"]["api_peak"] > 0 and report["memory_mb"]["worker_peak"] > 0
+    redis_mb = report["memory_mb"]["redis_peak_over_batch"]
+    assert 0 < report["memory_mb"]["redis_before_upload"] <= redis_mb
     assert report["checkpointed"] is True  # the admin URL may run CHECKPOINT
 
 

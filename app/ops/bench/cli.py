@@ -24,6 +24,7 @@ from app.ops.bench.report import assemble, latency_report, machine, show
 from app.ops.bench.system import (
     MB,
     Procs,
+    RedisPeak,
     RssSampler,
     Servers,
     admin_key,
@@ -164,9 +165,17 @@ def our_phase(client: httpx.Client, srv: Servers, procs: Procs, rss: RssSampler,
     lat, naive_lat, checkpointed = latency_phase(client, srv, samples)
     procs.stop("naive-worker")
     checkpointed &= settle(srv.database_url)
-    ingestion, growth = measured_upload(client, rss, n, "job")
-    done = wait_for(lambda: batch_done(client, ingestion["id"]), procs,
-                    timeout=max(600, n / 200))
+    # Redis holds only each lane's window of messages, however big the batch: its peak
+    # over the upload and the drain shows it (the batch waits in PostgreSQL).
+    redis_peak = RedisPeak(srv.redis_url)
+    redis_before = redis_peak.now_mb()
+    redis_peak.start()
+    try:
+        ingestion, growth = measured_upload(client, rss, n, "job")
+        done = wait_for(lambda: batch_done(client, ingestion["id"]), procs,
+                        timeout=max(600, n / 200))
+    finally:
+        redis_peak.halt.set()
     outcome = batch_outcome(srv.database_url, ingestion["id"])
     # "Done" counts dead jobs too; the naive side counts only stored results, so must we.
     if outcome["results"] != n:
@@ -175,6 +184,8 @@ def our_phase(client: httpx.Client, srv: Servers, procs: Procs, rss: RssSampler,
     return {"ingestion": rate(n, ingestion["seconds"]),
             "end_to_end": {**rate(n, done - ingestion["started"]), **outcome},
             "latency_ms": lat, "naive_latency_ms": naive_lat, "api_growth_mb": growth,
+            "redis_mb": {"before_upload": redis_before,
+                         "peak_over_batch": max(redis_peak.peak / MB, redis_before)},
             "checkpointed": checkpointed}
 
 

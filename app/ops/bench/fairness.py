@@ -10,7 +10,6 @@ backlogged, and Redis' memory. A's and C's leftovers are cancelled before the ne
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,12 +17,19 @@ from typing import Any
 
 import httpx
 import orjson
-import redis
 from rich.console import Console
 from rich.table import Table
 
 from app.ops.bench.report import machine
-from app.ops.bench.system import Procs, RssSampler, admin_key, child_env, servers, wait_for
+from app.ops.bench.system import (
+    Procs,
+    RedisPeak,
+    RssSampler,
+    admin_key,
+    child_env,
+    servers,
+    wait_for,
+)
 
 #: The workloads: kind and params of every job (the text or query varies per job).
 WORKLOADS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -99,23 +105,6 @@ def done(client: httpx.Client, batch: int) -> int:
     """Finished jobs of a batch."""
     counts = client.get(f"/v1/batches/{batch}").raise_for_status().json()["counts"]
     return sum(int(counts.get(s, 0)) for s in ("succeeded", "dead", "cancelled"))
-
-
-class RedisPeak(threading.Thread):
-    """Samples Redis' used_memory in the background; peak in MB."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
-        self.client = redis.Redis.from_url(url)
-        self.peak = 0
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        while not self.halt.wait(0.2):
-            self.peak = max(self.peak, int(self.client.info("memory")["used_memory"]))
-
-    def now_mb(self) -> float:
-        return int(self.client.info("memory")["used_memory"]) / 2**20
 
 
 def share(clients: dict[str, httpx.Client], a: int, c: int, c_n: int, procs: Procs

@@ -66,7 +66,9 @@ def assemble(ours: dict[str, Any], base: dict[str, Any], rss: RssSampler,
         "memory_mb": {"api_peak": rss.peak.get("api", 0) / MB,
                       "worker_peak": rss.peak.get("worker", 0) / MB,
                       "naive_worker_peak": rss.peak.get("naive_worker", 0) / MB,
-                      "api_growth_over_ingestion": ours["api_growth_mb"]},
+                      "api_growth_over_ingestion": ours["api_growth_mb"],
+                      "redis_before_upload": ours["redis_mb"]["before_upload"],
+                      "redis_peak_over_batch": ours["redis_mb"]["peak_over_batch"]},
     }
     report["targets"] = [_target(report, *t) for t in TARGETS]
     return report
@@ -132,6 +134,9 @@ def table(r: dict[str, Any]) -> Table:
     t.add_row("peak RSS worker + pool, MB", f"{mem['worker_peak']:.0f}",
               f"{mem['naive_worker_peak']:.0f}", "", "", "")
     t.add_row("api RSS growth over ingestion, MB", f"{mem['api_growth_over_ingestion']:.1f}",
+              "", "", "", "")
+    t.add_row("Redis used_memory before batch / peak over it, MB",
+              f"{mem['redis_before_upload']:.1f} / {mem['redis_peak_over_batch']:.1f}",
               "", "", "", "")
     return t
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+import redis
 from psycopg.errors import InsufficientPrivilege
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -262,3 +263,20 @@ def wait_for(
             raise TimeoutError(f"not done within {timeout:.0f}s")
         time.sleep(poll)
     return time.monotonic()
+
+
+class RedisPeak(threading.Thread):
+    """Samples Redis' used_memory in the background; peak in MB."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.client = redis.Redis.from_url(url)
+        self.peak = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(0.2):
+            self.peak = max(self.peak, int(self.client.info("memory")["used_memory"]))
+
+    def now_mb(self) -> float:
+        return int(self.client.info("memory")["used_memory"]) / 2**20
