@@ -113,10 +113,12 @@ class Client:
         ref: str | None = None,
         run_at: str | None = None,
         delay: float | None = None,
+        wait: float = 0,
     ) -> dict[str, Any]:
         """Submit one job; the same idempotency_key again returns the first job.
 
-        run_at (ISO 8601) or delay (seconds): not before then.
+        run_at (ISO 8601) or delay (seconds): not before then. wait: answer once the job
+        is terminal or that many seconds (≤ 60) have passed, in the same request.
         """
         body: dict[str, Any] = {"kind": kind, "params": dict(params or {})}
         extras = {
@@ -128,7 +130,11 @@ class Client:
             "delay": delay,
         }
         body.update({k: v for k, v in extras.items() if v is not None})
-        return self._object("POST", "/v1/jobs", json=body)
+        if wait <= 0:
+            return self._object("POST", "/v1/jobs", json=body)
+        wait = min(wait, MAX_WAIT)
+        return self._object("POST", "/v1/jobs", json=body, params={"wait": f"{wait:.3f}"},
+                            timeout=self.timeout + wait)
 
     def get(self, job_id: int, wait: float = 0) -> dict[str, Any]:
         """The job; with wait, long-poll up to that many seconds (≤ 60) for a terminal state."""

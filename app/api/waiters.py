@@ -27,18 +27,22 @@ class Watch(asyncio.Event):
 
 
 class RecentlyFinished:
-    """The jobs announced whole (succeeded, so never to change), each for a few seconds.
+    """The jobs announced lately, each for a few seconds: whole if they succeeded (so never
+    to change), else by id alone.
 
     A single job usually finishes before its producer's long-poll arrives: that poll is
-    then answered from here, after the same tenant check, without reading PostgreSQL.
+    then answered from here, after the same tenant check, without reading PostgreSQL. A
+    long-poll that knows a job as it was just submitted reads it only if it was announced.
     """
 
-    #: Seconds an announced job is kept, and how many are kept at most.
-    SECONDS, MAX = 5.0, 1024
+    #: Seconds an announced job is kept, and how many are kept at most: whole (a result
+    #: each), and by id alone (a batch's chunks announce hundreds at a time).
+    SECONDS, MAX, MAX_IDS = 5.0, 1024, 16_384
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._jobs: OrderedDict[int, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._ids: OrderedDict[int, float] = OrderedDict()
 
     def add(self, job: dict[str, Any]) -> None:
         """Keep a finished job, dropping the oldest beyond MAX."""
@@ -46,11 +50,24 @@ class RecentlyFinished:
         self._jobs.move_to_end(job["id"])
         while len(self._jobs) > self.MAX:
             self._jobs.popitem(last=False)
+        self.mark(job["id"])
+
+    def mark(self, job_id: int) -> None:
+        """Remember that this job was announced (changed state), dropping the oldest ids."""
+        self._ids[job_id] = self._clock() + self.SECONDS
+        self._ids.move_to_end(job_id)
+        while len(self._ids) > self.MAX_IDS:
+            self._ids.popitem(last=False)
 
     def get(self, job_id: int) -> dict[str, Any] | None:
-        """The job if it was announced less than SECONDS ago."""
+        """The job if it was announced whole less than SECONDS ago."""
         entry = self._jobs.get(job_id)
         return entry[1] if entry is not None and entry[0] > self._clock() else None
+
+    def announced(self, job_id: int) -> bool:
+        """Whether the job was announced (whole or not) less than SECONDS ago."""
+        until = self._ids.get(job_id)
+        return until is not None and until > self._clock()
 
 
 class Waiters:
@@ -110,6 +127,8 @@ class Waiters:
             ids, finals = message, {}
         for job in finals.values():
             self.recent.add(job)
+        for job_id in ids:
+            self.recent.mark(job_id)
         for job_id in ids:
             for watch in self._events.get(job_id, ()):
                 watch.final = finals.get(job_id)

@@ -10,9 +10,16 @@ from rich.live import Live
 
 from app.cli.common import CliError, JsonFlag, client, emit_json, out, parse_params, styled
 from app.cli.views import finish_job, jobs_table, show_job
-from app.client import TERMINAL, Client
+from app.client import MAX_WAIT, TERMINAL, Client
 
 JobArg = Annotated[int, typer.Argument(help="Job id.", min=1)]
+
+
+def _first_wait(wait: bool, timeout: float | None) -> float:
+    """Seconds the submitting request itself long-polls: --wait's first, or none."""
+    if not wait:
+        return 0.0
+    return MAX_WAIT if timeout is None else min(timeout, MAX_WAIT)
 
 
 def submit(
@@ -40,6 +47,7 @@ def submit(
 ) -> None:
     """Submit one job: `babelq submit encode --param text="hello world" --wait`."""
     params = parse_params(param or [], params_json)
+    started = time.monotonic()
     with client() as bq:
         job = bq.submit(
             kind,
@@ -50,9 +58,13 @@ def submit(
             ref=ref,
             run_at=run_at,
             delay=delay,
+            wait=_first_wait(wait, timeout),
         )
         if wait:
-            finish_job(bq.wait(job["id"], timeout), as_json)
+            left = None if timeout is None else timeout - (time.monotonic() - started)
+            if job["status"] not in TERMINAL and (left is None or left > 0):
+                job = bq.wait(job["id"], left)
+            finish_job(job, as_json)
         elif as_json:
             emit_json(job)
         else:

@@ -165,3 +165,31 @@ def test_missing_or_bad_key_is_401(api: TestClient) -> None:
     assert r.status_code == 401
     assert r.json()["error"]["code"] == "unauthorized"
     assert api.get("/health").status_code == 200
+
+
+def test_submit_with_wait_answers_with_the_finished_job(api: TestClient, key_a: str) -> None:
+    """POST ?wait: one request, answered once the job is done (the known answer)."""
+    reply = api.post("/v1/jobs", params={"wait": 30}, headers=auth(key_a),
+                     json={"kind": "encode", "params": {"text": "hello world"}})
+    assert reply.status_code == 201, reply.text
+    job = reply.json()
+    assert job["status"] == "succeeded"
+    assert job["result"]["address"].startswith("107310278aacfa5c75fa01d37b96036c")
+    # What a read shows afterwards, result and all.
+    again = api.get(f"/v1/jobs/{job['id']}", headers=auth(key_a)).json()
+    assert again == job
+
+
+def test_submit_with_wait_ends_at_its_deadline(api: TestClient, key_a: str) -> None:
+    """A job that cannot finish within wait comes back as it is, still queued."""
+    reply = api.post("/v1/jobs", params={"wait": 0.3}, headers=auth(key_a),
+                     json={"kind": "encode", "params": {"text": "later"}, "delay": 3600})
+    assert reply.status_code == 201, reply.text
+    assert reply.json()["status"] == "queued"
+    api.post(f"/v1/jobs/{reply.json()['id']}/cancel", headers=auth(key_a))
+
+
+def test_submit_with_wait_is_bounded(api: TestClient, key_a: str) -> None:
+    reply = api.post("/v1/jobs", params={"wait": 61}, headers=auth(key_a),
+                     json={"kind": "encode", "params": {"text": "x"}})
+    assert reply.status_code == 422 and "wait" in reply.text

@@ -30,3 +30,22 @@ def test_the_oldest_go_first_beyond_the_bound() -> None:
         recent.add({"id": job_id})
     assert recent.get(0) is None
     assert recent.get(1) == {"id": 1} and recent.get(RecentlyFinished.MAX) is not None
+
+
+def test_a_job_announced_by_id_is_known_announced_but_not_whole() -> None:
+    """A waiter that knows a job as just submitted reads it only if it was announced."""
+    clock = Clock()
+    recent = RecentlyFinished(clock)
+    recent.mark(9)
+    recent.add({"id": 7, "status": "succeeded"})
+    assert recent.announced(9) and recent.get(9) is None
+    assert recent.announced(7) and not recent.announced(8)
+    clock.now += RecentlyFinished.SECONDS
+    assert not recent.announced(9) and not recent.announced(7)
+
+
+def test_ids_alone_are_bounded_too() -> None:
+    recent = RecentlyFinished(Clock())
+    for job_id in range(RecentlyFinished.MAX_IDS + 1):
+        recent.mark(job_id)
+    assert not recent.announced(0) and recent.announced(RecentlyFinished.MAX_IDS)

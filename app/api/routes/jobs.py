@@ -79,12 +79,26 @@ def _json(job: JobRead, status_code: int = 200) -> Response:
 
 
 @router.post("", status_code=201, response_model=JobRead, responses=ERRORS)
-def create_job(
+async def create_job(
     job_in: JobCreate,
+    request: Request,
     principal: PrincipalDep,
     idempotency_key: Annotated[str | None, Header(max_length=200, pattern=r"^[!-~]+$")] = None,
+    wait: Annotated[float, Query(ge=0, le=60, description=(
+        "long-poll seconds: answer once the job is terminal (or when they are up), "
+        "as GET /v1/jobs/{id}?wait does, saving the producer that second request"))] = 0,
 ) -> Response:
     """Submit one job; 200 with the existing job if the idempotency key was seen."""
+    deadline = time.monotonic() + wait
+    job, status = await run_in_threadpool(_create, job_in, principal, idempotency_key)
+    if wait > 0 and job.status not in TERMINAL:
+        job = await _until_terminal(request, principal, job.id, deadline, known=job)
+    return _json(job, status)
+
+
+def _create(job_in: JobCreate, principal: Principal, idempotency_key: str | None
+            ) -> tuple[JobRead, int]:
+    """The submission itself (blocking): the job as stored, and 201, or 200 for a replay."""
     # Refused params and replays of a seen idempotency key take no rate-limit token, so
     # params are checked here first (and again by submit: 2-6 us, of about 3 ms).
     try:
@@ -99,7 +113,7 @@ def create_job(
     with reads.submission_session() as session:
         seen = jobs.find_keyed(session, principal.tenant_id, key) if key else None
         if seen is not None:
-            return _json(job_read(session, seen))
+            return job_read(session, seen), 200
         check_submission(session, principal, 1)
         job, created = jobs.submit(
             session, tenant_id=principal.tenant_id, kind=job_in.kind, params=job_in.params,
@@ -107,7 +121,7 @@ def create_job(
             idempotency_key=key, ref=job_in.ref, run_after=after,
         )
         session.commit()
-        return _json(job_read(session, job), 201 if created else 200)
+        return job_read(session, job), 201 if created else 200
 
 
 def _read(principal: Principal, job_id: int) -> tuple[JobRead, bool]:
@@ -126,23 +140,38 @@ async def read_job(
     wait: Annotated[float, Query(ge=0, le=60, description="long-poll seconds")] = 0,
 ) -> Response:
     """The job; with wait=S, block up to S seconds until it reaches a terminal state."""
-    deadline = time.monotonic() + wait
+    if wait <= 0:  # a plain read always asks PostgreSQL: what is stored now
+        job, _done = await run_in_threadpool(_read, principal, job_id)
+        return _json(job)
+    return _json(await _until_terminal(request, principal, job_id, time.monotonic() + wait))
+
+
+async def _until_terminal(request: Request, principal: Principal, job_id: int,
+                          deadline: float, known: JobRead | None = None) -> JobRead:
+    """The job once terminal, or as it is at the deadline: a long-poll.
+
+    The watch is registered before each look, so no notification slips between. A job its
+    worker announced a moment ago needs no read (waiters.recent). `known` is the job as
+    the caller just wrote it: it stands for the first read unless the job was announced.
+    """
     waiters = request.app.state.waiters
-    # A long-poll of a job its worker announced a moment ago needs no read. A plain read
-    # always asks PostgreSQL: it is how a producer checks what is stored now.
-    final = waiters.recent.get(job_id) if wait > 0 else None
-    if final is not None:
-        return _json(_finished(principal, job_id, final))
     while True:
         with waiters.watch(job_id) as changed:
-            job, done = await run_in_threadpool(_read, principal, job_id)
+            final = waiters.recent.get(job_id)
+            if final is not None:
+                return _finished(principal, job_id, final)
+            if known is not None and not waiters.recent.announced(job_id):
+                job, done = known, False
+            else:
+                job, done = await run_in_threadpool(_read, principal, job_id)
+            known = None
             left = deadline - time.monotonic()
             if done or left <= 0:
-                return _json(job)
+                return job
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), timeout=min(left, POLL_FALLBACK))
             if changed.final is not None:  # the worker sent the finished job: no re-read
-                return _json(_finished(principal, job_id, changed.final))
+                return _finished(principal, job_id, changed.final)
 
 
 def _finished(principal: Principal, job_id: int, final: dict[str, Any]) -> JobRead:

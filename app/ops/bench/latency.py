@@ -1,4 +1,4 @@
-"""Single-job latency: ours (submit, then long-poll) beside a bare Celery task, sample by sample.
+"""Single-job latency: ours (submit and wait) beside a bare Celery task, sample by sample.
 
 The baseline is what a service gets from Celery alone: `apply_async` of a plain task that
 computes the same encode and commits one durable result row, while the client polls for
@@ -31,10 +31,16 @@ NAIVE_POLL = 0.001
 REST = 0.005
 
 
-def single_job(client: httpx.Client, text: str) -> tuple[float, dict[str, float]]:
-    """Submit one job and long-poll it to `succeeded`: total ms and ms per stage."""
+def single_job(client: httpx.Client, text: str, *, one_request: bool = True
+               ) -> tuple[float, dict[str, float]]:
+    """Submit one job and wait for `succeeded`: total ms and ms per stage.
+
+    one_request: POST /v1/jobs?wait, which answers once the job is done; else the POST
+    answers at once and a GET ?wait long-polls (two requests, as before POST took wait).
+    """
     began, started = time.time(), time.perf_counter()
-    reply = client.post("/v1/jobs", json={"kind": "encode", "params": {"text": text}})
+    reply = client.post("/v1/jobs", json={"kind": "encode", "params": {"text": text}},
+                        params={"wait": 10} if one_request else None)
     reply.raise_for_status()
     job = reply.json()
     while job["status"] in ("queued", "running"):
@@ -83,16 +89,18 @@ def ours_latency(client: httpx.Client, samples: int, tag: str) -> dict[str, Any]
 
 
 def side_by_side(client: httpx.Client, database_url: str, samples: int, tag: str
-                 ) -> tuple[dict[str, Any], dict[str, float]]:
-    """(ours, naive): samples of each, alternating, each after a short rest."""
-    ours, base = [], []
+                 ) -> tuple[dict[str, Any], dict[str, float], dict[str, Any]]:
+    """(ours, naive, ours in two requests): samples of each, in turn, each after a rest."""
+    ours, base, two = [], [], []
     with _naive_client(database_url) as (conn, producer):
         for i in range(samples):
             time.sleep(REST)
             base.append(naive_single(conn, producer, f"{tag} {i}"))
             time.sleep(REST)
             ours.append(single_job(client, f"{tag} {i}"))
-    return _summary(ours), percentiles(base)
+            time.sleep(REST)
+            two.append(single_job(client, f"{tag} two {i}", one_request=False))
+    return _summary(ours), percentiles(base), _summary(two)
 
 
 def _summary(runs: list[tuple[float, dict[str, float]]]) -> dict[str, Any]:
