@@ -19,7 +19,7 @@ from app.broker import notify
 from app.broker.queues import TASK_NAME
 from app.broker.window import observe
 from app.jobs import kinds
-from app.jobs.dispatch import refill, settle
+from app.jobs.dispatch import refill
 from app.observe import tracing
 from app.ops.memory import tune_gc
 from app.store.db import session_scope
@@ -76,9 +76,8 @@ def execute_chunk(ids: Sequence[int], *, worker: str, claim_first: bool = False,
     """
     computing = 0.0
     with session_scope() as session:
-        settle(session, dispatch)
         inline, claimed = jobs.lock_queued(session, ids, worker=worker,
-                                           inline_ok=not claim_first)
+                                           inline_ok=not claim_first, dispatch=dispatch)
         started = time.perf_counter()
         with tracing.chunk_span(inline):
             done = [compute(job) for job in inline]

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import psycopg
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -280,16 +281,17 @@ def _save_state(session: Session, lane: dict[str, Any], fair: Round) -> None:
 
 #: The worker's side: the message is taken. SKIP LOCKED: a duplicate of a message another
 #: worker is running (its row locked by that transaction) must not wait for it.
-_SETTLE = text(
-    "DELETE FROM dispatches WHERE id = (SELECT id FROM dispatches WHERE id = :id "
+SETTLE_SQL = (
+    "DELETE FROM dispatches WHERE id = (SELECT id FROM dispatches WHERE id = %(id)s "
     "FOR UPDATE SKIP LOCKED)"
 )
 
 
-def settle(session: Session, dispatch: int | None) -> None:
-    """Delete a message's dispatch row in the transaction that takes its jobs."""
+def settle(conn: psycopg.Connection[Any], dispatch: int | None) -> None:
+    """Delete a message's dispatch row in the transaction that takes its jobs (on the
+    session's driver connection: see jobs.lock_queued, which sends it with the lock)."""
     if dispatch is not None:
-        session.execute(_SETTLE, {"id": dispatch})
+        conn.execute(SETTLE_SQL, {"id": dispatch})
 
 
 _STALE = text(

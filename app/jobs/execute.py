@@ -26,10 +26,19 @@ from app.core.status import JobStatus
 from app.jobs import audit, metrics, webhooks
 from app.jobs.audit import Link
 from app.jobs.counters import Moves, move_counters
+from app.jobs.dispatch import settle
 from app.observe import tracing
 from app.observe.logs import job_fields
 from app.store import pgcopy
-from app.store.db import array_literal, driver_rows, driver_sql, hex_array_literal
+from app.store.db import (
+    array_literal,
+    conn_rows,
+    driver,
+    driver_rows,
+    driver_sql,
+    hex_array_literal,
+    sqlalchemy_errors,
+)
 from app.store.models import Decision
 
 Q, R, S, D = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.DEAD
@@ -120,8 +129,8 @@ WHERE jobs.id = v.id
 _CLAIM = text(CLAIM_SQL)
 
 
-def lock_queued(session: Session, ids: Sequence[int], *, worker: str, inline_ok: bool = True
-                ) -> tuple[list[LockedJob], list[LockedJob]]:
+def lock_queued(session: Session, ids: Sequence[int], *, worker: str, inline_ok: bool = True,
+                dispatch: int | None = None) -> tuple[list[LockedJob], list[LockedJob]]:
     """Lock the due jobs of a chunk: (inline, to_claim). Nothing is written yet.
 
     Cheap jobs (runs_inline) stay `queued` under their row lock, to be computed and
@@ -139,8 +148,13 @@ def lock_queued(session: Session, ids: Sequence[int], *, worker: str, inline_ok:
     # By the driver, as _SUCCEED_WITH_ROWS: a one-job chunk's statements are mostly
     # SQLAlchemy's own overhead (see db.driver_autocommit).
     # ids come from a broker message: anything but ints fails here (operator.index).
-    rows = driver_rows(session, _LOCK_QUEUED, {"ids": array_literal(map(operator.index, ids)),
-                                            "idle": idle})
+    params = {"ids": array_literal(map(operator.index, ids)), "idle": idle}
+    conn = driver(session)
+    # The transaction's BEGIN, the message's settle (app.jobs.dispatch) and the lock go
+    # in one round trip: three for a single job's run before.
+    with sqlalchemy_errors(conn), conn.pipeline():
+        settle(conn, dispatch)
+        rows = conn_rows(conn, _LOCK_QUEUED, params)
     if not rows:
         return [], []
     now = datetime.now(UTC)
