@@ -7,6 +7,7 @@ kind's queue and a priority; its window is the few messages waiting in its Redis
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,8 +28,14 @@ EWMA_ALPHA = 0.3
 #: Jobs per message of a kind whose run time was never measured.
 FIRST_CHUNK = 10
 
-#: This process's running estimates (kind -> seconds per job), written through to Redis.
+#: Seconds between one process's writes of a kind's estimate to Redis: a chunk of one job
+#: (a fast-lane job) is measured too, and a write per job would cost more than the job.
+WRITE_EVERY = 1.0
+
+#: This process's running estimates (kind -> seconds per job), written through to Redis,
+#: and when each kind's was last written (time.monotonic()).
 _estimates: dict[str, float] = {}
+_written: dict[str, float] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +114,10 @@ def observe(kind: str, seconds: float, jobs: int) -> None:
     per_job = seconds / jobs
     old = _estimates.get(kind)
     _estimates[kind] = per_job if old is None else old + EWMA_ALPHA * (per_job - old)
+    now = time.monotonic()
+    if now - _written.get(kind, -WRITE_EVERY) < WRITE_EVERY:
+        return
+    _written[kind] = now
     try:
         _client().hset(JOB_SECONDS, kind, repr(_estimates[kind]))
     except redis.RedisError as exc:

@@ -54,6 +54,7 @@ def test_a_slow_kinds_chunks_hold_about_chunk_seconds(
     with redis.Redis.from_url(settings.redis_url or "") as client:
         client.hdel(window.JOB_SECONDS, "test_sleep")
     window._estimates.pop("test_sleep", None)
+    window._written.pop("test_sleep", None)
     messages: list[list[int]] = []
 
     def record(sender: Any = None, args: Any = None, kwargs: Any = None, **_: Any) -> None:
