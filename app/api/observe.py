@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -49,6 +50,25 @@ class RequestMetrics:
             finally:
                 route = route_of(scope)
                 tracing.name_request(span, method, route, status)
+                seconds = time.perf_counter() - start
                 metrics.record(metrics.API_REQUESTS, (method, route, str(status)))
-                metrics.record(metrics.API_SECONDS, (method, route),
-                               time.perf_counter() - start)
+                metrics.record(metrics.API_SECONDS, (method, route), seconds)
+                _access_line(scope, status, seconds)
+
+
+#: The access log: uvicorn's message and fields, written once the answer is sent (by then
+#: the client has it), with the request's duration. uvicorn's own writes its line as the
+#: answer starts, on the answer's path: `babelq api` turns it off (app.cli.stack).
+access_log = logging.getLogger("babelq.access")
+
+
+def _access_line(scope: Scope, status: int, seconds: float) -> None:
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    client = scope.get("client")
+    query = scope.get("query_string", b"")
+    path = scope["path"] + ("?" + query.decode("latin-1") if query else "")
+    access_log.info('%s - "%s %s HTTP/%s" %d',
+                    f"{client[0]}:{client[1]}" if client else "-", scope["method"], path,
+                    scope.get("http_version", "1.1"), status,
+                    extra={"duration_ms": round(seconds * 1000, 3)})

@@ -59,6 +59,7 @@ def api(
         log_level=log_level,
         log_config=logs.dict_config(settings.log_format, log_level),
         timeout_graceful_shutdown=5,
+        access_log=False,  # the api writes its own, after each answer (app.api.observe)
     )
 
 

@@ -19,7 +19,9 @@ JOB_FIELDS = ("job_id", "batch_id", "tenant", "kind", "attempt")
 #: LogRecord attributes that are not fields a caller passed in `extra`.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message", "asctime", "color_message", "taskName"}
-#: What uvicorn's access log passes as args, named.
+#: Access logs: the api's own (app.api.observe), and uvicorn's when run by hand.
+ACCESS_LOGGERS = frozenset({"babelq.access", "uvicorn.access"})
+#: What an access log line passes as args, named.
 _ACCESS_ARGS = ("client", "method", "path", "http_version", "status")
 
 
@@ -35,7 +37,7 @@ def job_fields(job: Any) -> dict[str, Any]:
 def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
     """What the caller added to this line (extra=...), job fields first."""
     fields = {k: v for k, v in vars(record).items() if k not in _STANDARD}
-    if record.name == "uvicorn.access" and isinstance(record.args, tuple) \
+    if record.name in ACCESS_LOGGERS and isinstance(record.args, tuple) \
             and len(record.args) == len(_ACCESS_ARGS):
         fields.update(zip(_ACCESS_ARGS, record.args, strict=True))
     return dict(sorted(fields.items(), key=lambda kv: (kv[0] not in JOB_FIELDS, kv[0])))

@@ -70,6 +70,7 @@ def test_api_writes_json_lines(settings: Settings) -> None:
     lines = [json.loads(line) for line in text.splitlines()
              if line.strip() and not line.startswith("===")]
     assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
-    access = [line for line in lines if line["logger"] == "uvicorn.access"]
+    access = [line for line in lines if line["logger"] == "babelq.access"]
     assert any(a["path"] == "/health" and a["status"] == 200 and a["method"] == "GET"
+               and a["duration_ms"] >= 0
                for a in access), access
