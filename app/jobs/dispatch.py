@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import psycopg
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -280,18 +279,19 @@ def _save_state(session: Session, lane: dict[str, Any], fair: Round) -> None:
 # --- taking and recovering -------------------------------------------------------------
 
 #: The worker's side: the message is taken. SKIP LOCKED: a duplicate of a message another
-#: worker is running (its row locked by that transaction) must not wait for it.
+#: worker is running (its row locked by that transaction) must not wait for it. Workers
+#: run it as part of the statement that locks the message's jobs (jobs.lock_queued).
 SETTLE_SQL = (
-    "DELETE FROM dispatches WHERE id = (SELECT id FROM dispatches WHERE id = %(id)s "
+    "DELETE FROM dispatches WHERE id = (SELECT id FROM dispatches WHERE id = :dispatch "
     "FOR UPDATE SKIP LOCKED)"
 )
+_SETTLE = text(SETTLE_SQL)
 
 
-def settle(conn: psycopg.Connection[Any], dispatch: int | None) -> None:
-    """Delete a message's dispatch row in the transaction that takes its jobs (on the
-    session's driver connection: see jobs.lock_queued, which sends it with the lock)."""
+def settle(session: Session, dispatch: int | None) -> None:
+    """Delete a message's dispatch row in the transaction that takes its jobs."""
     if dispatch is not None:
-        conn.execute(SETTLE_SQL, {"id": dispatch})
+        session.execute(_SETTLE, {"dispatch": dispatch})
 
 
 _STALE = text(

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.jobs import dispatch
 from app.jobs.keys import ensure_tenant
-from app.store.db import driver, normalize_url, session_scope
+from app.store.db import normalize_url, session_scope
 
 #: Jobs per message in these tests.
 SIZE = 50
@@ -154,7 +154,7 @@ def test_max_running_caps_what_is_in_flight(tenants: dict[str, int]) -> None:
     with session_scope() as session:  # a worker takes one message of 50
         first = session.execute(text("SELECT min(id) FROM dispatches WHERE tenant_id = :t"),
                                 {"t": e}).scalar_one()
-        dispatch.settle(driver(session), first)
+        dispatch.settle(session, first)
         session.execute(text("UPDATE jobs SET status = 'succeeded' WHERE id = ANY("
                              "SELECT unnest(ids) FROM dispatches WHERE id = :d)"), {"d": first})
     assert sum(len(s.ids) for s in fill(10)) == SIZE

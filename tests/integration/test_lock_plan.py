@@ -70,7 +70,7 @@ def test_a_chunk_is_locked_by_key_under_stale_statistics(stale: Connection) -> N
     shuffled = ids[::-1] + ids[:3]
     explained = stale.execute(
         text("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + LOCK_QUEUED_SQL),
-        {"ids": array_literal(shuffled), "idle": "60s"}).scalar_one()
+        {"ids": array_literal(shuffled), "idle": "60s", "dispatch": None}).scalar_one()
     plan = (explained if isinstance(explained, list) else json.loads(explained))[0]["Plan"]
     nodes = list(_nodes(plan))
     scans = {n.get("Index Name") for n in nodes if n.get("Relation Name") == "jobs"}
@@ -81,6 +81,26 @@ def test_a_chunk_is_locked_by_key_under_stale_statistics(stale: Connection) -> N
     stale.rollback()
 
     locked = stale.execute(text(LOCK_QUEUED_SQL),
-                           {"ids": array_literal(shuffled), "idle": "60s"}).all()
+                           {"ids": array_literal(shuffled), "idle": "60s", "dispatch": None}).all()
     assert [r.id for r in locked] == ids  # in id order, each once
     stale.rollback()
+
+
+def test_the_lock_takes_the_message_s_dispatch_row_with_it(stale: Connection) -> None:
+    """The worker's statement settles the message: its dispatch row goes (else the relay
+    would send it again after requeue_after), only if the lock commits."""
+    ids = list(stale.execute(text(
+        "SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 3")).scalars())
+    row = stale.execute(text(
+        "INSERT INTO dispatches (tenant_id, kind, priority, ids) SELECT tenant_id, kind, "
+        "priority, CAST(:ids AS bigint[]) FROM jobs WHERE id = :id RETURNING id"),
+        {"ids": array_literal(ids), "id": ids[0]}).scalar_one()
+    stale.commit()
+    params = {"ids": array_literal(ids), "idle": "60s", "dispatch": row}
+    assert len(stale.execute(text(LOCK_QUEUED_SQL), params).all()) == 3
+    stale.rollback()  # a run cut off: the message stays to be sent again
+    left = text("SELECT count(*) FROM dispatches WHERE id = :d")
+    assert stale.execute(left, {"d": row}).scalar_one() == 1
+    stale.execute(text(LOCK_QUEUED_SQL), params).all()
+    stale.commit()
+    assert stale.execute(left, {"d": row}).scalar_one() == 0
