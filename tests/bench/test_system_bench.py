@@ -50,6 +50,7 @@ def test_latency_only_measures_ours_beside_a_bare_celery_task(
     report = json.loads(capsys.readouterr().out)
     assert code == 0
     assert report["latency_ms"]["samples"] == report["naive_latency_ms"]["samples"] == 5
+    assert report["latency_ms"]["one_request"]["samples"] == 5  # POST ?wait, in turn
     assert report["ratios"]["latency_p50"] > 0
     assert set(report["latency_ms"]["median_stages"]) == {
         "submit_to_created", "created_to_started", "started_to_finished", "finished_to_seen"}

@@ -196,8 +196,8 @@ def latency_phase(client: httpx.Client, srv: Servers, samples: int
     ours_latency(client, WARMUP_SINGLES, "warm single")
     side_by_side(client, srv.database_url, WARMUP_SINGLES, "warm pair")
     checkpointed = settle(srv.database_url)
-    ours, base, two = side_by_side(client, srv.database_url, samples, "single")
-    ours["two_requests"] = two  # POST, then GET ?wait: the path before POST took wait
+    ours, base, one = side_by_side(client, srv.database_url, samples, "single")
+    ours["one_request"] = one  # POST ?wait: submit and wait in one request
     return ours, base, checkpointed
 
 

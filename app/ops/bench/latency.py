@@ -1,4 +1,4 @@
-"""Single-job latency: ours (submit and wait) beside a bare Celery task, sample by sample.
+"""Single-job latency: ours (submit, then long-poll) beside a bare Celery task, sample by sample.
 
 The baseline is what a service gets from Celery alone: `apply_async` of a plain task that
 computes the same encode and commits one durable result row, while the client polls for
@@ -31,12 +31,12 @@ NAIVE_POLL = 0.001
 REST = 0.005
 
 
-def single_job(client: httpx.Client, text: str, *, one_request: bool = True
+def single_job(client: httpx.Client, text: str, *, one_request: bool = False
                ) -> tuple[float, dict[str, float]]:
     """Submit one job and wait for `succeeded`: total ms and ms per stage.
 
-    one_request: POST /v1/jobs?wait, which answers once the job is done; else the POST
-    answers at once and a GET ?wait long-polls (two requests, as before POST took wait).
+    The POST answers at once and a GET ?wait long-polls; with one_request, POST
+    /v1/jobs?wait answers once the job is done, in one request.
     """
     began, started = time.time(), time.perf_counter()
     reply = client.post("/v1/jobs", json={"kind": "encode", "params": {"text": text}},
@@ -90,8 +90,8 @@ def ours_latency(client: httpx.Client, samples: int, tag: str) -> dict[str, Any]
 
 def side_by_side(client: httpx.Client, database_url: str, samples: int, tag: str
                  ) -> tuple[dict[str, Any], dict[str, float], dict[str, Any]]:
-    """(ours, naive, ours in two requests): samples of each, in turn, each after a rest."""
-    ours, base, two = [], [], []
+    """(ours, naive, ours in one request): samples of each, in turn, each after a rest."""
+    ours, base, one = [], [], []
     with _naive_client(database_url) as (conn, producer):
         for i in range(samples):
             time.sleep(REST)
@@ -99,8 +99,8 @@ def side_by_side(client: httpx.Client, database_url: str, samples: int, tag: str
             time.sleep(REST)
             ours.append(single_job(client, f"{tag} {i}"))
             time.sleep(REST)
-            two.append(single_job(client, f"{tag} two {i}", one_request=False))
-    return _summary(ours), percentiles(base), _summary(two)
+            one.append(single_job(client, f"{tag} one {i}", one_request=True))
+    return _summary(ours), percentiles(base), _summary(one)
 
 
 def _summary(runs: list[tuple[float, dict[str, float]]]) -> dict[str, Any]:

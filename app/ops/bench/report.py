@@ -161,14 +161,14 @@ def latency_rows(r: dict[str, Any], target: Callable[..., tuple[str, str]]
         return f"{x['p50']:.1f} / {x['p95']:.1f} / {x['p99']:.1f}"
 
     return [
-        ("latency p50 / p95 / p99, ms (POST ?wait)", cuts(lat), cuts(nv),
+        ("latency p50 / p95 / p99, ms", cuts(lat), cuts(nv),
          f"{ratio['latency_p50']:.2f}x / {ratio['latency_p99']:.2f}x",
          *target("ratios.latency_p50", "latency_ms.p99")),
         ("  median ms: →row →claimed →finished →seen",
          " / ".join(f"{lat['median_stages'][k]:.1f}" for k in STAGES), "", "", "", ""),
-        *([("  POST, then GET ?wait (two requests)", cuts(two), "",
-            f"{two['p50'] / nv['p50']:.2f}x / {two['p99'] / nv['p99']:.2f}x", "", "")]
-          if (two := lat.get("two_requests")) else []),
+        *([("  in one request (POST ?wait)", cuts(one), "",
+            f"{one['p50'] / nv['p50']:.2f}x / {one['p99'] / nv['p99']:.2f}x", "", "")]
+          if (one := lat.get("one_request")) else []),
     ]
 
 
