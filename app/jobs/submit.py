@@ -3,8 +3,6 @@ store_rows)."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -96,7 +94,7 @@ def submit(
     clean = validate(kind, params)
     attempts = max_attempts or get_settings().default_max_attempts
     # The id comes first so the row is inserted with its audit head, never updated for it.
-    job_id = _SINGLE_IDS.take(session)
+    job_id = reserve_ids(session, 1)[0]
     details = {"kind": kind, "priority": priority, "max_attempts": attempts}
     link = audit.link(job_id, 0, "", "submitted", actor, details)
     lane = PRIORITIES[priority]
@@ -226,35 +224,6 @@ def reserve_ids(session: Session, n: int) -> list[int]:
     them on a second connection while its own is busy with the previous block's COPY.
     """
     return list(driver_rows(session, _RESERVE, (n,))[0][0])
-
-
-#: Ids a process reserves at a time for single submissions, and seconds it keeps unused
-#: ones: a round trip per SINGLE_IDS jobs instead of one per job, on the submit path. Ids
-#: then follow submission order within a process, and across processes to within
-#: SINGLE_IDS_SECONDS (as concurrent transactions' ids never quite do); an id left unused
-#: is a gap, as a rolled-back insert's is.
-SINGLE_IDS, SINGLE_IDS_SECONDS = 16, 1.0
-
-
-class _IdBlock:
-    """This process's reserved ids for single submissions (any thread)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._ids: list[int] = []
-        self._until = 0.0
-
-    def take(self, session: Session) -> int:
-        """The next id, reserving a new block on the session's connection if need be."""
-        with self._lock:
-            now = time.monotonic()
-            if not self._ids or now > self._until:
-                self._ids = reserve_ids(session, SINGLE_IDS)[::-1]
-                self._until = now + SINGLE_IDS_SECONDS
-            return self._ids.pop()
-
-
-_SINGLE_IDS = _IdBlock()
 
 
 @dataclass(slots=True)

@@ -193,11 +193,3 @@ def test_submit_with_wait_is_bounded(api: TestClient, key_a: str) -> None:
     reply = api.post("/v1/jobs", params={"wait": 61}, headers=auth(key_a),
                      json={"kind": "encode", "params": {"text": "x"}})
     assert reply.status_code == 422 and "wait" in reply.text
-
-
-def test_single_jobs_get_ids_in_submission_order(api: TestClient, key_a: str) -> None:
-    """Ids come from a block the api process reserves: still in the order jobs came."""
-    ids = [api.post("/v1/jobs", headers=auth(key_a),
-                    json={"kind": "encode", "params": {"text": f"order {i}"}}).json()["id"]
-           for i in range(40)]
-    assert ids == sorted(ids) and len(set(ids)) == 40
