@@ -77,8 +77,10 @@ class Settings(BaseSettings):
     #: Seconds of work one message should hold: chunks of slow kinds get fewer jobs
     #: (measured run time per job, per kind), never more than chunk_size.
     chunk_seconds: float = Field(0.25, gt=0)
-    #: Messages waiting in Redis per lane (kind and priority); the rest waits in PostgreSQL.
-    #: A few per worker process serving the lane; a worker refills it as it finishes a chunk.
+    #: Messages waiting in Redis per lane (kind and priority) at least; the rest waits in
+    #: PostgreSQL. A lane holds more with more workers: two per live pool process consuming
+    #: its queue (workers announce their pools, app.broker.window.CONSUMERS). A worker refills
+    #: it as it finishes a chunk; single jobs go straight to a lane shorter than this.
     dispatch_window: int = Field(4, ge=1, le=1000)
     #: Modules (comma separated) that register extra job kinds (app/jobs/kinds.py); the
     #: test suite's test_fail and test_sleep come this way. Refused in production.

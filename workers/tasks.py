@@ -23,7 +23,7 @@ from app.jobs.dispatch import refill
 from app.observe import tracing
 from app.ops.memory import tune_gc
 from app.store.db import session_scope
-from workers import fastlane  # noqa: F401  (the fast lane's worker step)
+from workers import consumers, fastlane  # noqa: F401  (worker steps: see each)
 from workers.heartbeat import HEARTBEAT
 
 log = logging.getLogger(__name__)

@@ -11,6 +11,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 
@@ -23,6 +24,14 @@ log = logging.getLogger(__name__)
 
 #: Redis hash: kind -> measured seconds per job (an EWMA over chunks).
 JOB_SECONDS = "babelq:job_seconds"
+#: Redis hash: "<worker>|<queue>" -> "<pool processes> <expiry, Unix seconds>": the live
+#: workers of each queue, so each lane's window grows with the processes it feeds.
+CONSUMERS = "babelq:consumers"
+#: Messages a lane's window holds per live process consuming its queue (at least
+#: dispatch_window): one running, one waiting for each.
+PER_PROCESS = 2
+#: Seconds a worker's registration lasts; workers renew it every third of that.
+CONSUMER_TTL = 30.0
 #: Weight of the newest chunk in the per-job run time.
 EWMA_ALPHA = 0.3
 #: Jobs per message of a kind whose run time was never measured.
@@ -68,18 +77,26 @@ class RedisWindow:
         for queue, step in lanes:
             pipe.llen(queue_keys(queue)[PRIORITY_STEPS.index(step)])
         pipe.hgetall(JOB_SECONDS)
-        *lengths, costs = pipe.execute()
+        pipe.hgetall(CONSUMERS)
+        *lengths, costs, consumers = pipe.execute()
         #: messages waiting per (queue, priority)
         self.waiting: dict[tuple[str, int], int] = dict(zip(lanes, lengths, strict=True))
         self.costs = {k.decode(): float(v) for k, v in costs.items()}
+        #: live pool processes per queue
+        self.processes = live_processes(consumers, time.time())
+
+    def window_of(self, queue: str) -> int:
+        """Messages a lane of this queue holds: a few per live process, at least the setting."""
+        return max(self.window, PER_PROCESS * self.processes.get(queue, 0))
 
     def room(self, kind: str, priority: int) -> int:
         """Messages this kind's lane takes before its window is full."""
-        return max(0, self.window - self.waiting.get((queue_for(kind), priority), 0))
+        queue = queue_for(kind)
+        return max(0, self.window_of(queue) - self.waiting.get((queue, priority), 0))
 
     def low(self, queue: str, priority: int) -> bool:
         """Whether this lane has drained to half its window: time to refill."""
-        return self.waiting.get((queue, priority), 0) <= self.window // 2
+        return self.waiting.get((queue, priority), 0) <= self.window_of(queue) // 2
 
     def chunk_size(self, kind: str) -> int:
         """About chunk_seconds of this kind's jobs, 1..chunk_size."""
@@ -87,6 +104,35 @@ class RedisWindow:
         if cost is None:
             return min(self.max_chunk, FIRST_CHUNK)
         return max(1, min(self.max_chunk, int(self.target / max(cost, 1e-6))))
+
+
+def live_processes(consumers: dict[bytes, bytes], now: float) -> dict[str, int]:
+    """Pool processes per queue of the registrations not yet expired (CONSUMERS' form)."""
+    live: dict[str, int] = defaultdict(int)
+    for field, value in consumers.items():
+        _worker, _, queue = field.decode().rpartition("|")
+        processes, _, expiry = value.decode().partition(" ")
+        if float(expiry) > now:
+            live[queue] += int(processes)
+    return dict(live)
+
+
+def register_consumer(worker: str, queues: Sequence[str], processes: int) -> None:
+    """Announce (or renew) a worker's pool on its queues for CONSUMER_TTL seconds, and
+    drop registrations that expired (a worker killed without saying goodbye)."""
+    client = _client()
+    expiry = f"{processes} {time.time() + CONSUMER_TTL:.0f}"
+    client.hset(CONSUMERS, mapping={f"{worker}|{queue}": expiry for queue in queues})
+    now = time.time()
+    entries = cast(dict[bytes, bytes], client.hgetall(CONSUMERS))
+    stale = [f for f, v in entries.items() if float(v.decode().partition(" ")[2]) <= now]
+    if stale:
+        client.hdel(CONSUMERS, *stale)
+
+
+def unregister_consumer(worker: str, queues: Sequence[str]) -> None:
+    """A worker stopping: its processes no longer count toward any lane's window."""
+    _client().hdel(CONSUMERS, *(f"{worker}|{queue}" for queue in queues))
 
 
 def send(sent: Sequence[Sent], claim_first: bool = False) -> None:

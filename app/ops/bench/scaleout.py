@@ -29,6 +29,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
+from app.broker.window import PER_PROCESS
 from app.ops.bench.cli import BODY_BLOCK, WARMUP_LINES, _auth, batch_done, batch_outcome
 from app.ops.bench.report import machine
 from app.ops.bench.system import Procs, Servers, api_args, child_env, servers, settle, wait_for
@@ -185,9 +186,8 @@ def rehearse(jobs: int, counts: list[int], kind: str = "encode") -> dict[str, An
     """Every count in one run, on the same embedded servers."""
     at_start = machine()
     with servers(None, None) as srv:
-        # Twice the worker processes per lane, as the README advises, for the largest count.
-        env = {**child_env(srv), "BABELQ_DISPATCH_WINDOW": str(2 * max(counts))}
-        procs = Procs(env, srv.tmp / "logs")
+        # Each lane's window follows the live pool processes (app.broker.window.CONSUMERS).
+        procs = Procs(child_env(srv), srv.tmp / "logs")
         try:
             port = free_port()
             procs.start("api", api_args(port))
@@ -202,7 +202,8 @@ def rehearse(jobs: int, counts: list[int], kind: str = "encode") -> dict[str, An
                     rows.append(run_count(client, stack, srv, count, jobs))
         finally:
             procs.stop()
-    return {"machine": at_start, "kind": kind, "dispatch_window": 2 * max(counts), "rows": rows}
+    return {"machine": at_start, "kind": kind, "rows": rows,
+            "dispatch_window": f"{PER_PROCESS} per live pool process (at least the setting)"}
 
 
 def show(report: dict[str, Any]) -> None:
