@@ -89,7 +89,8 @@ def runs_inline(kind: str, params: dict[str, Any]) -> bool:
 #
 # The message's dispatch row goes in the same statement (app.jobs.dispatch.SETTLE_SQL):
 # a round trip less per message than a statement of its own (psycopg's pipeline mode,
-# to send both at once, cost more CPU than the round trip it saved: 215 against 150 µs).
+# to send both at once, cost more CPU than the round trip it saved, 215 against 150 µs,
+# and the inline lease's test failed with it).
 #
 # It also sets idle_in_transaction_session_timeout to the lease for this transaction (in
 # the same round trip as the lock, not a SET LOCAL of its own): see lock_queued(). The
@@ -136,7 +137,8 @@ def lock_queued(session: Session, ids: Sequence[int], *, worker: str, inline_ok:
     hangs is cut off by idle_in_transaction_session_timeout, set to the lease. The others
     are for claim(): claimed for all to see (queued → running with a lease), computed after
     commit. With inline_ok False (a redelivered or republished message, which may be a job
-    that killed its worker) every job is for claim(), so each attempt is counted.
+    that killed its worker) every job is for claim(), so each attempt is counted. dispatch:
+    the message's dispatch row, deleted by the same statement (app.jobs.dispatch).
 
     Compute the inline jobs before claim() and finish(): their writes, the batch counters'
     row locks among them, then come at the end of the transaction.
