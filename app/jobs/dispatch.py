@@ -300,12 +300,16 @@ _STALE = text(
     "ORDER BY sent_at LIMIT :limit FOR UPDATE SKIP LOCKED"
 )
 #: Of a stale message's jobs, those still queued, due and not held by a running chunk.
-_STILL_QUEUED = text(
+#: Each is read by its key alone and tested outside the LIMIT: with the status inside, a
+#: fresh backlog's stale statistics sent the planner through the queued partial index,
+#: filtering it by id (a scan of the backlog per id: 0.45 ms each 5,000 jobs in).
+STILL_QUEUED_SQL = (
     "SELECT id FROM jobs WHERE id = ANY(ARRAY(SELECT j.id FROM unnest(CAST(:ids AS bigint[])) "
-    "AS u(id) CROSS JOIN LATERAL (SELECT id FROM jobs WHERE jobs.id = u.id "
-    "AND status = 'queued' AND (run_after IS NULL OR run_after <= now()) LIMIT 1) j)) "
+    "AS u(id) CROSS JOIN LATERAL (SELECT id, status, run_after FROM jobs WHERE jobs.id = u.id "
+    "LIMIT 1) j WHERE j.status = 'queued' AND (j.run_after IS NULL OR j.run_after <= now()))) "
     "ORDER BY id FOR UPDATE SKIP LOCKED"
 )
+_STILL_QUEUED = text(STILL_QUEUED_SQL)
 _RESEND = text("UPDATE dispatches SET sent_at = now(), ids = CAST(:ids AS bigint[]) "
                "WHERE id = :id")
 _FORGET = text("DELETE FROM dispatches WHERE id = :id")

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, create_engine, text
 
+from app.jobs.dispatch import STILL_QUEUED_SQL
 from app.jobs.execute import LOCK_QUEUED_SQL
 from app.ops.embedded import create_database, drop_database
 from app.store.db import array_literal, migrate, normalize_url
@@ -104,3 +105,22 @@ def test_the_lock_takes_the_message_s_dispatch_row_with_it(stale: Connection) ->
     stale.execute(text(LOCK_QUEUED_SQL), params).all()
     stale.commit()
     assert stale.execute(left, {"d": row}).scalar_one() == 0
+
+
+def test_a_lost_message_s_jobs_are_found_by_key_under_stale_statistics(
+    stale: Connection,
+) -> None:
+    """The relay's resend of a lost message reads its jobs by key, not the backlog."""
+    ids = list(stale.execute(text(
+        "SELECT id FROM jobs WHERE status = 'queued' ORDER BY id OFFSET 30000 LIMIT :n"),
+        {"n": CHUNK}).scalars())
+    explained = stale.execute(text("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + STILL_QUEUED_SQL),
+                              {"ids": array_literal(ids)}).scalar_one()
+    plan = (explained if isinstance(explained, list) else json.loads(explained))[0]["Plan"]
+    nodes = list(_nodes(plan))
+    scans = {n.get("Index Name") for n in nodes if n.get("Relation Name") == "jobs"}
+    assert scans == {"jobs_pkey"}, f"jobs read through {scans}"
+    assert plan["Actual Rows"] == CHUNK
+    buffers = plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]
+    assert buffers <= 2 * BUFFERS_PER_JOB * CHUNK, f"{buffers} buffers for {CHUNK} jobs"
+    stale.rollback()
