@@ -19,6 +19,7 @@ from app import jobs
 from app.config import get_settings
 from app.jobs import counts, delayed, dispatch, schedules
 from app.jobs.manage import SLICE
+from app.store import statistics
 from app.store.db import session_scope
 from workers import webhooks
 
@@ -45,6 +46,8 @@ class PassReport:
     pruned: int = 0
     #: jobs of batches whose cancel had stopped half way
     cancelled: int = 0
+    #: whether the planner's statistics of jobs were refreshed (app.store.statistics)
+    analyzed: bool = False
 
 
 def relay_pass(actor: str, prune: bool = True) -> PassReport:
@@ -56,6 +59,8 @@ def relay_pass(actor: str, prune: bool = True) -> PassReport:
     with session_scope() as session:
         counts.fold(session)  # keeps /metrics' read of job counts short
         report.released = delayed.release_due(session)
+    with session_scope() as session:
+        report.analyzed = statistics.refresh_jobs(session)
     with session_scope() as session:
         report.fired = schedules.fire_due(session, actor=actor)
     while True:
@@ -109,7 +114,7 @@ def run(stop: threading.Event | None = None, interval: float | None = None) -> N
             if prune:  # a full slice: more is waiting, so prune again next pass
                 next_prune = time.monotonic() + (0 if report.pruned >= SLICE else PRUNE_EVERY)
             if (report.expired or report.pended or report.resent or report.pruned
-                    or report.cancelled or report.released or report.fired):
+                    or report.cancelled or report.released or report.fired or report.analyzed):
                 log.info("relay: %s", report)
         except (OperationalError, redis.RedisError, OSError) as exc:
             log.warning("relay pass failed, will retry: %s", exc)

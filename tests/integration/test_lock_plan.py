@@ -1,4 +1,5 @@
-"""A chunk's lock reads its own jobs only, whatever the planner's statistics say.
+"""A chunk's lock reads its own jobs only, whatever the planner's statistics say; the relay
+refreshes them after a big upload.
 
 A fresh upload is a backlog the statistics have not seen: they still describe a table of
 finished jobs, so every partial index on queued jobs looks empty. The statement that locks
@@ -11,15 +12,19 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import Connection, create_engine, text
+from sqlalchemy.orm import Session
 
 from app.jobs.dispatch import STILL_QUEUED_SQL
 from app.jobs.execute import LOCK_QUEUED_SQL
+from app.jobs.manage import LOCK_CANCEL_BATCH_SQL
 from app.ops.embedded import create_database, drop_database
+from app.store import statistics
 from app.store.db import array_literal, migrate, normalize_url
 
 #: Finished jobs the statistics are taken over, and the backlog added after them.
@@ -124,3 +129,34 @@ def test_a_lost_message_s_jobs_are_found_by_key_under_stale_statistics(
     buffers = plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]
     assert buffers <= 2 * BUFFERS_PER_JOB * CHUNK, f"{buffers} buffers for {CHUNK} jobs"
     stale.rollback()
+
+
+def test_the_relay_refreshes_stale_statistics_and_a_batch_cancel_reads_its_own_jobs(
+    stale: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a big upload the relay's pass analyzes jobs (once), and plans that depend on
+    the statistics, such as a batch cancel's slice, stop reading the whole backlog."""
+    stale.execute(text("UPDATE jobs SET batch_id = 7, line = id WHERE status = 'queued'"))
+    stale.commit()
+
+    def slice_scans() -> set[str | None]:
+        explained = stale.execute(
+            text("EXPLAIN (FORMAT JSON) " + LOCK_CANCEL_BATCH_SQL), {"id": 7, "limit": 5000}
+        ).scalar_one()
+        plan = (explained if isinstance(explained, list) else json.loads(explained))[0]["Plan"]
+        stale.rollback()
+        return {n.get("Index Name") for n in _nodes(plan) if n.get("Relation Name") == "jobs"}
+
+    assert "jobs_console_queued" in slice_scans()  # the trap, as the statistics stand
+    monkeypatch.setattr(statistics, "MIN_INTERVAL", 0.0)  # the fixture analyzed just now
+    with Session(stale.engine) as session:
+        # The server's activity counters lag their transactions by up to a second.
+        deadline = time.monotonic() + 10
+        while not statistics.refresh_jobs(session) and time.monotonic() < deadline:
+            session.rollback()
+            time.sleep(0.2)
+        session.commit()
+    assert time.monotonic() < deadline, "the relay's refresh never analyzed"
+    assert slice_scans() <= {"jobs_pkey", "jobs_batch_line"}
+    with Session(stale.engine) as session:
+        assert not statistics.refresh_jobs(session)  # fresh now: nothing to do
