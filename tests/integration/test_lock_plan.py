@@ -68,26 +68,37 @@ def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _nodes(child)
 
 
+def _plan(conn: Connection, sql: str, params: dict[str, Any], options: str) -> dict[str, Any]:
+    """The statement's plan (EXPLAIN with these options, JSON), rolled back after."""
+    explained = conn.execute(text(f"EXPLAIN ({options}, FORMAT JSON) {sql}"),
+                             params).scalar_one()
+    conn.rollback()
+    return (explained if isinstance(explained, list) else json.loads(explained))[0]["Plan"]
+
+
+def _index_scans(plan: dict[str, Any]) -> set[str | None]:
+    return {n.get("Index Name") for n in _nodes(plan) if n.get("Relation Name") == "jobs"}
+
+
+def _assert_read_by_key(conn: Connection, sql: str, params: dict[str, Any], rows: int,
+                        buffers_per_job: int) -> None:
+    """Run the statement: it must read jobs through the primary key alone, its rows only."""
+    plan = _plan(conn, sql, params, "ANALYZE, BUFFERS")
+    assert _index_scans(plan) == {"jobs_pkey"}, f"jobs read through {_index_scans(plan)}"
+    assert plan["Actual Rows"] == rows
+    buffers = plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]
+    assert buffers <= buffers_per_job * rows, f"{buffers} buffers for {rows} jobs"
+
+
 def test_a_chunk_is_locked_by_key_under_stale_statistics(stale: Connection) -> None:
     ids = list(stale.execute(text(
         "SELECT id FROM jobs WHERE status = 'queued' ORDER BY id OFFSET 10000 LIMIT :n"),
         {"n": CHUNK}).scalars())
     # Unsorted and with a repeat, as a redelivered message's ids may be: each job once.
     shuffled = ids[::-1] + ids[:3]
-    explained = stale.execute(
-        text("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + LOCK_QUEUED_SQL),
-        {"ids": array_literal(shuffled), "idle": "60s", "dispatch": None}).scalar_one()
-    plan = (explained if isinstance(explained, list) else json.loads(explained))[0]["Plan"]
-    nodes = list(_nodes(plan))
-    scans = {n.get("Index Name") for n in nodes if n.get("Relation Name") == "jobs"}
-    assert scans == {"jobs_pkey"}, f"jobs read through {scans}"
-    assert plan["Actual Rows"] == CHUNK
-    buffers = plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]
-    assert buffers <= BUFFERS_PER_JOB * CHUNK, f"{buffers} buffers for {CHUNK} jobs"
-    stale.rollback()
-
-    locked = stale.execute(text(LOCK_QUEUED_SQL),
-                           {"ids": array_literal(shuffled), "idle": "60s", "dispatch": None}).all()
+    params = {"ids": array_literal(shuffled), "idle": "60s", "dispatch": None}
+    _assert_read_by_key(stale, LOCK_QUEUED_SQL, params, CHUNK, BUFFERS_PER_JOB)
+    locked = stale.execute(text(LOCK_QUEUED_SQL), params).all()
     assert [r.id for r in locked] == ids  # in id order, each once
     stale.rollback()
 
@@ -119,16 +130,9 @@ def test_a_lost_message_s_jobs_are_found_by_key_under_stale_statistics(
     ids = list(stale.execute(text(
         "SELECT id FROM jobs WHERE status = 'queued' ORDER BY id OFFSET 30000 LIMIT :n"),
         {"n": CHUNK}).scalars())
-    explained = stale.execute(text("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + STILL_QUEUED_SQL),
-                              {"ids": array_literal(ids)}).scalar_one()
-    plan = (explained if isinstance(explained, list) else json.loads(explained))[0]["Plan"]
-    nodes = list(_nodes(plan))
-    scans = {n.get("Index Name") for n in nodes if n.get("Relation Name") == "jobs"}
-    assert scans == {"jobs_pkey"}, f"jobs read through {scans}"
-    assert plan["Actual Rows"] == CHUNK
-    buffers = plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]
-    assert buffers <= 2 * BUFFERS_PER_JOB * CHUNK, f"{buffers} buffers for {CHUNK} jobs"
-    stale.rollback()
+    # Read twice by key: once to test each job, once to lock the ones that pass.
+    _assert_read_by_key(stale, STILL_QUEUED_SQL, {"ids": array_literal(ids)}, CHUNK,
+                        2 * BUFFERS_PER_JOB)
 
 
 def test_the_relay_refreshes_stale_statistics_and_a_batch_cancel_reads_its_own_jobs(
@@ -140,12 +144,8 @@ def test_the_relay_refreshes_stale_statistics_and_a_batch_cancel_reads_its_own_j
     stale.commit()
 
     def slice_scans() -> set[str | None]:
-        explained = stale.execute(
-            text("EXPLAIN (FORMAT JSON) " + LOCK_CANCEL_BATCH_SQL), {"id": 7, "limit": 5000}
-        ).scalar_one()
-        plan = (explained if isinstance(explained, list) else json.loads(explained))[0]["Plan"]
-        stale.rollback()
-        return {n.get("Index Name") for n in _nodes(plan) if n.get("Relation Name") == "jobs"}
+        return _index_scans(_plan(stale, LOCK_CANCEL_BATCH_SQL, {"id": 7, "limit": 5000},
+                                  "COSTS"))
 
     assert "jobs_console_queued" in slice_scans()  # the trap, as the statistics stand
     monkeypatch.setattr(statistics, "MIN_INTERVAL", 0.0)  # the fixture analyzed just now
