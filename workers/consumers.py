@@ -48,6 +48,10 @@ class ConsumersStep(bootsteps.StartStopStep):
         except redis.RedisError as exc:  # it expires by itself
             log.debug("worker registration not removed: %s", exc)
 
+    def terminate(self, w: Any) -> None:
+        """A cold shutdown stops it too (StartStopStep's own terminate only stops self.obj)."""
+        self.stop(w)
+
     def _renew(self, worker: str, processes: int) -> None:
         while not self.stopping.is_set():
             try:

@@ -216,6 +216,10 @@ class FastLaneStep(bootsteps.StartStopStep):
         """Stop this process's lane (pool processes stop their own as they exit)."""
         _stop()
 
+    def terminate(self, w: Any) -> None:
+        """A cold shutdown stops it too (StartStopStep's own terminate only stops self.obj)."""
+        self.stop(w)
+
 
 celery_app.steps["worker"].add(FastLaneStep)
 

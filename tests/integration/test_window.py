@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -55,3 +56,19 @@ def test_a_killed_worker_stops_counting_when_its_announcement_expires(
     window.register_consumer("alive@host", ["enumerate"], 1)  # any renewal prunes it
     assert client.hget(window.CONSUMERS, "dead@host|enumerate") is None
     window.unregister_consumer("alive@host", ["enumerate"])
+
+
+def test_a_cold_shutdown_takes_the_announcement_back(celery_app: Any, settings: Settings) -> None:
+    """A worker stopped cold (a second Ctrl-C, SIGQUIT) stops announcing its pool at once,
+    as a warm stop does: its processes no longer count toward the lanes' windows."""
+    from workers.consumers import ConsumersStep
+
+    client = redis.Redis.from_url(settings.redis_url or "")
+    worker = SimpleNamespace(app=celery_app, hostname="cold@host", concurrency=3)
+    step = ConsumersStep(worker)
+    step.create(worker)
+    step.start(worker)
+    _wait_registered(client, "cold@host|encode")
+    step.terminate(worker)
+    assert step.thread is not None and not step.thread.is_alive()
+    assert client.hget(window.CONSUMERS, "cold@host|encode") is None
