@@ -278,20 +278,14 @@ def _save_state(session: Session, lane: dict[str, Any], fair: Round) -> None:
 
 # --- taking and recovering -------------------------------------------------------------
 
-#: The worker's side: the message is taken. SKIP LOCKED: a duplicate of a message another
-#: worker is running (its row locked by that transaction) must not wait for it. Workers
-#: run it as part of the statement that locks the message's jobs (jobs.lock_queued).
+#: The worker's side: the message is taken, its row deleted in the transaction that takes
+#: its jobs, as part of the statement that locks them (jobs.lock_queued). SKIP LOCKED: a
+#: duplicate of a message another worker is running (its row locked by that transaction)
+#: must not wait for it.
 SETTLE_SQL = (
     "DELETE FROM dispatches WHERE id = (SELECT id FROM dispatches WHERE id = :dispatch "
     "FOR UPDATE SKIP LOCKED)"
 )
-_SETTLE = text(SETTLE_SQL)
-
-
-def settle(session: Session, dispatch: int | None) -> None:
-    """Delete a message's dispatch row in the transaction that takes its jobs."""
-    if dispatch is not None:
-        session.execute(_SETTLE, {"dispatch": dispatch})
 
 
 _STALE = text(

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.orm import Session
 
+from app import jobs
 from app.config import Settings
 from app.jobs import dispatch
 from app.jobs.keys import ensure_tenant
@@ -154,9 +155,11 @@ def test_max_running_caps_what_is_in_flight(tenants: dict[str, int]) -> None:
     with session_scope() as session:  # a worker takes one message of 50
         first = session.execute(text("SELECT min(id) FROM dispatches WHERE tenant_id = :t"),
                                 {"t": e}).scalar_one()
-        dispatch.settle(session, first)
-        session.execute(text("UPDATE jobs SET status = 'succeeded' WHERE id = ANY("
-                             "SELECT unnest(ids) FROM dispatches WHERE id = :d)"), {"d": first})
+        message = session.execute(text("SELECT ids FROM dispatches WHERE id = :d"),
+                                  {"d": first}).scalar_one()
+        jobs.lock_queued(session, message, worker="test", dispatch=first)
+        session.execute(text("UPDATE jobs SET status = 'succeeded' WHERE id = ANY(:ids)"),
+                        {"ids": list(message)})
     assert sum(len(s.ids) for s in fill(10)) == SIZE
 
 
