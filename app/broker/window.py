@@ -106,14 +106,19 @@ class RedisWindow:
         return max(1, min(self.max_chunk, int(self.target / max(cost, 1e-6))))
 
 
+def _announced(value: bytes) -> tuple[int, float]:
+    """(pool processes, expiry) of a CONSUMERS value."""
+    processes, _, expiry = value.decode().partition(" ")
+    return int(processes), float(expiry)
+
+
 def live_processes(consumers: dict[bytes, bytes], now: float) -> dict[str, int]:
     """Pool processes per queue of the registrations not yet expired (CONSUMERS' form)."""
     live: dict[str, int] = defaultdict(int)
     for field, value in consumers.items():
-        _worker, _, queue = field.decode().rpartition("|")
-        processes, _, expiry = value.decode().partition(" ")
-        if float(expiry) > now:
-            live[queue] += int(processes)
+        processes, expiry = _announced(value)
+        if expiry > now:
+            live[field.decode().rpartition("|")[2]] += processes
     return dict(live)
 
 
@@ -125,7 +130,7 @@ def register_consumer(worker: str, queues: Sequence[str], processes: int) -> Non
     client.hset(CONSUMERS, mapping={f"{worker}|{queue}": expiry for queue in queues})
     now = time.time()
     entries = cast(dict[bytes, bytes], client.hgetall(CONSUMERS))
-    stale = [f for f, v in entries.items() if float(v.decode().partition(" ")[2]) <= now]
+    stale = [f for f, v in entries.items() if _announced(v)[1] <= now]
     if stale:
         client.hdel(CONSUMERS, *stale)
 
