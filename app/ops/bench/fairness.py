@@ -20,6 +20,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from app.ops.bench.latency import submit_and_wait
 from app.ops.bench.report import machine
 from app.ops.bench.system import (
     Procs,
@@ -71,13 +72,7 @@ def single(client: httpx.Client, workload: str, tag: str) -> float:
     kind, params = WORKLOADS[workload]
     field = "text" if kind == "encode" else "query"
     started = time.perf_counter()
-    reply = client.post("/v1/jobs", json={"kind": kind, "params": {**params, field: tag}})
-    reply.raise_for_status()
-    job = reply.json()
-    while job["status"] in ("queued", "running"):
-        reply = client.get(f"/v1/jobs/{job['id']}", params={"wait": 30})
-        reply.raise_for_status()
-        job = reply.json()
+    job = submit_and_wait(client, {"kind": kind, "params": {**params, field: tag}}, wait=30)
     if job["status"] != "succeeded":
         raise RuntimeError(f"job {job['id']} ended {job['status']}")
     return (time.perf_counter() - started) * 1000

@@ -31,6 +31,19 @@ NAIVE_POLL = 0.001
 REST = 0.005
 
 
+def submit_and_wait(client: httpx.Client, body: dict[str, Any], *, one_request: bool = False,
+                    wait: float = 10) -> dict[str, Any]:
+    """Submit one job and long-poll it until terminal (GET ?wait, or POST ?wait first)."""
+    reply = client.post("/v1/jobs", json=body, params={"wait": wait} if one_request else None)
+    reply.raise_for_status()
+    job: dict[str, Any] = reply.json()
+    while job["status"] in ("queued", "running"):
+        reply = client.get(f"/v1/jobs/{job['id']}", params={"wait": wait})
+        reply.raise_for_status()
+        job = reply.json()
+    return job
+
+
 def single_job(client: httpx.Client, text: str, *, one_request: bool = False
                ) -> tuple[float, dict[str, float]]:
     """Submit one job and wait for `succeeded`: total ms and ms per stage.
@@ -39,14 +52,8 @@ def single_job(client: httpx.Client, text: str, *, one_request: bool = False
     /v1/jobs?wait answers once the job is done, in one request.
     """
     began, started = time.time(), time.perf_counter()
-    reply = client.post("/v1/jobs", json={"kind": "encode", "params": {"text": text}},
-                        params={"wait": 10} if one_request else None)
-    reply.raise_for_status()
-    job = reply.json()
-    while job["status"] in ("queued", "running"):
-        reply = client.get(f"/v1/jobs/{job['id']}", params={"wait": 10})
-        reply.raise_for_status()
-        job = reply.json()
+    job = submit_and_wait(client, {"kind": "encode", "params": {"text": text}},
+                          one_request=one_request)
     total = (time.perf_counter() - started) * 1000
     if job["status"] != "succeeded":
         raise RuntimeError(f"job {job['id']} ended {job['status']}: {job.get('error')}")
