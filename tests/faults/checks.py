@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
@@ -63,6 +64,24 @@ def wait_terminal(
             return time.monotonic()
         time.sleep(0.1)
     raise AssertionError(f"jobs above {since} not all terminal after {timeout:.0f}s: {counts}")
+
+
+def ride_out_failover(stack: Any, engine: Engine, client: httpx.Client, jobs: int
+                      ) -> tuple[float, Counter[str], list[str]]:
+    """After a server failed over mid-batch: every job terminal (workers the failover killed
+    are restarted meanwhile), each done once, and a new job goes through end to end.
+
+    Returns when the batch finished, its counts, and the workers that died.
+    """
+    died: list[str] = []
+    recovered = wait_terminal(engine, 0, every=lambda: died.extend(stack.revive_workers()))
+    counts = assert_consistent(engine, 0)
+    assert counts == {"succeeded": jobs}, stack.tails()
+    r = client.post("/v1/jobs", json={"kind": "encode", "params": {"text": "after"}})
+    assert r.status_code == 201, r.text
+    done = client.get(f"/v1/jobs/{r.json()['id']}", params={"wait": 30})
+    assert done.json()["status"] == "succeeded", done.text
+    return recovered, counts, died
 
 
 def _rows(session: Session, sql: str, since: int) -> list[Any]:

@@ -92,15 +92,7 @@ def test_primary_killed_mid_batch_nothing_lost(
         injected = time.monotonic()
         pair.fail_over()
         promoted = time.monotonic()
-        died: list[str] = []
-        recovered = checks.wait_terminal(engine, 0,
-                                         every=lambda: died.extend(stack.revive_workers()))
-        counts = checks.assert_consistent(engine, 0)
-        assert counts == {"succeeded": BATCH}, stack.tails()
-        r = client.post("/v1/jobs", json={"kind": "encode", "params": {"text": "after"}})
-        assert r.status_code == 201, r.text
-        done = client.get(f"/v1/jobs/{r.json()['id']}", params={"wait": 30})
-        assert done.json()["status"] == "succeeded", done.text
+        recovered, counts, died = checks.ride_out_failover(stack, engine, client, BATCH)
     assert {name: stack[name].popen for name in ours} == ours, "api or relay restarted"
     assert not died, f"workers died at the failover: {died}\n{stack.tails()}"
     recovery.note("PostgreSQL: primary SIGKILL → standby promoted", promoted - injected)

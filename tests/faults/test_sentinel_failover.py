@@ -117,16 +117,8 @@ def test_master_killed_mid_batch_nothing_lost(
         old = cluster.kill_master()
         cluster.wait_promoted(old)
         promoted = time.monotonic()
-        died: list[str] = []
-        recovered = checks.wait_terminal(engine, 0,
-                                         every=lambda: died.extend(stack.revive_workers()))
-        counts = checks.assert_consistent(engine, 0)
-        assert counts == {"succeeded": BATCH}, stack.tails()
         # After the failover a new job goes through the promoted master, end to end.
-        r = client.post("/v1/jobs", json={"kind": "encode", "params": {"text": "after"}})
-        assert r.status_code == 201, r.text
-        done = client.get(f"/v1/jobs/{r.json()['id']}", params={"wait": 30})
-        assert done.json()["status"] == "succeeded", done.text
+        recovered, counts, died = checks.ride_out_failover(stack, engine, client, BATCH)
     assert cluster.master_port() != old
     assert {name: stack[name].popen for name in ours} == ours, "api or relay restarted"
     assert all(stack[name].alive for name in ours), stack.tails()
