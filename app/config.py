@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     #: Seconds a request body may take to deliver each block of an upload, or a JSON body
     #: whole (408 beyond): a client that trickles its body holds a transaction no longer.
     body_timeout: float = Field(30.0, gt=0)
+    #: Long-polls (GET or POST /v1/jobs ?wait) one tenant may hold open in one api process;
+    #: beyond it a ?wait is answered at once, as without it. 0: no limit.
+    max_long_polls_per_tenant: int = Field(1000, ge=0)
     #: Database connections each process keeps, may add under load, and waits for when all
     #: are taken (then the api answers 503 with Retry-After).
     db_pool_size: int = Field(10, ge=1)

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -77,6 +77,8 @@ class Waiters:
         #: jobs just announced whole: see RecentlyFinished
         self.recent = RecentlyFinished()
         self._events: dict[int, set[Watch]] = {}
+        #: open long-polls per tenant (see waiting)
+        self._open: dict[int, int] = {}
         self._task: asyncio.Task[None] | None = None
         #: Called with the id of every key revoked anywhere (see app.api.keycache).
         self._on_key_revoked = on_key_revoked
@@ -133,6 +135,25 @@ class Waiters:
             for watch in self._events.get(job_id, ()):
                 watch.final = finals.get(job_id)
                 watch.set()
+
+    @contextlib.contextmanager
+    def waiting(self, tenant_id: int, limit: int) -> Iterator[bool]:
+        """Whether the tenant may hold one more long-poll here (limit 0: any number); the
+        long-poll counts while inside the block."""
+        if limit and self._open.get(tenant_id, 0) >= limit:
+            yield False
+            return
+        self._open[tenant_id] = self._open.get(tenant_id, 0) + 1
+        try:
+            yield True
+        finally:
+            self._open[tenant_id] -= 1
+            if not self._open[tenant_id]:
+                del self._open[tenant_id]
+
+    def open_long_polls(self, tenant_id: int) -> int:
+        """Long-polls the tenant holds open in this process."""
+        return self._open.get(tenant_id, 0)
 
     @contextlib.contextmanager
     def watch(self, job_id: int):  # type: ignore[no-untyped-def]

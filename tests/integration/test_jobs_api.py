@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from app.config import get_settings
 from app.core.canonical import sha256_hex
 from app.store.db import session_scope
 from app.store.models import AuditEvent, Decision, Job, Result
@@ -193,3 +196,33 @@ def test_submit_with_wait_is_bounded(api: TestClient, key_a: str) -> None:
     reply = api.post("/v1/jobs", params={"wait": 61}, headers=auth(key_a),
                      json={"kind": "encode", "params": {"text": "x"}})
     assert reply.status_code == 422 and "wait" in reply.text
+
+
+def test_a_tenant_over_its_long_poll_limit_is_answered_at_once(
+    api: TestClient, key_a: str, key_b: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Open long-polls per tenant are bounded by a setting: one more is answered as a plain
+    read, and another tenant's long-polls are neither refused nor counted against it."""
+    monkeypatch.setattr(get_settings(), "max_long_polls_per_tenant", 1)
+    later = {"kind": "encode", "params": {"text": "later"}, "delay": 3600}
+    held = {key: api.post("/v1/jobs", headers=auth(key), json=later).json()["id"]
+            for key in (key_a, key_b)}
+    with session_scope() as s:
+        tenant = {key: s.get(Job, job_id).tenant_id for key, job_id in held.items()}
+    polls = [threading.Thread(target=api.get, args=(f"/v1/jobs/{job_id}",),
+                              kwargs={"params": {"wait": 3}, "headers": auth(key)})
+             for key, job_id in held.items()]
+    for poll in polls:
+        poll.start()
+    waiters = api.app.state.waiters
+    deadline = time.monotonic() + 10
+    while not all(waiters.open_long_polls(t) == 1 for t in tenant.values()):
+        assert time.monotonic() < deadline, "the long-polls never opened"
+        time.sleep(0.01)
+    over = api.post("/v1/jobs", params={"wait": 3}, headers=auth(key_a), json=later)
+    assert over.status_code == 201 and over.json()["status"] == "queued"
+    assert all(poll.is_alive() for poll in polls)  # answered while they wait: it did not
+    for poll in polls:
+        poll.join()
+    for key, job_id in [*held.items(), (key_a, over.json()["id"])]:
+        api.post(f"/v1/jobs/{job_id}/cancel", headers=auth(key))

@@ -28,6 +28,8 @@ from app.api.schemas import (
     Kind,
     Status,
 )
+from app.api.waiters import Waiters
+from app.config import get_settings
 from app.core.status import TERMINAL
 from app.jobs import audit, delayed, reads
 from app.jobs.admission import check_cap, check_submission
@@ -155,6 +157,14 @@ async def _until_terminal(request: Request, principal: Principal, job_id: int,
     the caller just wrote it: it stands for the first read unless the job was announced.
     """
     waiters = request.app.state.waiters
+    with waiters.waiting(principal.tenant_id, get_settings().max_long_polls_per_tenant) as ok:
+        # Over the tenant's limit: one look, no wait (the job as it is, as wait=0 answers).
+        return await _poll(waiters, principal, job_id, deadline if ok else 0.0, known)
+
+
+async def _poll(waiters: Waiters, principal: Principal, job_id: int, deadline: float,
+                known: JobRead | None) -> JobRead:
+    """_until_terminal's loop, for a long-poll the tenant's limit admitted (or one look)."""
     while True:
         with waiters.watch(job_id) as changed:
             final = waiters.recent.get(job_id)
