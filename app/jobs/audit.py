@@ -90,6 +90,36 @@ def link_at(
     return Link(job_id, seq, event_type, actor, at, details, prev, chain_hash(prev, body))
 
 
+@dataclass(frozen=True, slots=True)
+class FirstLink:
+    """A job's "submitted" event before its id is known, so the id can come from the insert.
+
+    Its canonical JSON has the job id between everything sorted before it (actor, at,
+    details) and after it (seq, type): the statement that takes the id from the sequence
+    hashes prefix ‖ id ‖ suffix itself (sha256 in SQL), saving the round trip of
+    reserving the id first. hash_for() gives the same hash in Python (a test holds both
+    to link()).
+    """
+
+    actor: str
+    created_at: datetime
+    details: dict[str, Any]
+    prefix: bytes
+    suffix: bytes
+
+    def hash_for(self, job_id: int) -> str:
+        """The event's hash once the job has this id."""
+        return hashlib.sha256(self.prefix + str(job_id).encode() + self.suffix).hexdigest()
+
+
+def first_link(actor: str, details: dict[str, Any], at: datetime | None = None) -> FirstLink:
+    """A job's first link ("submitted", seq 1, after GENESIS), its id left open."""
+    at = at or datetime.now(UTC)
+    before = canonical({"actor": actor, "at": timestamp(at), "details": details})
+    prefix = GENESIS.encode() + before[:-1] + b',"job_id":'
+    return FirstLink(actor, at, details, prefix, b',"seq":1,"type":"submitted"}')
+
+
 class SubmittedEvents:
     """The first event ("submitted") of many batch jobs of one moment, built from a template.
 

@@ -35,3 +35,24 @@ def test_submitted_template_equals_the_generic_link(
     assert len(fields) == len(audit.COLUMNS)
     assert fields[1:5] == ["1", "submitted", pgcopy.text_value(actor), stamp]
     assert json.loads(fields[5]) == generic.details
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    actor=st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1),
+    job_id=st.integers(1, 2**63 - 1),
+    kind=st.sampled_from(["encode", "enumerate", "evaluate", "test_sleep"]),
+    priority=st.sampled_from(["high", "normal", "low"]),
+    attempts=st.integers(1, 100),
+    at=st.datetimes(timezones=st.just(UTC)),
+)
+def test_first_link_hashed_around_its_id_equals_the_generic_link(
+    actor: str, job_id: int, kind: str, priority: str, attempts: int, at: datetime
+) -> None:
+    # A single submission's statement hashes prefix ‖ id ‖ suffix in SQL (sha256 of the
+    # id's decimal text): the same bytes as the event's canonical JSON after GENESIS.
+    details = {"kind": kind, "priority": priority, "max_attempts": attempts}
+    first = audit.first_link(actor, details, at)
+    generic = audit.link(job_id, 0, "", "submitted", actor, details, at)
+    assert first.hash_for(job_id) == generic.hash
+    assert first.prefix.startswith(audit.GENESIS.encode())
