@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from app.api import errors
+from app.api.hot import HotJobs
 from app.api.keycache import KeyCache
 from app.api.limits import BodyLimit
 from app.api.observe import RequestMetrics
@@ -64,6 +65,7 @@ def create_app() -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(schedules.router)
     install_console(app)
+    app.add_middleware(HotJobs)  # innermost: inside the limits, metrics and tracing
     app.add_middleware(BodyLimit, default=settings.max_body_bytes,
                        overrides={"/v1/batches": settings.max_batch_body_bytes},
                        json={"/v1/batches": settings.max_json_batch_bytes})

@@ -15,7 +15,7 @@ from pydantic import BeforeValidator
 from sqlalchemy.orm import Session
 
 from app import jobs
-from app.api.deps import MAX_ID, IdPath, PrincipalDep, SessionDep
+from app.api.deps import MAX_ID, IdPath, PrincipalDep, SessionDep, get_principal
 from app.api.errors import ApiError
 from app.api.schemas import (
     ERRORS,
@@ -91,6 +91,18 @@ async def create_job(
         "as GET /v1/jobs/{id}?wait does, saving the producer that second request"))] = 0,
 ) -> Response:
     """Submit one job; 200 with the existing job if the idempotency key was seen."""
+    return await _submitted(request, principal, job_in, idempotency_key, wait)
+
+
+async def submit(request: Request, job_in: JobCreate, idempotency_key: str | None,
+                 wait: float) -> Response:
+    """create_job for app.api.hot, which has checked the body, header and query."""
+    return await _submitted(request, await get_principal(request), job_in, idempotency_key,
+                            wait)
+
+
+async def _submitted(request: Request, principal: Principal, job_in: JobCreate,
+                     idempotency_key: str | None, wait: float) -> Response:
     deadline = time.monotonic() + wait
     job, status = await run_in_threadpool(_create, job_in, principal, idempotency_key)
     if wait > 0 and job.status not in TERMINAL:
@@ -142,6 +154,16 @@ async def read_job(
     wait: Annotated[float, Query(ge=0, le=60, description="long-poll seconds")] = 0,
 ) -> Response:
     """The job; with wait=S, block up to S seconds until it reaches a terminal state."""
+    return await _answer_read(request, principal, job_id, wait)
+
+
+async def read(request: Request, job_id: int, wait: float) -> Response:
+    """read_job for app.api.hot, which has checked the path and query."""
+    return await _answer_read(request, await get_principal(request), job_id, wait)
+
+
+async def _answer_read(request: Request, principal: Principal, job_id: int, wait: float
+                       ) -> Response:
     if wait <= 0:  # a plain read always asks PostgreSQL: what is stored now
         job, _done = await run_in_threadpool(_read, principal, job_id)
         return _json(job)
