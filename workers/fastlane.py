@@ -30,7 +30,7 @@ from celery.signals import worker_process_init, worker_process_shutdown
 
 from app.broker import window
 from app.broker.celery_app import celery_app
-from app.broker.fastlane import FAST_QUEUE, fast_keys, parse
+from app.broker.fastlane import FAST_QUEUE, Fresh, fast_keys, parse, priority_of
 from app.broker.queues import TASK_NAME
 from app.config import get_settings
 
@@ -141,11 +141,16 @@ class FastLane:
                 continue
             if item is not None:
                 key, message = item
-                self._run_job(keys.index(key.decode() if isinstance(key, bytes) else key),
-                              *parse(message))
+                try:
+                    job_id, dispatch, fresh = parse(message)
+                except ValueError as exc:  # its dispatch row stays: the relay sends it again
+                    log.warning("fast lane: message dropped: %s", exc)
+                    continue
+                self._run_job(priority_of(key), job_id, dispatch, fresh)
 
-    def _run_job(self, priority: int, job_id: int, dispatch: int) -> None:
-        """Run one job as a fresh message would; if that fails, hand it to Celery, claim first.
+    def _run_job(self, priority: int, job_id: int, dispatch: int, fresh: Fresh | None) -> None:
+        """Run one job, from its message when it carries it, else as a fresh message would;
+        if that fails, hand it to Celery, claim first.
 
         As a Celery task would retry it (autoretry_for), but at once: the job is still
         queued (its transaction rolled back), and that run claims it before computing, so
@@ -154,6 +159,10 @@ class FastLane:
         from workers import tasks
 
         started = time.time()
+        if fresh is not None and self._run_fresh(job_id, dispatch, fresh):
+            if self._events is not None:
+                self._events.ran(job_id, started, time.time(), 1)
+            return
         try:
             ran = tasks.execute_chunk([job_id], worker=self.worker, claim_first=False,
                                       dispatch=dispatch)
@@ -168,6 +177,17 @@ class FastLane:
             return
         if self._events is not None:
             self._events.ran(job_id, started, time.time(), ran)
+
+    def _run_fresh(self, job_id: int, dispatch: int, fresh: Fresh) -> bool:
+        """tasks.run_fresh; False (run it the usual way) when it did not finish the job."""
+        from workers import tasks
+
+        try:
+            return tasks.run_fresh(job_id, dispatch, fresh, worker=self.worker)
+        except Exception as exc:  # the usual way finds what is left to do, if anything
+            log.warning("fast lane: job %d run the usual way after %s: %s", job_id,
+                        type(exc).__name__, exc)
+            return False
 
     def _send_events(self) -> None:
         assert self._events is not None

@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 import workers.observe  # noqa: F401  (heartbeats, log format, metrics flushes)
 from app import core, jobs
 from app.broker import notify
+from app.broker.fastlane import Fresh
 from app.broker.queues import TASK_NAME
 from app.broker.window import observe
 from app.jobs import kinds
@@ -100,6 +101,26 @@ def execute_chunk(ids: Sequence[int], *, worker: str, claim_first: bool = False,
     if ran:
         observe(ran[0].kind, computing, len(ran))
     return len(ran)
+
+
+def run_fresh(job_id: int, dispatch: int, fresh: Fresh, *, worker: str) -> bool:
+    """Run a fast-lane job from its message: compute, then one statement (jobs.finish_fresh).
+
+    False when that was not done and nothing was written: the job failed (its error and
+    attempts are the usual path's to record), it is no longer the job its message carries,
+    or tracing is on (a job's span needs its traceparent, read with the job). The caller
+    then runs it with execute_chunk.
+    """
+    if tracing.enabled():
+        return False
+    job = jobs.fresh_job(job_id, fresh, worker)
+    outcome = compute(job)
+    if outcome.error is not None or not jobs.finish_fresh(outcome, worker=worker,
+                                                          dispatch=dispatch):
+        return False
+    notify.finished([job_id], jobs.finished_jobs([outcome]))
+    observe(job.kind, outcome.seconds, 1)
+    return True
 
 
 def _persist(outcomes: list[jobs.Outcome], *, worker: str) -> None:

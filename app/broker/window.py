@@ -11,7 +11,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import redis
 
@@ -58,6 +58,8 @@ class Sent:
     #: goes to the head of its lane, before the messages waiting there: its tenant had
     #: none in the window, so deficit round robin serves it before them
     ahead: bool = False
+    #: a fast-lane job as it was stored, for its message (app.broker.fastlane.Fresh)
+    fresh: Any = None
 
 
 def _client() -> redis.Redis:

@@ -17,7 +17,9 @@ from app.jobs.execute import (
     claim,
     error_info,
     finish,
+    finish_fresh,
     finished_jobs,
+    fresh_job,
     lock_queued,
 )
 from app.jobs.leases import renew_leases
@@ -68,7 +70,9 @@ __all__ = [
     "expire_leases",
     "find_keyed",
     "finish",
+    "finish_fresh",
     "finished_jobs",
+    "fresh_job",
     "lock_queued",
     "mark_cancelling",
     "move_counters",

@@ -8,7 +8,7 @@ import operator
 import random
 import time
 import traceback
-from collections import Counter
+from collections import Counter, namedtuple
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,6 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from app.broker.fastlane import Fresh
 from app.config import get_settings
 from app.core.canonical import canonical_json
 from app.core.status import JobStatus
@@ -30,7 +31,14 @@ from app.jobs.dispatch import SETTLE_SQL
 from app.observe import tracing
 from app.observe.logs import job_fields
 from app.store import pgcopy
-from app.store.db import array_literal, driver_rows, driver_sql, hex_array_literal
+from app.store.db import (
+    array_literal,
+    conn_rows,
+    driver_autocommit,
+    driver_rows,
+    driver_sql,
+    hex_array_literal,
+)
 from app.store.models import Decision
 
 Q, R, S, D = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.DEAD
@@ -349,6 +357,95 @@ def _succeed(session: Session, outcomes: list[Outcome], worker: str) -> Moves:
     webhooks.record_job_events(session, "job.succeeded",
                                [(r.id, r.tenant_id, r.batch_id) for r in rows])
     return _moves(outcomes, [(r.id, r.batch_id, S) for r in rows])
+
+
+# --- a fast-lane job, run from its message -------------------------------------------
+
+def fresh_job(job_id: int, fresh: Fresh, worker: str) -> LockedJob:
+    """A fast-lane job as its message has it, to compute before anything is read or locked.
+
+    It is its first attempt: the message is sent once, right after the job is stored, and
+    finish_fresh() writes nothing unless the row is still exactly that job.
+    """
+    now = datetime.now(UTC)
+    head = audit.link_at(job_id, 1, fresh.head, "started", worker, {"attempt": 1}, now,
+                         audit.timestamp(now))
+    return LockedJob(job_id, fresh.kind, fresh.params, 1, fresh.max_attempts - 1, None, head,
+                     inline=True, priority=fresh.priority, first=True, taken=time.monotonic())
+
+
+# A fast-lane job computed from its message, finished in one statement and one commit
+# (autocommit): no BEGIN, no lock statement before computing, no COMMIT of its own. The
+# job is locked by key (SKIP LOCKED: a worker holding it is running it) and changed only
+# if it is still the job the message carries, untouched since it was stored: queued, no
+# attempt yet, the audit chain at its "submitted" event, same kind and params, due, and
+# no batch's. Anything else (a duplicate message, a cancel, a retry, another worker) and
+# nothing is written: the lane then runs the job the usual way (execute_chunk), which
+# settles the message. Webhook deliveries of job.succeeded are recorded in the same
+# statement (as webhooks.record_job_events does in a chunk's transaction).
+FINISH_FRESH_SQL = """
+WITH won AS (
+  UPDATE jobs SET status = 'succeeded', finished_at = statement_timestamp(),
+         lease_until = NULL, error = NULL, attempt = 1, worker = :worker,
+         started_at = now(), updated_at = statement_timestamp(),
+         audit_seq = :seq, audit_head = :head
+  WHERE jobs.id = (SELECT j.id FROM jobs j WHERE j.id = :id FOR UPDATE SKIP LOCKED)
+    AND jobs.status = 'queued' AND jobs.attempt = 0 AND jobs.audit_seq = 1
+    AND jobs.audit_head = :prev_head AND jobs.batch_id IS NULL AND jobs.kind = :kind
+    AND jobs.params = CAST(:params AS jsonb)
+    AND (jobs.run_after IS NULL OR jobs.run_after <= now())
+  RETURNING jobs.id, jobs.batch_id, jobs.tenant_id, jobs.line, jobs.kind, jobs.params,
+            jobs.priority, jobs.status, jobs.attempt, jobs.max_attempts, jobs.run_after,
+            jobs.worker, jobs.error, jobs.idempotency_key, jobs.ref, jobs.created_at,
+            jobs.started_at, jobs.finished_at,
+            extract(epoch FROM now() - jobs.created_at) AS waited),
+settled AS (
+  DELETE FROM dispatches WHERE id = (SELECT id FROM dispatches WHERE id = :dispatch
+                                     FOR UPDATE SKIP LOCKED)
+    AND EXISTS (SELECT 1 FROM won)),
+res AS (
+  INSERT INTO results (job_id, result, result_sha256)
+  SELECT id, CAST(:result AS jsonb), :sha FROM won),
+ev AS (""" + audit.EVENTS_FROM_ARRAYS + """  JOIN won ON won.id = e.job_id),
+hooks AS (
+  INSERT INTO webhook_deliveries (endpoint_id, tenant_id, event, job_id)
+  SELECT e.id, e.tenant_id, 'job.succeeded', won.id
+  FROM won JOIN webhook_endpoints e ON e.tenant_id = won.tenant_id
+  WHERE 'job.succeeded' = ANY(e.events))
+SELECT * FROM won
+"""
+_FINISH_FRESH = driver_sql(text(FINISH_FRESH_SQL))
+#: A finished job's columns, as SUCCEED_WITH_ROWS_SQL returns them (see finished_jobs).
+_FinishedRow = namedtuple("_FinishedRow", (
+    "id batch_id tenant_id line kind params priority status attempt max_attempts run_after "
+    "worker error idempotency_key ref created_at started_at finished_at"))
+
+
+def finish_fresh(o: Outcome, *, worker: str, dispatch: int) -> bool:
+    """Write a fast-lane job's success from its message, if its row is still that job.
+
+    One statement in autocommit: the job, its result, its "started" and "succeeded"
+    events, its webhook deliveries and its message's settling, committed together.
+    False (nothing written) when the row is not the job the message carries.
+    """
+    at = datetime.now(UTC)
+    encoded = canonical_json(o.result)
+    o.canonical, o.sha = encoded.decode(), hashlib.sha256(encoded).hexdigest()
+    o.links = _success_links(o, worker, at, audit.timestamp(at))
+    last = o.links[-1]
+    with driver_autocommit() as conn:
+        rows = conn_rows(conn, _FINISH_FRESH, {
+            "id": o.job.id, "worker": worker, "seq": last.seq, "head": last.hash,
+            "prev_head": o.job.head.prev_hash, "kind": o.job.kind,
+            "params": orjson.dumps(o.job.params).decode(), "dispatch": dispatch,
+            "result": o.canonical, "sha": o.sha, **audit.arrays([o.job.head, *o.links])})
+    if not rows:
+        return False
+    *columns, waited = rows[0]
+    o.row = _FinishedRow._make(columns)
+    o.job.waited, o.job.tenant_id = float(waited), o.row.tenant_id
+    metrics.ran_fresh(o)
+    return True
 
 
 def finished_jobs(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:

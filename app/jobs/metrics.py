@@ -177,6 +177,15 @@ def succeeded(session: Session, kept: Sequence[Any]) -> None:
                                  for o in kept))
 
 
+def ran_fresh(o: Any) -> None:
+    """started() and succeeded() of a fast-lane job written in autocommit (it has committed)."""
+    job = o.job
+    record(QUEUE_WAIT, (job.kind, PRIORITY_NAMES[job.priority]), job.waited)
+    record(OUTCOMES, (job.kind, "succeeded"))
+    record(RUN_SECONDS, (job.kind,), o.seconds)
+    record(LATENCY, (job.kind,), job.waited + time.monotonic() - job.taken)
+
+
 def failed(session: Session, outcomes: Sequence[Any], rows: Sequence[Any]) -> None:
     """Failed attempts (rows: id, status of each job written): dead or retried."""
     by_id = {o.job.id: o for o in outcomes}

@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app import core
+from app.broker.fastlane import Fresh
 from app.broker.window import Sent
 from app.config import get_settings
 from app.jobs import audit, counts, kinds, metrics
@@ -115,13 +116,17 @@ def submit(
         assert existing is not None
         return existing, False
     *columns, dispatch = rows[0]
+    job = JobRow._make(columns)
     if dispatch is not None:
         # The fast lane only when the lane has room: a job sent ahead of a full lane (its
-        # tenant's first) takes its fair turn through Celery, not a side door.
-        schedule_publish(session, Sent(dispatch, kind, lane, [columns[0]], ahead=not room),
-                         fast=room and runs_inline(kind, clean))
+        # tenant's first) takes its fair turn through Celery, not a side door. Its message
+        # carries the job as stored, so the lane can run it before reading it.
+        fast = room and runs_inline(kind, clean)
+        fresh = Fresh(kind, clean, lane, attempts, job.audit_head) if fast else None
+        schedule_publish(session, Sent(dispatch, kind, lane, [job.id], ahead=not room,
+                                       fresh=fresh), fast=fast)
     metrics.submitted(session, {(kind, lane): 1})
-    return JobRow._make(columns), True
+    return job, True
 
 
 #: The tenant's job submitted with an idempotency key.

@@ -143,6 +143,9 @@ def record_claim_first(monkeypatch: pytest.MonkeyPatch, first_raises: Exception 
     jobs, e.g. an unpublished one the relay sends late, are run but not recorded.)"""
     claim_first: list[bool] = []
     real_execute = tasks.execute_chunk
+    # Chunks are what is recorded: the fast lane must run its jobs as chunks, not from
+    # their messages (which compute before locking anything: test_fresh_lane.py).
+    monkeypatch.setattr(tasks, "run_fresh", lambda *args, **kwargs: False)
     with session_scope() as s:
         floor = s.execute(text("SELECT coalesce(max(id), 0) FROM jobs")).scalar_one()
 
