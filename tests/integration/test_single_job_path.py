@@ -85,3 +85,24 @@ def from_database(key: str, job_id: int) -> dict[str, Any]:
         principal = keys.authenticate(s, key)
     assert principal is not None
     return _read(principal, job_id)[0].model_dump(mode="json")
+
+
+def test_a_long_poll_after_submission_sees_a_cancel_made_meanwhile(
+    api: TestClient, key_a: str, key_b: str
+) -> None:
+    """The api remembers a job it just stored, so the long-poll that follows needs no read
+    first; a change nobody announces (a cancel) is still seen, at the poll fallback."""
+    created = api.post("/v1/jobs", json={"kind": "encode", "params": {"text": "remembered"},
+                                         "delay": 600}, headers=auth(key_a))
+    assert created.status_code == 201
+    job_id = created.json()["id"]
+    assert api.app.state.waiters.submitted.get(job_id) is not None  # type: ignore[attr-defined]
+    cancelled = api.post(f"/v1/jobs/{job_id}/cancel", headers=auth(key_a))
+    assert cancelled.json()["status"] == "cancelled"
+    started = time.monotonic()
+    reply = api.get(f"/v1/jobs/{job_id}", params={"wait": 20}, headers=auth(key_a))
+    assert reply.json()["status"] == "cancelled"
+    assert time.monotonic() - started < 10  # seen at the fallback read, not at the deadline
+    # another tenant's key is refused as ever, remembered or not
+    assert api.get(f"/v1/jobs/{job_id}", params={"wait": 1},
+                   headers=auth(key_b)).status_code == 404

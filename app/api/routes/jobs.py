@@ -105,6 +105,8 @@ async def _submitted(request: Request, principal: Principal, job_in: JobCreate,
                      idempotency_key: str | None, wait: float) -> Response:
     deadline = time.monotonic() + wait
     job, status = await run_in_threadpool(_create, job_in, principal, idempotency_key)
+    if status == 201 and job.status not in TERMINAL:  # for the long-poll that follows
+        request.app.state.waiters.submitted.add(job.id, principal.tenant_id, job)
     if wait > 0 and job.status not in TERMINAL:
         job = await _until_terminal(request, principal, job.id, deadline, known=job)
     return _json(job, status)
@@ -176,9 +178,15 @@ async def _until_terminal(request: Request, principal: Principal, job_id: int,
 
     The watch is registered before each look, so no notification slips between. A job its
     worker announced a moment ago needs no read (waiters.recent). `known` is the job as
-    the caller just wrote it: it stands for the first read unless the job was announced.
+    the caller just wrote it, or as this process stored it a moment ago (waiters.submitted,
+    if the caller's tenant may see it): it stands for the first read unless the job was
+    announced.
     """
     waiters = request.app.state.waiters
+    if known is None:
+        stored = waiters.submitted.get(job_id)
+        if stored is not None and (stored[0] == principal.tenant_id or principal.is_admin):
+            known = stored[1]
     with waiters.waiting(principal.tenant_id, get_settings().max_long_polls_per_tenant) as ok:
         # Over the tenant's limit: one look, no wait (the job as it is, as wait=0 answers).
         return await _poll(waiters, principal, job_id, deadline if ok else 0.0, known)
