@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from app.broker import window
 from app.broker.notify import redis_client
 from app.broker.window import Sent
 from app.config import get_settings
@@ -59,16 +60,28 @@ def priority_of(key: bytes | str) -> int:
 
 
 def send(sent: Sequence[Sent]) -> None:
-    """LPUSH recorded one-job messages to the fast lane; raises as window.send does."""
-    client = redis_client(get_settings().redis_url or "")
+    """LPUSH recorded one-job messages to the fast lane; raises as window.send does.
+
+    Each push also reads the length of its kind's Celery lane, in the same round trip,
+    for the next submission's window.lane_has_room.
+    """
+    pipe = redis_client(get_settings().redis_url or "").pipeline(transaction=False)
+    lanes = []
     for s in sent:
         if s.fresh is None:
-            client.lpush(FAST_KEYS[s.priority], f"{s.ids[0]}:{s.dispatch}")
-            continue
-        f: Fresh = s.fresh
-        client.lpush(FRESH_KEYS[s.priority], orjson.dumps({
-            "id": s.ids[0], "dispatch": s.dispatch, "kind": f.kind, "params": f.params,
-            "priority": f.priority, "max_attempts": f.max_attempts, "head": f.head}))
+            pipe.lpush(FAST_KEYS[s.priority], f"{s.ids[0]}:{s.dispatch}")
+        else:
+            f: Fresh = s.fresh
+            pipe.lpush(FRESH_KEYS[s.priority], orjson.dumps({
+                "id": s.ids[0], "dispatch": s.dispatch, "kind": f.kind, "params": f.params,
+                "priority": f.priority, "max_attempts": f.max_attempts, "head": f.head}))
+        lanes.append(window.lane_key(s.kind, s.priority))
+        pipe.llen(lanes[-1])
+    if not lanes:
+        return
+    replies = pipe.execute()
+    for key, length in zip(lanes, replies[1::2], strict=True):
+        window.saw_length(key, int(length))
 
 
 def parse(message: bytes | str) -> tuple[int, int, Fresh | None]:

@@ -17,7 +17,7 @@ import redis
 from sqlalchemy import text
 
 from app import jobs
-from app.broker import fastlane
+from app.broker import fastlane, window
 from app.broker.fastlane import Fresh
 from app.broker.window import Sent
 from app.config import Settings, get_settings
@@ -152,3 +152,12 @@ def test_the_lane_takes_both_message_forms_and_survives_a_bad_one(settings: Sett
         assert time.monotonic() < deadline, "the lane did not run both jobs"
         time.sleep(0.05)
     assert [stored(i)["results"] for i in (new_id, old_id)] == [1, 1]
+
+
+def test_a_push_notes_its_lanes_length_for_the_next_submission(settings: Settings) -> None:
+    job_id, dispatch, fresh = unsent("noted")
+    key = window.lane_key("encode", fresh.priority)
+    window._lengths.pop(key, None)
+    fastlane.send([Sent(dispatch, "encode", fresh.priority, [job_id], fresh=fresh)])
+    length, _ = window._lengths[key]
+    assert length == redis.Redis.from_url(settings.redis_url or "").llen(key)
