@@ -3,7 +3,8 @@
 One run starts everything it needs (embedded PostgreSQL and Redis in a temp dir unless
 URLs are given, a fresh database, the api, one Celery worker with a prefork pool of
 `workers` processes, the relay, and the naive baseline's worker), measures, prints a
-table (or JSON) and returns the numbers.
+table (or JSON) and returns the numbers. Single jobs are submitted and waited for with
+our Python client (app.client.Client); batches are streamed up with httpx.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import httpx
 import typer
 from rich.console import Console
 
+from app.client import Client
 from app.ops.bench import naive
 from app.ops.bench.latency import naive_first, ours_latency, side_by_side
 from app.ops.bench.report import assemble, latency_report, machine, show
@@ -154,15 +156,16 @@ def start_stack(srv: Servers, procs: Procs, rss: RssSampler, workers: int) -> st
     return url
 
 
-def our_phase(client: httpx.Client, srv: Servers, procs: Procs, rss: RssSampler, n: int,
-              samples: int) -> dict[str, Any]:
+def our_phase(client: httpx.Client, producer: Client, srv: Servers, procs: Procs,
+              rss: RssSampler, n: int, samples: int) -> dict[str, Any]:
     """Warm up, latency beside naive Celery's on the idle system, then one batch.
 
+    Batches go up through `client` (a streamed body), single jobs through `producer`.
     The naive worker is stopped after the latency samples, before the batch.
     """
     warm = upload(client, WARMUP_LINES, "warm")
     wait_for(lambda: batch_done(client, warm["id"]), procs, timeout=120)
-    lat, naive_lat, checkpointed = latency_phase(client, srv, samples)
+    lat, naive_lat, checkpointed = latency_phase(producer, srv, samples)
     procs.stop("naive-worker")
     checkpointed &= settle(srv.database_url)
     # Redis holds only each lane's window of messages, however big the batch: its peak
@@ -189,9 +192,12 @@ def our_phase(client: httpx.Client, srv: Servers, procs: Procs, rss: RssSampler,
             "checkpointed": checkpointed}
 
 
-def latency_phase(client: httpx.Client, srv: Servers, samples: int
+def latency_phase(client: Client, srv: Servers, samples: int
                   ) -> tuple[dict[str, Any], dict[str, float], bool]:
-    """Warm both systems' single-job paths, settle, then (ours, naive, checkpointed)."""
+    """Warm both systems' single-job paths, settle, then (ours, naive, checkpointed).
+
+    Ours through our Python client, as a producer submits one job and waits for it.
+    """
     naive_first(srv.database_url)
     ours_latency(client, WARMUP_SINGLES, "warm single")
     side_by_side(client, srv.database_url, WARMUP_SINGLES, "warm pair")
@@ -231,8 +237,10 @@ def run_bench(
             base = naive_phase(srv, procs, rss, naive_n, workers)
             err.print(f"Babel Queue: latency x{latency_samples}, then a batch of {n:,} jobs")
             url = start_stack(srv, procs, rss, workers)
-            with httpx.Client(base_url=url, headers=_auth(srv), timeout=60) as client:
-                ours = our_phase(client, srv, procs, rss, n, latency_samples)
+            key = admin_key(srv.database_url)
+            with httpx.Client(base_url=url, headers=_bearer(key), timeout=60) as client, \
+                    Client(url, key, timeout=60) as producer:
+                ours = our_phase(client, producer, srv, procs, rss, n, latency_samples)
         finally:
             procs.stop()
             gc.unfreeze()  # settle() froze this process's heap; a caller may run on
@@ -255,8 +263,8 @@ def run_latency(
         try:
             start_naive_worker(srv, procs, rss, workers)
             url = start_stack(srv, procs, rss, workers)
-            with httpx.Client(base_url=url, headers=_auth(srv), timeout=60) as client:
-                ours, base, checkpointed = latency_phase(client, srv, samples)
+            with Client(url, admin_key(srv.database_url), timeout=60) as producer:
+                ours, base, checkpointed = latency_phase(producer, srv, samples)
         finally:
             procs.stop()
             gc.unfreeze()
@@ -309,7 +317,11 @@ def redis_memory(url: str) -> float:
 
 
 def _auth(srv: Servers) -> dict[str, str]:
-    return {"Authorization": f"Bearer {admin_key(srv.database_url)}"}
+    return _bearer(admin_key(srv.database_url))
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 # Command line --------------------------------------------------------------------------

@@ -5,6 +5,8 @@ latency on the idle stack; then tenant A uploads a big batch, and while it drain
 submits single jobs spaced 50 ms apart and tenant C (weight 3) uploads a smaller batch.
 Reported: B's p50/p99 idle and beside A, C's throughput over A's while both are
 backlogged, and Redis' memory. A's and C's leftovers are cancelled before the next kind.
+B submits and waits with our Python client (app.client.Client), one keep-alive connection
+per thread; A and C stream their batches up with httpx.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from app.client import Client
 from app.ops.bench.latency import submit_and_wait
 from app.ops.bench.report import machine
 from app.ops.bench.system import (
@@ -67,18 +70,18 @@ def upload(client: httpx.Client, workload: str, n: int, tag: str) -> int:
     return int(reply.json()["id"])
 
 
-def single(client: httpx.Client, workload: str, tag: str) -> float:
+def single(client: Client, workload: str, tag: str) -> float:
     """Submit one job and long-poll it to the end: milliseconds."""
     kind, params = WORKLOADS[workload]
     field = "text" if kind == "encode" else "query"
     started = time.perf_counter()
-    job = submit_and_wait(client, {"kind": kind, "params": {**params, field: tag}}, wait=30)
+    job = submit_and_wait(client, kind, {**params, field: tag}, wait=30)
     if job["status"] != "succeeded":
         raise RuntimeError(f"job {job['id']} ended {job['status']}")
     return (time.perf_counter() - started) * 1000
 
 
-def spaced_singles(client: httpx.Client, workload: str, count: int, tag: str) -> list[float]:
+def spaced_singles(client: Client, workload: str, count: int, tag: str) -> list[float]:
     """count single jobs submitted B_SPACING apart (each waited for in its own thread)."""
     start = time.monotonic()
 
@@ -133,17 +136,18 @@ def waits(database_url: str, since: float) -> dict[str, float]:
             "run_p50": statistics.median(ran)}
 
 
-def workload_phase(clients: dict[str, httpx.Client], workload: str, a_n: int, c_n: int,
-                   procs: Procs, peak: RedisPeak, database_url: str) -> dict[str, Any]:
+def workload_phase(clients: dict[str, httpx.Client], b: Client, workload: str, a_n: int,
+                   c_n: int, procs: Procs, peak: RedisPeak, database_url: str
+                   ) -> dict[str, Any]:
     """One workload: B idle, then A's backlog with B's singles and C's batch beside it."""
     err.print(f"{workload}: B idle x{B_IDLE}, A uploads {a_n:,}, B x{B_JOBS} + C {c_n:,}")
-    spaced_singles(clients["b"], workload, 5, f"{workload} warm")
-    idle = percentiles(spaced_singles(clients["b"], workload, B_IDLE, f"{workload} idle"))
+    spaced_singles(b, workload, 5, f"{workload} warm")
+    idle = percentiles(spaced_singles(b, workload, B_IDLE, f"{workload} idle"))
     redis_before = peak.now_mb()
     a = upload(clients["a"], workload, a_n, f"{workload} a")
     b_since = time.time()
     with ThreadPoolExecutor(max_workers=1) as pool:
-        b_run = pool.submit(spaced_singles, clients["b"], workload, B_JOBS, f"{workload} b")
+        b_run = pool.submit(spaced_singles, b, workload, B_JOBS, f"{workload} b")
         c = upload(clients["c"], workload, c_n, f"{workload} c")
         split = share(clients, a, c, c_n, procs)
         busy = percentiles(b_run.result())
@@ -197,10 +201,12 @@ def run_fairness(workers: int = 2, as_json: bool = False, database_url: str | No
             keys = {**tenant_keys(srv.database_url), "admin": admin_key(srv.database_url)}
             clients = {t: httpx.Client(base_url=url, timeout=120,
                                        headers={"Authorization": f"Bearer {k}"})
-                       for t, k in keys.items()}
+                       for t, k in keys.items() if t != "b"}
             clients["admin"].patch("/v1/tenants/fair-c", json={"weight": 3}).raise_for_status()
-            runs = {w: workload_phase(clients, w, a_n, c_n, procs, peak, srv.database_url)
-                    for w in WORKLOADS}
+            with Client(url, keys["b"], timeout=120) as b:
+                runs = {w: workload_phase(clients, b, w, a_n, c_n, procs, peak,
+                                          srv.database_url)
+                        for w in WORKLOADS}
         finally:
             peak.halt.set()
             procs.stop()

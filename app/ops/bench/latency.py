@@ -1,9 +1,12 @@
 """Single-job latency: ours (submit, then long-poll) beside a bare Celery task, sample by sample.
 
-The baseline is what a service gets from Celery alone: `apply_async` of a plain task that
-computes the same encode and commits one durable result row, while the client polls for
-that row every millisecond. Samples alternate between the two systems, so both meet the
-same load on a machine whose other users come and go.
+Our side's producer is our Python client, `app.client.Client`, as a service that submits
+one job and waits for it uses it: its time (encoding, the keep-alive connection, parsing
+the answers) is in every sample. The baseline is what a service gets from Celery alone:
+`apply_async` of a plain task that computes the same encode and commits one durable
+result row, while the client polls for that row every millisecond. Samples alternate
+between the two systems, so both meet the same load on a machine whose other users come
+and go.
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-import httpx
 import psycopg
 from kombu import Producer
 
+from app.client import TERMINAL, Client
 from app.ops.bench import naive
 from app.ops.bench.report import STAGES
 
@@ -31,20 +34,17 @@ NAIVE_POLL = 0.001
 REST = 0.005
 
 
-def submit_and_wait(client: httpx.Client, body: dict[str, Any], *, one_request: bool = False,
-                    wait: float = 10) -> dict[str, Any]:
-    """Submit one job and long-poll it until terminal (GET ?wait, or POST ?wait first)."""
-    reply = client.post("/v1/jobs", json=body, params={"wait": wait} if one_request else None)
-    reply.raise_for_status()
-    job: dict[str, Any] = reply.json()
-    while job["status"] in ("queued", "running"):
-        reply = client.get(f"/v1/jobs/{job['id']}", params={"wait": wait})
-        reply.raise_for_status()
-        job = reply.json()
+def submit_and_wait(client: Client, kind: str, params: dict[str, Any], *,
+                    one_request: bool = False, wait: float = 10) -> dict[str, Any]:
+    """Submit one job and long-poll it until terminal: POST /v1/jobs, then GET ?wait (with
+    one_request, POST /v1/jobs?wait first, answered once the job is done)."""
+    job = client.submit(kind, params, wait=wait if one_request else 0)
+    while job["status"] not in TERMINAL:
+        job = client.get(job["id"], wait=wait)
     return job
 
 
-def single_job(client: httpx.Client, text: str, *, one_request: bool = False
+def single_job(client: Client, text: str, *, one_request: bool = False
                ) -> tuple[float, dict[str, float]]:
     """Submit one job and wait for `succeeded`: total ms and ms per stage.
 
@@ -52,8 +52,7 @@ def single_job(client: httpx.Client, text: str, *, one_request: bool = False
     /v1/jobs?wait answers once the job is done, in one request.
     """
     began, started = time.time(), time.perf_counter()
-    job = submit_and_wait(client, {"kind": "encode", "params": {"text": text}},
-                          one_request=one_request)
+    job = submit_and_wait(client, "encode", {"text": text}, one_request=one_request)
     total = (time.perf_counter() - started) * 1000
     if job["status"] != "succeeded":
         raise RuntimeError(f"job {job['id']} ended {job['status']}: {job.get('error')}")
@@ -90,12 +89,12 @@ def percentiles(samples: list[float]) -> dict[str, float]:
             "mean": statistics.fmean(samples), "max": max(samples)}
 
 
-def ours_latency(client: httpx.Client, samples: int, tag: str) -> dict[str, Any]:
+def ours_latency(client: Client, samples: int, tag: str) -> dict[str, Any]:
     """Percentiles of our single-job latency alone, and the median of each stage."""
     return _summary([single_job(client, f"{tag} {i}") for i in range(samples)])
 
 
-def side_by_side(client: httpx.Client, database_url: str, samples: int, tag: str
+def side_by_side(client: Client, database_url: str, samples: int, tag: str
                  ) -> tuple[dict[str, Any], dict[str, float], dict[str, Any]]:
     """(ours, naive, ours in one request): samples of each, in turn, each after a rest."""
     ours, base, one = [], [], []
