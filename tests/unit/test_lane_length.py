@@ -30,5 +30,5 @@ def test_a_length_seen_just_now_answers_without_redis() -> None:
 def test_an_old_length_is_asked_again() -> None:
     key = window.lane_key("encode", 1)
     window._lengths[key] = (0, time.monotonic() - window.LENGTH_FRESH - 1)
-    with pytest.raises(Exception, match="(?i)connect"):
+    with pytest.raises(Exception, match=r"(?i)connect"):
         window.lane_has_room("encode", 1)
