@@ -45,6 +45,10 @@ def engine_for(url: str) -> Engine:
 
     Statements' parameters are clients' data (job params, idempotency keys): SQLAlchemy
     leaves them out of its error messages (hide_parameters), so no log line carries them.
+    LIFO: work done one at a time runs on the connection used last, whose backend has
+    the statements prepared and its caches warm; handed round the pool (FIFO), a single
+    submission's insert took 1.3-1.5 ms against 1.1 (instrumented api, median of 300).
+    Connections a burst opened then stay idle for the server to time out.
     """
     settings = get_settings()
     engine = create_engine(
@@ -53,6 +57,7 @@ def engine_for(url: str) -> Engine:
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
         pool_recycle=1800,
+        pool_use_lifo=True,
         hide_parameters=True,
         connect_args={"connect_timeout": 5},
     )

@@ -105,3 +105,18 @@ def test_database_errors_leave_the_parameters_out(settings: Settings) -> None:
     assert "division by zero" in str(caught.value)
     assert "idem-secret-7" not in str(caught.value)
     engine.dispose()
+
+
+def test_the_pool_hands_out_the_connection_last_returned(settings: Settings) -> None:
+    """LIFO: after a burst, one job at a time runs on the same warm connection (its
+    backend's caches and prepared statements), and the rest stay idle, not rotated."""
+    engine = own_engine(settings, "babelq-lifo-test")
+    with contextlib.ExitStack() as burst:
+        pids = [burst.enter_context(driver_autocommit(engine)).info.backend_pid
+                for _ in range(3)]
+    assert len(set(pids)) == 3
+    after = []
+    for _ in range(4):
+        with driver_autocommit(engine) as conn:
+            after.append(conn.info.backend_pid)
+    assert after == [pids[0]] * 4  # the burst returned its connections last-in first
