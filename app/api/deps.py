@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -13,6 +15,8 @@ from app.api.errors import ApiError
 from app.api.keycache import KeyCache
 from app.jobs.keys import Principal, authenticate
 from app.store.db import driver_autocommit, new_session
+
+log = logging.getLogger(__name__)
 
 
 async def get_db() -> AsyncIterator[Session]:
@@ -49,11 +53,31 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
+#: Keys being looked up again ahead of their deadline (KeyCache.due), by key: one each.
+_refreshing: dict[str, asyncio.Task[None]] = {}
+
+
+async def _refresh(cache: KeyCache, token: str) -> None:
+    try:
+        principal = await run_in_threadpool(_lookup, token)
+    except Exception as exc:  # the kept entry stands until its deadline
+        log.debug("key not looked up again ahead of time: %s", type(exc).__name__)
+        return
+    finally:
+        _refreshing.pop(token, None)
+    if principal is None:
+        cache.forget(token)
+    else:
+        cache.put(token, principal)
+
+
 async def get_principal(request: Request) -> Principal:
     """The live key's principal, or 401: from the key cache, else one statement in autocommit."""
     token = _bearer(request)
     cache: KeyCache = request.app.state.keys
     principal = cache.get(token)
+    if principal is not None and cache.due(token) and token not in _refreshing:
+        _refreshing[token] = asyncio.create_task(_refresh(cache, token))
     if principal is None:
         principal = await run_in_threadpool(_lookup, token)
         if principal is None:

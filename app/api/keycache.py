@@ -41,6 +41,15 @@ class KeyCache:
             return None
         return entry[0]
 
+    def due(self, key: str) -> bool:
+        """Whether a kept key is past half its time: look it up again now, in the
+        background, so that a steady stream of requests never waits for the lookup (one
+        request in every key_cache_seconds did: a thread hop and a read on its path).
+        Its deadline stands meanwhile, so a key revoked in the database alone is still
+        refused within key_cache_seconds."""
+        entry = self._entries.get(hash_key(key))
+        return entry is not None and entry[1] - self._clock() < self.seconds / 2
+
     def put(self, key: str, principal: Principal) -> None:
         """Keep a live key's principal for `seconds` (nothing when caching is off)."""
         if self.seconds <= 0:
@@ -48,6 +57,10 @@ class KeyCache:
         if len(self._entries) >= MAX_KEYS:
             self._entries.clear()
         self._entries[hash_key(key)] = (principal, self._clock() + self.seconds)
+
+    def forget(self, key: str) -> None:
+        """Forget this key (a lookup found it no longer live)."""
+        self._entries.pop(hash_key(key), None)
 
     def drop(self, key_id: int) -> None:
         """Forget a key (it was revoked): its next request is looked up again."""

@@ -70,3 +70,20 @@ def test_a_key_revoked_in_the_database_alone_is_refused_within_the_cache_time(
 def test_a_wrong_key_is_refused_every_time(api: TestClient, admin_key: str) -> None:
     for _ in range(2):
         assert api.get("/v1/jobs", headers=auth(admin_key + "x")).status_code == 401
+
+
+def test_a_kept_key_is_looked_up_again_ahead_of_its_deadline(
+    api: TestClient, admin_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past half its time, a request answers from the cache and the key is looked up again
+    behind it: a key revoked in the database alone is then refused before its deadline,
+    and no request of a steady stream waits for a lookup."""
+    monkeypatch.setattr(key_cache(api), "seconds", 8.0)
+    made = cached_key(api, admin_key, "cache-ahead")
+    revoke_in_database(made["id"])
+    time.sleep(4.5)  # past half of the 8 s
+    assert api.get("/v1/jobs", headers=auth(made["key"])).status_code == 200  # from the cache
+    deadline = time.monotonic() + 2.0  # well before the entry's own deadline (3.5 s away)
+    while api.get("/v1/jobs", headers=auth(made["key"])).status_code != 401:
+        assert time.monotonic() < deadline, "the lookup ahead of time never ran"
+        time.sleep(0.05)

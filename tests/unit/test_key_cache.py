@@ -55,3 +55,14 @@ def test_the_cache_never_holds_more_than_its_bound() -> None:
     for i in range(MAX_KEYS + 5):
         cache.put(f"bq_{i}", ALICE)
     assert len(cache) <= MAX_KEYS
+
+
+def test_a_key_is_due_for_a_lookup_past_half_its_time() -> None:
+    clock = Clock()
+    cache = KeyCache(2.0, clock)
+    cache.put("bq_alice", ALICE)
+    assert not cache.due("bq_alice") and not cache.due("bq_bob")
+    clock.now += 1.1
+    assert cache.due("bq_alice") and cache.get("bq_alice") == ALICE  # still answered
+    cache.forget("bq_alice")
+    assert cache.get("bq_alice") is None
