@@ -25,12 +25,14 @@ pytestmark = pytest.mark.integration
 
 #: Seconds uvicorn keeps an idle connection open (its default is 5).
 KEEP_ALIVE = 1
+#: Seconds the jobs here wait before they are due: none runs, whatever else the suite
+#: has running (its relay sends a stored job's message again after requeue_after).
+HELD = 3600
 
 
 @pytest.fixture(scope="module")
 def api_url(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`uvicorn app.api.main:create_app` on a free port, with a Redis database of its own:
-    nothing consumes the jobs submitted here (they stay queued, then are cancelled)."""
+    """`uvicorn app.api.main:create_app` on a free port, with a Redis database of its own."""
     base, _, db = str(settings.redis_url).rpartition("/")
     private = f"{base}/{(int(db) + 2) % 16 if db.isdigit() else 2}"
     with redis.Redis.from_url(private) as r:
@@ -101,7 +103,7 @@ def test_api_errors_keep_status_code_message_and_details(bq: Client, api_url: st
     assert invalid[:2] == (422, "invalid") and invalid[3]
     assert invalid == via_httpx("POST", "/v1/jobs", json={"kind": "encode", "params": {"text": 5}})
 
-    job = bq.submit("encode", {"text": "cancelled twice"})
+    job = bq.submit("encode", {"text": "cancelled twice"}, delay=HELD)
     bq.cancel(job["id"])
     conflict = raised(lambda: bq.cancel(job["id"]))
     assert conflict[0] == 409
@@ -115,9 +117,9 @@ def test_api_errors_keep_status_code_message_and_details(bq: Client, api_url: st
 def test_a_connection_the_api_closed_when_idle_is_replaced(bq: Client) -> None:
     """uvicorn closes a connection idle past its keep-alive; the next submit (a POST,
     never sent twice) must not go out on it."""
-    first = bq.submit("encode", {"text": "before idle"})
+    first = bq.submit("encode", {"text": "before idle"}, delay=HELD)
     time.sleep(KEEP_ALIVE + 0.5)
-    second = bq.submit("encode", {"text": "after idle"})
+    second = bq.submit("encode", {"text": "after idle"}, delay=HELD)
     time.sleep(KEEP_ALIVE + 0.5)
     assert bq.get(second["id"])["status"] == "queued"
     time.sleep(KEEP_ALIVE + 0.5)
@@ -129,7 +131,7 @@ def test_long_polls_outlast_the_timeout(api_url: str, key: str) -> None:
     """A long-poll's read may take its wait on top of the client's timeout."""
     with Client(api_url, key, timeout=1.0) as bq:
         started = time.monotonic()
-        job = bq.submit("encode", {"text": "nobody runs it"}, wait=1.5)
+        job = bq.submit("encode", {"text": "nobody runs it"}, delay=HELD, wait=1.5)
         assert job["status"] == "queued" and time.monotonic() - started >= 1.5
         started = time.monotonic()
         assert bq.get(job["id"], wait=1.5)["status"] == "queued"
@@ -139,7 +141,7 @@ def test_long_polls_outlast_the_timeout(api_url: str, key: str) -> None:
 
 
 def test_threads_share_one_client(bq: Client) -> None:
-    jobs = [bq.submit("encode", {"text": f"thread {i}"}) for i in range(8)]
+    jobs = [bq.submit("encode", {"text": f"thread {i}"}, delay=HELD) for i in range(8)]
 
     def read(job: dict[str, Any]) -> list[int]:
         return [bq.get(job["id"])["id"] for _ in range(5)]

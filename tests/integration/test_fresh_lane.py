@@ -131,12 +131,17 @@ def test_webhook_deliveries_are_recorded_with_the_success(settings: Settings) ->
             "(:t, 'http://127.0.0.1:9/hook', :secret, ARRAY['job.succeeded'])"),
             {"t": tenant_id, "secret": secrets.seal(secrets.new_secret(),
                                                     get_settings().webhook_secret_key)})
-    job_id, dispatch, fresh = unsent("hooked", tenant="fresh-hooks")
-    assert tasks.run_fresh(job_id, dispatch, fresh, worker="fresh-test")
-    with session_scope() as s:
-        events = s.execute(text("SELECT event FROM webhook_deliveries WHERE job_id = :id"),
-                           {"id": job_id}).scalars().all()
-    assert events == ["job.succeeded"]
+    try:
+        job_id, dispatch, fresh = unsent("hooked", tenant="fresh-hooks")
+        assert tasks.run_fresh(job_id, dispatch, fresh, worker="fresh-test")
+        with session_scope() as s:
+            events = s.execute(text("SELECT event FROM webhook_deliveries WHERE job_id = :id"),
+                               {"id": job_id}).scalars().all()
+        assert events == ["job.succeeded"]
+    finally:  # nothing listens there: later tests must not count its failing attempts
+        with session_scope() as s:
+            s.execute(text("DELETE FROM webhook_endpoints WHERE tenant_id = :t"),
+                      {"t": tenant_id})
 
 
 @pytest.mark.usefixtures("worker")
