@@ -17,10 +17,12 @@ from app.api.limits import BodyLimit
 from app.api.observe import RequestMetrics
 from app.api.routes import batches, jobs, keys, schedules, system, tenants, webhooks
 from app.api.waiters import Waiters
+from app.broker.notify import async_redis_client
 from app.config import Settings, get_settings
 from app.console import install as install_console
 from app.observe import tracing
 from app.ops.memory import tune_gc
+from app.store.db import AsyncPool
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +38,19 @@ def refuse_unsafe(settings: Settings) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Listen for finished jobs while the app serves."""
     settings = get_settings()
+    # Single submissions run in the event loop on these (app.jobs.submit_now).
+    app.state.db_async = AsyncPool(settings.database_url or "", settings.db_pool_size,
+                                   settings.db_pool_timeout) if settings.database_url else None
+    app.state.redis_async = async_redis_client(settings.redis_url) if settings.redis_url \
+        else None
     if settings.redis_url:
         app.state.waiters.start(settings.redis_url)
     yield
     await app.state.waiters.stop()
+    if app.state.db_async is not None:
+        await app.state.db_async.close()
+    if app.state.redis_async is not None:
+        await app.state.redis_async.aclose()
 
 
 def create_app() -> FastAPI:

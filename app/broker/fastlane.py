@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import redis.asyncio as aioredis
 
 from app.broker import window
 from app.broker.notify import redis_client
@@ -65,7 +66,24 @@ def send(sent: Sequence[Sent]) -> None:
     Each push also reads the length of its kind's Celery lane, in the same round trip,
     for the next submission's window.lane_has_room.
     """
+    if not sent:
+        return
     pipe = redis_client(get_settings().redis_url or "").pipeline(transaction=False)
+    lanes = _queue(pipe, sent)
+    _saw(lanes, pipe.execute())
+
+
+async def send_async(client: aioredis.Redis, sent: Sequence[Sent]) -> None:
+    """send() from an event loop, on its asyncio client."""
+    if not sent:
+        return
+    pipe = client.pipeline(transaction=False)
+    lanes = _queue(pipe, sent)
+    _saw(lanes, await pipe.execute())
+
+
+def _queue(pipe: Any, sent: Sequence[Sent]) -> list[str]:
+    """Queue each message's LPUSH and its Celery lane's LLEN on a pipeline: the lanes."""
     lanes = []
     for s in sent:
         if s.fresh is None:
@@ -77,9 +95,10 @@ def send(sent: Sequence[Sent]) -> None:
                 "priority": f.priority, "max_attempts": f.max_attempts, "head": f.head}))
         lanes.append(window.lane_key(s.kind, s.priority))
         pipe.llen(lanes[-1])
-    if not lanes:
-        return
-    replies = pipe.execute()
+    return lanes
+
+
+def _saw(lanes: list[str], replies: list[Any]) -> None:
     for key, length in zip(lanes, replies[1::2], strict=True):
         window.saw_length(key, int(length))
 

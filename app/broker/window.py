@@ -198,6 +198,15 @@ def saw_length(key: str, length: int) -> None:
     _lengths[key] = (length, time.monotonic())
 
 
+def room_seen(kind: str, priority: int) -> bool | None:
+    """lane_has_room() from the length seen in the last LENGTH_FRESH seconds; None if
+    none was (then only Redis can tell)."""
+    seen = _lengths.get(lane_key(kind, priority))
+    if seen is None or time.monotonic() - seen[1] > LENGTH_FRESH:
+        return None
+    return seen[0] < get_settings().dispatch_window
+
+
 def lane_has_room(kind: str, priority: int) -> bool:
     """Whether a single job may go straight to Redis: its lane's window is not full."""
     key = lane_key(kind, priority)

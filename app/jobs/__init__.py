@@ -45,6 +45,7 @@ from app.jobs.submit import (
     reserve_ids,
     store_rows,
     submit,
+    submit_now,
     validate,
 )
 
@@ -84,5 +85,6 @@ __all__ = [
     "schedule_publish",
     "store_rows",
     "submit",
+    "submit_now",
     "validate",
 ]

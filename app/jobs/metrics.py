@@ -162,6 +162,11 @@ def submitted(session: Session, lanes: Mapping[tuple[str, int], int]) -> None:
     on_commit(session, SUBMITTED, [((k, PRIORITY_NAMES[p]), n) for (k, p), n in lanes.items()])
 
 
+def submitted_now(kind: str, priority: int) -> None:
+    """submitted() of one job whose statement has committed by itself (autocommit)."""
+    record(SUBMITTED, (kind, PRIORITY_NAMES[priority]))
+
+
 def started(session: Session, taken: Iterable[Any]) -> None:
     """Queue wait of jobs starting for the first time (Claimed: kind, priority, waited)."""
     on_commit(session, QUEUE_WAIT, (((c.kind, PRIORITY_NAMES[c.priority]), c.waited)

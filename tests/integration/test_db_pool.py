@@ -120,3 +120,32 @@ def test_the_pool_hands_out_the_connection_last_returned(settings: Settings) -> 
         with driver_autocommit(engine) as conn:
             after.append(conn.info.backend_pid)
     assert after == [pids[0]] * 4  # the burst returned its connections last-in first
+
+
+def test_the_async_pool_replaces_closed_connections_and_bounds_its_waits(
+    settings: Settings,
+) -> None:
+    """AsyncPool (single submissions in the api's event loop): a connection the server
+    closed is replaced at checkout, and a checkout waits at most its timeout."""
+    import asyncio
+
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from app.store.db import AsyncPool
+
+    async def scenario() -> None:
+        pool = AsyncPool(settings.database_url or "", 1, 0.2)
+        async with pool.connection() as conn:
+            first = conn.info.backend_pid
+        terminate(settings, first)
+        async with pool.connection() as conn:
+            assert conn.info.backend_pid != first
+            assert (await (await conn.execute("SELECT 1")).fetchone()) == (1,)
+            with pytest.raises(PoolTimeout):  # its one connection is taken: no second
+                async with pool.connection():
+                    pass
+        async with pool.connection() as conn:  # given back: free again
+            assert not conn.closed
+        await pool.close()
+
+    asyncio.run(scenario())

@@ -166,3 +166,49 @@ def test_a_push_notes_its_lanes_length_for_the_next_submission(settings: Setting
     fastlane.send([Sent(dispatch, "encode", fresh.priority, [job_id], fresh=fresh)])
     length, _ = window._lengths[key]
     assert length == redis.Redis.from_url(settings.redis_url or "").llen(key)
+
+
+@pytest.mark.usefixtures("worker")
+def test_a_submission_from_the_event_loop_is_stored_as_any(settings: Settings) -> None:
+    """jobs.submit_now: the api's single submission without a thread, once its lane's
+    length is known; before that it declines and stores nothing."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from app.store.db import AsyncPool
+
+    with session_scope() as s:
+        tenant_id = ensure_tenant(s, "fresh-now").id
+
+    async def submit() -> jobs.JobRow | None:
+        pool = AsyncPool(settings.database_url or "", 2, 5)
+        client = aioredis.Redis.from_url(settings.redis_url or "")
+        try:
+            return await jobs.submit_now(pool, client, tenant_id=tenant_id, kind="encode",
+                                         params={"text": TEXT}, actor="test")
+        finally:
+            await client.aclose()
+            await pool.close()
+
+    key = window.lane_key("encode", 1)
+    window._lengths.pop(key, None)
+    assert asyncio.run(submit()) is None  # no length seen: the caller's usual way
+    window.saw_length(key, 0)
+    job = asyncio.run(submit())
+    assert job is not None and job.status == "queued"
+    deadline = time.monotonic() + 20  # its message went to the fast lane: a lane runs it
+    while stored(job.id)["status"] != "succeeded":
+        assert time.monotonic() < deadline, "the job never ran"
+        time.sleep(0.05)
+    assert stored(job.id) == {"status": "succeeded", "attempt": 1, "results": 1,
+                              "events": ["submitted", "started", "succeeded"],
+                              "dispatches": 0, "verified": True}
+    # A lane seen full: stored all the same, its message sent its tenant's way (Celery).
+    window.saw_length(key, 10**6)
+    later = asyncio.run(submit())
+    assert later is not None
+    deadline = time.monotonic() + 20
+    while stored(later.id)["status"] != "succeeded":
+        assert time.monotonic() < deadline, "the job sent through Celery never ran"
+        time.sleep(0.05)

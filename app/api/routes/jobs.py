@@ -104,12 +104,35 @@ async def submit(request: Request, job_in: JobCreate, idempotency_key: str | Non
 async def _submitted(request: Request, principal: Principal, job_in: JobCreate,
                      idempotency_key: str | None, wait: float) -> Response:
     deadline = time.monotonic() + wait
-    job, status = await run_in_threadpool(_create, job_in, principal, idempotency_key)
+    stored = await _create_now(request, principal, job_in, idempotency_key)
+    if stored is None:
+        stored = await run_in_threadpool(_create, job_in, principal, idempotency_key)
+    job, status = stored
     if status == 201 and job.status not in TERMINAL:  # for the long-poll that follows
         request.app.state.waiters.submitted.add(job.id, principal.tenant_id, job)
     if wait > 0 and job.status not in TERMINAL:
         job = await _until_terminal(request, principal, job.id, deadline, known=job)
     return _json(job, status)
+
+
+async def _create_now(request: Request, principal: Principal, job_in: JobCreate,
+                      idempotency_key: str | None) -> tuple[JobRead, int] | None:
+    """_create in the event loop when one statement is all it takes (jobs.submit_now): no
+    idempotency key to look up, due now, no submission limit to check (their reads and
+    locks are _create's). None when it is not, or submit_now declined."""
+    settings = get_settings()
+    pool = getattr(request.app.state, "db_async", None)
+    if pool is None or idempotency_key or job_in.idempotency_key or job_in.run_at or \
+            job_in.delay or settings.max_queued_per_tenant or settings.rate_limit_per_second:
+        return None
+    try:
+        job = await jobs.submit_now(
+            pool, request.app.state.redis_async, tenant_id=principal.tenant_id,
+            kind=job_in.kind, params=job_in.params, actor=principal.actor,
+            priority=job_in.priority, max_attempts=job_in.max_attempts, ref=job_in.ref)
+    except jobs.UnknownKind as exc:
+        raise ApiError(422, str(exc), [{"field": "kind", "message": str(exc)}]) from None
+    return (JobRead.of(job), 201) if job is not None else None
 
 
 def _create(job_in: JobCreate, principal: Principal, idempotency_key: str | None
