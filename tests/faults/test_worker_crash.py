@@ -42,6 +42,17 @@ def frozen_holding(stack: Stack, engine: Engine) -> bool:
     return False
 
 
+def busy_statements(engine: Engine, worker: str) -> int:
+    """This worker's statements the server is still running. A frozen process can still
+    have a COMMIT in flight, sent just before the freeze: the server finishes it."""
+    with engine.connect() as conn:
+        return int(conn.execute(
+            text("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE :w "
+                 "AND state = 'active'"),
+            {"w": f"babelq-worker {worker}@%"},
+        ).scalar_one())
+
+
 def worker_rows(engine: Engine, worker: str, since: int) -> int:
     """The test's jobs whose row names this worker."""
     with engine.connect() as conn:
@@ -58,6 +69,10 @@ def test_sigkill_worker_mid_batch(
     wait_progress(engine, since, BATCH // 4)
     # Freeze w1 before looking, so the chunk it holds cannot finish between look and kill.
     wait_for("w1 to be mid-chunk", lambda: frozen_holding(stack, engine), 60, 0.02)
+    # Counted once a chunk whose COMMIT left w1 just before the freeze has landed (the
+    # full suite on a clean clone once saw 200 more rows of w1's afterwards).
+    wait_for("w1's last statements to land", lambda: busy_statements(engine, "w1") == 0,
+             10, 0.02)
     done_by_w1 = worker_rows(engine, "w1", since)
     injected = time.monotonic()
     stack["w1"].kill()
