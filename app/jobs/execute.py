@@ -459,7 +459,8 @@ def finish_fresh(o: Outcome, *, worker: str, dispatch: int) -> bool:
     *columns, waited = rows[0]
     o.row = _FinishedRow._make(columns)
     o.job.waited, o.job.tenant_id = float(waited), o.row.tenant_id
-    metrics.ran_fresh(o)
+    metrics.started(None, [o.job])  # committed by itself: recorded now
+    metrics.succeeded(None, [o])
     return True
 
 

@@ -138,8 +138,12 @@ def _tally(metric: Metric, items: Items) -> dict[str, float]:
 _ON_COMMIT = "babelq_metrics"
 
 
-def on_commit(session: Session, metric: Metric, items: Items) -> None:
-    """record_many() once (and only if) the session's transaction commits."""
+def on_commit(session: Session | None, metric: Metric, items: Items) -> None:
+    """record_many() once (and only if) the session's transaction commits; at once with no
+    session (the statement that wrote them committed by itself, in autocommit)."""
+    if session is None:
+        record_many(metric, items)
+        return
     session.info.setdefault(_ON_COMMIT, []).append((metric, _tally(metric, items)))
 
 
@@ -157,38 +161,24 @@ def _drop_rolled_back(session: Session) -> None:
 # What each transition counts: called by app.jobs where the transition is written.
 
 
-def submitted(session: Session, lanes: Mapping[tuple[str, int], int]) -> None:
+def submitted(session: Session | None, lanes: Mapping[tuple[str, int], int]) -> None:
     """Jobs stored: how many per (kind, priority number)."""
     on_commit(session, SUBMITTED, [((k, PRIORITY_NAMES[p]), n) for (k, p), n in lanes.items()])
 
 
-def submitted_now(kind: str, priority: int) -> None:
-    """submitted() of one job whose statement has committed by itself (autocommit)."""
-    record(SUBMITTED, (kind, PRIORITY_NAMES[priority]))
-
-
-def started(session: Session, taken: Iterable[Any]) -> None:
+def started(session: Session | None, taken: Iterable[Any]) -> None:
     """Queue wait of jobs starting for the first time (Claimed: kind, priority, waited)."""
     on_commit(session, QUEUE_WAIT, (((c.kind, PRIORITY_NAMES[c.priority]), c.waited)
                                     for c in taken if c.first))
 
 
-def succeeded(session: Session, kept: Sequence[Any]) -> None:
+def succeeded(session: Session | None, kept: Sequence[Any]) -> None:
     """Outcome, run time and latency of Outcomes whose success this transaction writes."""
     now = time.monotonic()
     on_commit(session, OUTCOMES, (((o.job.kind, "succeeded"), 1) for o in kept))
     on_commit(session, RUN_SECONDS, (((o.job.kind,), o.seconds) for o in kept))
     on_commit(session, LATENCY, (((o.job.kind,), o.job.waited + now - o.job.taken)
                                  for o in kept))
-
-
-def ran_fresh(o: Any) -> None:
-    """started() and succeeded() of a fast-lane job written in autocommit (it has committed)."""
-    job = o.job
-    record(QUEUE_WAIT, (job.kind, PRIORITY_NAMES[job.priority]), job.waited)
-    record(OUTCOMES, (job.kind, "succeeded"))
-    record(RUN_SECONDS, (job.kind,), o.seconds)
-    record(LATENCY, (job.kind,), job.waited + time.monotonic() - job.taken)
 
 
 def failed(session: Session, outcomes: Sequence[Any], rows: Sequence[Any]) -> None:

@@ -141,7 +141,7 @@ async def submit_now(
         rows = await conn_rows_async(conn, _INSERT_ONE, _insert_params(
             tenant_id, kind, clean, actor, priority, attempts, None, ref, None, room))
     job, sent = _stored(rows[0], kind, clean, lane, attempts, room)
-    metrics.submitted_now(kind, lane)
+    metrics.submitted(None, {(kind, lane): 1})  # committed by itself: recorded now
     if sent is not None:
         try:  # committed: the relay sends what is left
             if sent.fresh is not None:
