@@ -89,7 +89,7 @@ def _queue(pipe: Any, sent: Sequence[Sent]) -> list[str]:
         if s.fresh is None:
             pipe.lpush(FAST_KEYS[s.priority], f"{s.ids[0]}:{s.dispatch}")
         else:
-            f: Fresh = s.fresh
+            f = s.fresh
             pipe.lpush(FRESH_KEYS[s.priority], orjson.dumps({
                 "id": s.ids[0], "dispatch": s.dispatch, "kind": f.kind, "params": f.params,
                 "priority": f.priority, "max_attempts": f.max_attempts, "head": f.head}))

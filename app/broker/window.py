@@ -11,7 +11,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, cast
 
 import redis
 
@@ -19,6 +19,9 @@ from app.broker.celery_app import celery_app, chunk_message
 from app.broker.notify import redis_client
 from app.broker.queues import KINDS, PRIORITY_STEPS, queue_for, queue_keys
 from app.config import get_settings
+
+if TYPE_CHECKING:  # fastlane builds on this module
+    from app.broker.fastlane import Fresh
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +61,8 @@ class Sent:
     #: goes to the head of its lane, before the messages waiting there: its tenant had
     #: none in the window, so deficit round robin serves it before them
     ahead: bool = False
-    #: a fast-lane job as it was stored, for its message (app.broker.fastlane.Fresh)
-    fresh: Any = None
+    #: a fast-lane job as it was stored, for its message
+    fresh: Fresh | None = None
 
 
 def _client() -> redis.Redis:
@@ -209,9 +212,9 @@ def room_seen(kind: str, priority: int) -> bool | None:
 
 def lane_has_room(kind: str, priority: int) -> bool:
     """Whether a single job may go straight to Redis: its lane's window is not full."""
-    key = lane_key(kind, priority)
-    seen = _lengths.get(key)
-    if seen is None or time.monotonic() - seen[1] > LENGTH_FRESH:
-        seen = (int(_client().llen(key)), time.monotonic())
-        _lengths[key] = seen
-    return seen[0] < get_settings().dispatch_window
+    room = room_seen(kind, priority)
+    if room is None:
+        key = lane_key(kind, priority)
+        saw_length(key, int(_client().llen(key)))
+        room = room_seen(kind, priority)
+    return bool(room)
