@@ -241,7 +241,7 @@ class AsyncPool:
     """
 
     def __init__(self, url: str, size: int, timeout: float) -> None:
-        self._conninfo = _libpq(url)
+        self._conninfo = libpq_url(url)
         self._slots = asyncio.Semaphore(size)
         self._timeout = timeout
         self._idle: list[psycopg.AsyncConnection[Any]] = []
@@ -283,7 +283,7 @@ class AsyncPool:
             await conn.close()
 
 
-def _libpq(url: str) -> str:
+def libpq_url(url: str) -> str:
     """A PostgreSQL URL as libpq takes it (postgresql://), from any form we accept."""
     return "postgresql://" + normalize_url(url).partition("://")[2]
 

@@ -26,6 +26,7 @@ from kombu import Producer
 from app.client import TERMINAL, Client
 from app.ops.bench import naive
 from app.ops.bench.report import STAGES
+from app.store.db import libpq_url
 
 #: Seconds between a naive client's polls of its result row.
 NAIVE_POLL = 0.001
@@ -121,12 +122,7 @@ def _naive_client(database_url: str) -> Iterator[tuple[psycopg.Connection[Any], 
     A producer on a connection of our own, not Celery's pool: the pool keeps the broker
     URL it was made with, and one process may run several benches, each with its Redis.
     """
-    with psycopg.connect(_libpq(database_url), autocommit=True) as conn, \
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn, \
             naive.naive_app.connection_for_write() as broker:
         yield conn, broker.Producer()
 
-
-def _libpq(url: str) -> str:
-    """A SQLAlchemy URL (postgresql+psycopg://) as libpq takes it."""
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme.split('+')[0]}{sep}{rest}"
