@@ -97,8 +97,7 @@ class FirstLink:
     Its canonical JSON has the job id between everything sorted before it (actor, at,
     details) and after it (seq, type): the statement that takes the id from the sequence
     hashes prefix ‖ id ‖ suffix itself (sha256 in SQL), saving the round trip of
-    reserving the id first. hash_for() gives the same hash in Python (a test holds both
-    to link()).
+    reserving the id first (a test holds that split to link()).
     """
 
     actor: str
@@ -106,10 +105,6 @@ class FirstLink:
     details: dict[str, Any]
     prefix: bytes
     suffix: bytes
-
-    def hash_for(self, job_id: int) -> str:
-        """The event's hash once the job has this id."""
-        return hashlib.sha256(self.prefix + str(job_id).encode() + self.suffix).hexdigest()
 
 
 def first_link(actor: str, details: dict[str, Any], at: datetime | None = None) -> FirstLink:
