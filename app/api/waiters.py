@@ -71,31 +71,32 @@ class RecentlyFinished:
 
 
 class RecentlySubmitted:
-    """Jobs this process stored a moment ago, as stored, each for a few seconds.
+    """Jobs this process stored a moment ago, by id and tenant, each for a few seconds.
 
-    A producer's long-poll usually follows its submission at once: its first look is
-    then this (after the same tenant check as a read) instead of a read of PostgreSQL,
-    unless the job was announced since. A look after waiting reads, as ever, so a job
-    changed elsewhere (cancelled through another api process) is seen within the poll
-    fallback, as a lost announcement would be.
+    A producer's long-poll usually follows its submission at once: its first look then
+    waits (after the same tenant check as a read) instead of reading PostgreSQL, unless
+    the job was announced since. A look after waiting reads, as ever, so a job changed
+    elsewhere (cancelled through another api process) is seen within the poll fallback,
+    as a lost announcement would be. Only ids and tenants are kept, not the jobs: MAX
+    entries cost the same memory whatever the jobs' params.
     """
 
     SECONDS, MAX = 5.0, 4096
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._jobs: OrderedDict[int, tuple[float, int, Any]] = OrderedDict()
+        self._jobs: OrderedDict[int, tuple[float, int]] = OrderedDict()
 
-    def add(self, job_id: int, tenant_id: int, job: Any) -> None:
-        """Keep a job just stored (with its tenant), dropping the oldest beyond MAX."""
-        self._jobs[job_id] = (self._clock() + self.SECONDS, tenant_id, job)
+    def add(self, job_id: int, tenant_id: int) -> None:
+        """Keep a job just stored (its tenant), dropping the oldest beyond MAX."""
+        self._jobs[job_id] = (self._clock() + self.SECONDS, tenant_id)
         while len(self._jobs) > self.MAX:
             self._jobs.popitem(last=False)
 
-    def get(self, job_id: int) -> tuple[int, Any] | None:
-        """(tenant id, job as stored) if it was stored here less than SECONDS ago."""
+    def get(self, job_id: int) -> int | None:
+        """The job's tenant if it was stored here less than SECONDS ago."""
         entry = self._jobs.get(job_id)
-        return (entry[1], entry[2]) if entry is not None and entry[0] > self._clock() else None
+        return entry[1] if entry is not None and entry[0] > self._clock() else None
 
 
 class Waiters:

@@ -109,7 +109,7 @@ async def _submitted(request: Request, principal: Principal, job_in: JobCreate,
         stored = await run_in_threadpool(_create, job_in, principal, idempotency_key)
     job, status = stored
     if status == 201 and job.status not in TERMINAL:  # for the long-poll that follows
-        request.app.state.waiters.submitted.add(job.id, principal.tenant_id, job)
+        request.app.state.waiters.submitted.add(job.id, principal.tenant_id)
     if wait > 0 and job.status not in TERMINAL:
         job = await _until_terminal(request, principal, job.id, deadline, known=job)
     return _json(job, status)
@@ -201,35 +201,39 @@ async def _until_terminal(request: Request, principal: Principal, job_id: int,
 
     The watch is registered before each look, so no notification slips between. A job its
     worker announced a moment ago needs no read (waiters.recent). `known` is the job as
-    the caller just wrote it, or as this process stored it a moment ago (waiters.submitted,
-    if the caller's tenant may see it): it stands for the first read unless the job was
-    announced.
+    the caller just wrote it: it stands for the first read unless the job was announced.
+    A job this process stored a moment ago (waiters.submitted, if the caller's tenant may
+    see it) is still queued as far as it knows: the first look then waits without a read.
     """
     waiters = request.app.state.waiters
-    if known is None:
-        stored = waiters.submitted.get(job_id)
-        if stored is not None and (stored[0] == principal.tenant_id or principal.is_admin):
-            known = stored[1]
+    tenant = waiters.submitted.get(job_id) if known is None else None
+    queued = tenant is not None and (tenant == principal.tenant_id or principal.is_admin)
     with waiters.waiting(principal.tenant_id, get_settings().max_long_polls_per_tenant) as ok:
         # Over the tenant's limit: one look, no wait (the job as it is, as wait=0 answers).
-        return await _poll(waiters, principal, job_id, deadline if ok else 0.0, known)
+        return await _poll(waiters, principal, job_id, deadline if ok else 0.0, known, queued)
 
 
 async def _poll(waiters: Waiters, principal: Principal, job_id: int, deadline: float,
-                known: JobRead | None) -> JobRead:
+                known: JobRead | None, queued: bool) -> JobRead:
     """_until_terminal's loop, for a long-poll the tenant's limit admitted (or one look)."""
     while True:
         with waiters.watch(job_id) as changed:
             final = waiters.recent.get(job_id)
             if final is not None:
                 return _finished(principal, job_id, final)
-            if known is not None and not waiters.recent.announced(job_id):
+            left = deadline - time.monotonic()
+            unchanged = not waiters.recent.announced(job_id)
+            job: JobRead | None
+            if known is not None and unchanged:
                 job, done = known, False
+            elif queued and unchanged and left > 0:
+                job, done = None, False  # waited for below: never answered as it is
             else:
                 job, done = await run_in_threadpool(_read, principal, job_id)
-            known = None
-            left = deadline - time.monotonic()
+                left = deadline - time.monotonic()
+            known, queued = None, False
             if done or left <= 0:
+                assert job is not None
                 return job
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), timeout=min(left, POLL_FALLBACK))
