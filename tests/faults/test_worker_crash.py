@@ -25,10 +25,21 @@ def open_chunks(engine: Engine, worker: str) -> int:
     `queued` meanwhile, so a worker mid-chunk shows as a session idle in a transaction
     that has taken an xid (it locked rows) under the worker's application_name.
     """
+    return sessions(engine, worker, "state = 'idle in transaction' AND backend_xid IS NOT NULL")
+
+
+def busy_statements(engine: Engine, worker: str) -> int:
+    """This worker's statements the server is still running. A frozen process can still
+    have a COMMIT in flight, sent just before the freeze: the server finishes it."""
+    return sessions(engine, worker, "state = 'active'")
+
+
+def sessions(engine: Engine, worker: str, condition: str) -> int:
+    """This worker's database sessions in a state (a fixed SQL condition of the test's)."""
     with engine.connect() as conn:
         return int(conn.execute(
             text("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE :w "
-                 "AND state = 'idle in transaction' AND backend_xid IS NOT NULL"),
+                 f"AND {condition}"),
             {"w": f"babelq-worker {worker}@%"},
         ).scalar_one())
 
@@ -40,17 +51,6 @@ def frozen_holding(stack: Stack, engine: Engine) -> bool:
         return True
     stack["w1"].signal_group(signal.SIGCONT)
     return False
-
-
-def busy_statements(engine: Engine, worker: str) -> int:
-    """This worker's statements the server is still running. A frozen process can still
-    have a COMMIT in flight, sent just before the freeze: the server finishes it."""
-    with engine.connect() as conn:
-        return int(conn.execute(
-            text("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE :w "
-                 "AND state = 'active'"),
-            {"w": f"babelq-worker {worker}@%"},
-        ).scalar_one())
 
 
 def worker_rows(engine: Engine, worker: str, since: int) -> int:

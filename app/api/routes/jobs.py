@@ -131,8 +131,12 @@ async def _create_now(request: Request, principal: Principal, job_in: JobCreate,
             kind=job_in.kind, params=job_in.params, actor=principal.actor,
             priority=job_in.priority, max_attempts=job_in.max_attempts, ref=job_in.ref)
     except jobs.UnknownKind as exc:
-        raise ApiError(422, str(exc), [{"field": "kind", "message": str(exc)}]) from None
+        raise _unknown_kind(exc) from None
     return (JobRead.of(job), 201) if job is not None else None
+
+
+def _unknown_kind(exc: jobs.UnknownKind) -> ApiError:
+    return ApiError(422, str(exc), [{"field": "kind", "message": str(exc)}])
 
 
 def _create(job_in: JobCreate, principal: Principal, idempotency_key: str | None
@@ -143,7 +147,7 @@ def _create(job_in: JobCreate, principal: Principal, idempotency_key: str | None
     try:
         jobs.validate(job_in.kind, job_in.params)
     except jobs.UnknownKind as exc:
-        raise ApiError(422, str(exc), [{"field": "kind", "message": str(exc)}]) from None
+        raise _unknown_kind(exc) from None
     key = job_in.idempotency_key or idempotency_key
     try:
         after = delayed.run_after(job_in.run_at, job_in.delay)
