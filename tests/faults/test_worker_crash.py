@@ -30,8 +30,11 @@ def open_chunks(engine: Engine, worker: str) -> int:
 
 def busy_statements(engine: Engine, worker: str) -> int:
     """This worker's statements the server is still running. A frozen process can still
-    have a COMMIT in flight, sent just before the freeze: the server finishes it."""
-    return sessions(engine, worker, "state = 'active'")
+    have a COMMIT in flight, sent just before the freeze: the server finishes it. One
+    waiting for a row lock the frozen chunk holds waits until the kill and never
+    commits (its process is killed too): not counted."""
+    return sessions(engine, worker,
+                    "state = 'active' AND wait_event_type IS DISTINCT FROM 'Lock'")
 
 
 def sessions(engine: Engine, worker: str, condition: str) -> int:
