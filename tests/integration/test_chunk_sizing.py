@@ -64,23 +64,33 @@ def test_a_slow_kinds_chunks_hold_about_chunk_seconds(
     task_prerun.connect(record, weak=False)
     try:
         _wait(api, key_a, _upload(api, key_a, [{"kind": "encode", "params": {"text": "x"}}] * 20))
-        batch = _upload(api, key_a, [{"kind": "test_sleep", "params": {"seconds": SLEEP}}] * JOBS)
-        _wait(api, key_a, batch)
+        first = _upload(api, key_a, [{"kind": "test_sleep", "params": {"seconds": SLEEP}}] * JOBS)
+        _wait(api, key_a, first)
+        # Measured by now: a second batch is sent in chunks of the measured size.
+        second = _upload(api, key_a, [{"kind": "test_sleep", "params": {"seconds": SLEEP}}] * JOBS)
+        _wait(api, key_a, second)
     finally:
         task_prerun.disconnect(record)
 
-    with session_scope() as session:
-        ids = set(session.execute(text("SELECT id FROM jobs WHERE batch_id = :b"),
-                                  {"b": batch}).scalars())
-    sizes = [len(m) for m in messages if set(m) & ids]
+    def sizes_of(batch: int) -> list[int]:
+        with session_scope() as session:
+            ids = set(session.execute(text("SELECT id FROM jobs WHERE batch_id = :b"),
+                                      {"b": batch}).scalars())
+        return [len(m) for m in messages if set(m) & ids]
+
     measured = window.RedisWindow().chunk_size("test_sleep")
+    fits = int(settings.chunk_seconds / SLEEP)
     # About 0.25 s of 50 ms jobs: 5 (fewer if the machine is slow), never a 500-job chunk.
-    assert 1 <= measured <= int(settings.chunk_seconds / SLEEP)
-    # Before any was measured, a kind starts with small chunks; once measured, its
-    # messages hold the measured size. (A message resent after requeue_after would
-    # count twice: hence at least JOBS.)
-    assert max(sizes) <= window.FIRST_CHUNK
-    assert sum(sizes) >= JOBS
-    assert sum(n for n in sizes if n <= int(settings.chunk_seconds / SLEEP)) >= JOBS // 4
+    assert 1 <= measured <= fits
+    # Before any was measured, a kind starts with small chunks. How many of the first
+    # batch's messages go out before the first is measured depends on the lane's window,
+    # which grows with the worker processes registered (other tests' workers included).
+    # (A message resent after requeue_after would count twice: hence at least JOBS.)
+    first_sizes, second_sizes = sizes_of(first), sizes_of(second)
+    assert max(first_sizes) <= window.FIRST_CHUNK
+    assert sum(first_sizes) >= JOBS
+    # Once measured, every message holds the measured size (about chunk_seconds).
+    assert sum(second_sizes) >= JOBS
+    assert max(second_sizes) <= fits, second_sizes
     # A cheap kind keeps big chunks: its throughput comes from them.
     assert window.RedisWindow().chunk_size("encode") >= 100
