@@ -89,10 +89,11 @@ class RedisWindow:
         self.costs = {k.decode(): float(v) for k, v in costs.items()}
         #: live pool processes per queue
         self.processes = live_processes(consumers, time.time())
+        saw_processes(self.processes)
 
     def window_of(self, queue: str) -> int:
-        """Messages a lane of this queue holds: a few per live process, at least the setting."""
-        return max(self.window, PER_PROCESS * self.processes.get(queue, 0))
+        """Messages a lane of this queue holds (lane_window)."""
+        return lane_window(self.window, self.processes.get(queue, 0))
 
     def room(self, kind: str, priority: int) -> int:
         """Messages this kind's lane takes before its window is full."""
@@ -109,6 +110,11 @@ class RedisWindow:
         if cost is None:
             return min(self.max_chunk, FIRST_CHUNK)
         return max(1, min(self.max_chunk, int(self.target / max(cost, 1e-6))))
+
+
+def lane_window(setting: int, processes: int) -> int:
+    """Messages a lane holds: a few per live process consuming it, at least the setting."""
+    return max(setting, PER_PROCESS * processes)
 
 
 def _announced(value: bytes) -> tuple[int, float]:
@@ -189,6 +195,13 @@ def observe(kind: str, seconds: float, jobs: int) -> None:
 LENGTH_FRESH = 0.25
 #: lane key -> (length, time.monotonic() when seen)
 _lengths: dict[str, tuple[int, float]] = {}
+#: Seconds the live pool processes per queue, as this process last read them from
+#: CONSUMERS, stand for asking again: a lane's window grows with them, and workers
+#: renew their registrations every CONSUMER_TTL / 3.
+PROCESSES_FRESH = CONSUMER_TTL / 3
+#: queue -> live pool processes, and time.monotonic() when read (never: -inf)
+_live: dict[str, int] = {}
+_live_seen: list[float] = [float("-inf")]
 
 
 def lane_key(kind: str, priority: int) -> str:
@@ -201,20 +214,35 @@ def saw_length(key: str, length: int) -> None:
     _lengths[key] = (length, time.monotonic())
 
 
+def saw_processes(live: dict[str, int]) -> None:
+    """Note the live pool processes per queue read now (see PROCESSES_FRESH)."""
+    _live.clear()
+    _live.update(live)
+    _live_seen[0] = time.monotonic()
+
+
 def room_seen(kind: str, priority: int) -> bool | None:
-    """lane_has_room() from the length seen in the last LENGTH_FRESH seconds; None if
-    none was (then only Redis can tell)."""
+    """lane_has_room() from what this process saw lately: the lane's length within
+    LENGTH_FRESH seconds, its queue's live processes within PROCESSES_FRESH; None if
+    either is older (then only Redis can tell)."""
     seen = _lengths.get(lane_key(kind, priority))
-    if seen is None or time.monotonic() - seen[1] > LENGTH_FRESH:
+    now = time.monotonic()
+    if seen is None or now - seen[1] > LENGTH_FRESH or now - _live_seen[0] > PROCESSES_FRESH:
         return None
-    return seen[0] < get_settings().dispatch_window
+    return seen[0] < lane_window(get_settings().dispatch_window, _live.get(queue_for(kind), 0))
 
 
 def lane_has_room(kind: str, priority: int) -> bool:
-    """Whether a single job may go straight to Redis: its lane's window is not full."""
+    """Whether a single job may go straight to Redis: its lane's window, which the
+    dispatcher sizes by the live processes (RedisWindow.window_of), is not full."""
     room = room_seen(kind, priority)
     if room is None:
         key = lane_key(kind, priority)
-        saw_length(key, int(_client().llen(key)))
+        pipe = _client().pipeline(transaction=False)
+        pipe.llen(key)
+        pipe.hgetall(CONSUMERS)
+        length, consumers = pipe.execute()
+        saw_length(key, int(length))
+        saw_processes(live_processes(consumers, time.time()))
         room = room_seen(kind, priority)
     return bool(room)

@@ -193,6 +193,7 @@ def test_a_submission_from_the_event_loop_is_stored_as_any(settings: Settings) -
 
     key = window.lane_key("encode", 1)
     window._lengths.pop(key, None)
+    window.saw_processes({})
     assert asyncio.run(submit()) is None  # no length seen: the caller's usual way
     window.saw_length(key, 0)
     job = asyncio.run(submit())
