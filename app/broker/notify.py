@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
 
 import orjson
 import redis
@@ -44,12 +43,12 @@ def async_redis_client(url: str) -> aioredis.Redis:
     return aioredis.Redis.from_url(url)
 
 
-def finished(ids: Sequence[int], jobs: Sequence[dict[str, Any]] = ()) -> None:
+def finished(ids: Sequence[int], jobs: Sequence[orjson.Fragment] = ()) -> None:
     """Tell waiters these jobs changed state; best effort, waiters also poll.
 
-    jobs: some of them whole, as a read would show them (with "tenant_id"), so a waiter
-    answers without reading them again. The message is then {"ids": [...], "jobs":
-    [...]}, else the list of ids alone.
+    jobs: some of them whole, the JSON of each as a read would show it (with
+    "tenant_id"), so a waiter answers without reading them again. The message is then
+    {"ids": [...], "jobs": [...]}, else the list of ids alone.
     """
     url = get_settings().redis_url
     if not url or not ids:

@@ -464,14 +464,31 @@ def finish_fresh(o: Outcome, *, worker: str, dispatch: int) -> bool:
     return True
 
 
-def finished_jobs(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
-    """The succeeded jobs of these outcomes as a read shows them, for notify.finished.
+#: Largest finished job (its JSON as a read shows it, params and result) announced whole.
+#: Every api process keeps up to RecentlyFinished.MAX of the jobs announced whole, so
+#: this bounds that memory (1,024 x 16 KB) whatever tenants submit: an evaluate's params
+#: alone may be 400 KB. A babel encode (about 4.5 KB) fits; a larger job is announced by
+#: id, and its long-poll reads it.
+WHOLE_JOB_BYTES = 16_384
 
-    Only outcomes whose row their finishing statement returned (a few-job chunk); the
-    result goes as its canonical JSON, unparsed. Call after the commit.
+
+def finished_jobs(outcomes: Sequence[Outcome]) -> list[orjson.Fragment]:
+    """The succeeded jobs of these outcomes as a read shows them, as JSON, for
+    notify.finished.
+
+    Only outcomes whose row their finishing statement returned (a few-job chunk), and of
+    those only the jobs of at most WHOLE_JOB_BYTES; the result goes as its canonical JSON,
+    unparsed. Call after the commit.
     """
-    return [{**o.row._asdict(), "result": orjson.Fragment(o.canonical),
-             "result_sha256": o.sha} for o in outcomes if o.row is not None]
+    whole = []
+    for o in outcomes:
+        if o.row is None:
+            continue
+        data = orjson.dumps({**o.row._asdict(), "result": orjson.Fragment(o.canonical),
+                             "result_sha256": o.sha})
+        if len(data) <= WHOLE_JOB_BYTES:
+            whole.append(orjson.Fragment(data))
+    return whole
 
 
 def _kept(outcomes: list[Outcome], rows: Sequence[Any]) -> list[Outcome]:

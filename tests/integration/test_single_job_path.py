@@ -6,12 +6,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import orjson
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from app import jobs
 from app.api.routes.jobs import _read
-from app.jobs import keys
+from app.broker.notify import CHANNEL
+from app.config import Settings
+from app.jobs import keys, pending_publish
+from app.jobs.keys import ensure_tenant
 from app.store.db import session_scope
 from tests.integration.conftest import auth
 from tests.integration.test_inline_lease import unpublished_job
@@ -106,3 +112,44 @@ def test_a_long_poll_after_submission_sees_a_cancel_made_meanwhile(
     # another tenant's key is refused as ever, remembered or not
     assert api.get(f"/v1/jobs/{job_id}", params={"wait": 1},
                    headers=auth(key_b)).status_code == 404
+
+
+def unpublished(params: dict[str, Any]) -> int:
+    """A queued encode job with these params, that no worker is told about."""
+    with session_scope() as s:
+        tenant = ensure_tenant(s, "inline-lease").id
+        job, _ = jobs.submit(s, tenant_id=tenant, kind="encode", params=params, actor="test")
+        s.info.pop(pending_publish.PENDING, None)
+        s.info.pop(pending_publish.FAST, None)
+        return job.id
+
+
+def test_only_small_jobs_are_announced_whole(api: TestClient, admin_key: str,
+                                             settings: Settings) -> None:
+    """Every api process keeps the jobs announced whole for a few seconds: a job of 16 KB
+    or more (an hd encode of 20,000 characters here) is announced by id, and its
+    long-poll reads it from PostgreSQL instead."""
+    small = unpublished_job("small enough")
+    large = unpublished({"text": "word " * 4000, "codec": "hd"})
+    with redis.Redis.from_url(settings.redis_url or "") as client, client.pubsub() as sub:
+        sub.subscribe(CHANNEL)
+        assert sub.get_message(timeout=5) is not None  # subscribed
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(api.get, f"/v1/jobs/{large}", params={"wait": 30},
+                                  headers=auth(admin_key))
+            time.sleep(0.5)  # let the long-poll start waiting (it passes either way)
+            assert tasks.execute_chunk([small], worker="test-announce") == 1
+            assert tasks.execute_chunk([large], worker="test-announce") == 1
+            waited: dict[str, Any] = waiting.result().json()
+        announced: dict[int, list[int]] = {}
+        while len(announced) < 2:
+            message = sub.get_message(timeout=5)
+            assert message is not None, f"announcements seen: {announced}"
+            body = orjson.loads(message["data"])
+            if isinstance(body, dict) and set(body["ids"]) & {small, large}:
+                announced[body["ids"][0]] = [job["id"] for job in body["jobs"]]
+            elif isinstance(body, list) and set(body) & {small, large}:
+                announced[body[0]] = []
+    assert announced == {small: [small], large: []}
+    assert waited["status"] == "succeeded" and waited["result"]["codec"] == "hd"
+    assert waited == from_database(admin_key, large)
