@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     tracing: bool = False
     #: Where traces go when tracing is on (the OTLP exporter's default when unset).
     otlp_endpoint: str | None = None
+    #: A file the worker and the relay touch every ALIVE_EVERY seconds while their main
+    #: loop turns, for a liveness probe (app.observe.alive); off when unset.
+    alive_file: Path | None = None
 
     flower_host: str = "127.0.0.1"
     flower_port: int = 5555

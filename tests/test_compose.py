@@ -300,3 +300,33 @@ def test_grafana_is_provisioned_with_prometheus_and_the_dashboard() -> None:
     assert uids == {source["uid"]}
     env = _environment("grafana")
     assert env.get("GF_AUTH_ANONYMOUS_ENABLED") == "false"
+
+
+@pytest.mark.parametrize("name", [*WORKERS, "relay"])
+def test_worker_and_relay_are_healthy_while_their_loop_touches_the_file(
+    name: str, tmp_path: Path
+) -> None:
+    """The healthcheck, run by sh as Docker would ($$ is compose's escaped $), passes on a
+    liveness file touched just now and fails on a stale or missing one."""
+    import os
+    import subprocess
+    import time
+
+    check = _service(name)["healthcheck"]
+    kind, command = check["test"][0], check["test"][1]
+    assert kind == "CMD-SHELL"
+    path = _environment(name)["BABELQ_ALIVE_FILE"]
+    assert path.startswith("/tmp/")  # the only writable place of the image's user
+    alive = tmp_path / "alive"
+
+    def healthy() -> bool:
+        env = {**os.environ, "BABELQ_ALIVE_FILE": str(alive)}
+        done = subprocess.run(["sh", "-c", command.replace("$$", "$")], env=env,
+                              stderr=subprocess.DEVNULL)
+        return done.returncode == 0
+
+    assert not healthy()  # missing
+    alive.touch()
+    assert healthy()
+    os.utime(alive, (time.time() - 120, time.time() - 120))
+    assert not healthy()

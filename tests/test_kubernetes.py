@@ -467,3 +467,20 @@ def test_the_test_builder_agrees_with_kustomize(overlay: str, tmp_path: Path) ->
             data = resource.pop("data")
             resource["stringData"] = {k: base64.b64decode(v).decode() for k, v in data.items()}
     assert real == {(r["kind"], r["metadata"]["name"]): r for r in BUILDS[overlay]}
+
+
+@pytest.mark.parametrize("workload", [*(f"babelq-worker-{k}" for k in KINDS), "babelq-relay"])
+def test_worker_and_relay_are_restarted_when_their_loop_hangs(workload: str) -> None:
+    """No HTTP to probe: the probe reads the age of the liveness file their loop touches
+    (app/observe/alive.py), kept on the /tmp emptyDir. The command itself is run against
+    real files in tests/integration/test_cli.py."""
+    spec = _workloads()[workload]["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    assert env["BABELQ_ALIVE_FILE"].startswith("/tmp/")
+    for probe in ("startupProbe", "livenessProbe"):
+        command = container[probe]["exec"]["command"]
+        assert command[:2] == ["sh", "-c"] and "$BABELQ_ALIVE_FILE" in command[2], probe
+    live = container["livenessProbe"]
+    # Restarted only after several missed touches (every 5 s) and looks.
+    assert live["periodSeconds"] * live["failureThreshold"] >= 60

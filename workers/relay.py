@@ -19,6 +19,7 @@ from app import jobs
 from app.config import get_settings
 from app.jobs import counts, delayed, dispatch, schedules
 from app.jobs.manage import SLICE
+from app.observe import alive
 from app.store import statistics
 from app.store.db import session_scope
 from workers import webhooks
@@ -69,6 +70,7 @@ def relay_pass(actor: str, prune: bool = True) -> PassReport:
         report.pended += pended
         if pended < SLICE:
             break
+        alive.touch()  # a backlog of a million takes many slices: the loop still turns
     report.resent = dispatch.resend()
     report.published = dispatch.run_pass()
     report.cancelled = finish_cancels(actor)
@@ -118,4 +120,8 @@ def run(stop: threading.Event | None = None, interval: float | None = None) -> N
                 log.info("relay: %s", report)
         except (OperationalError, redis.RedisError, OSError) as exc:
             log.warning("relay pass failed, will retry: %s", exc)
+        # After each pass, failed or not: the probe asks whether the loop turns, not
+        # whether the servers answer (an outage of either is waited out here).
+        alive.touch()
         stop.wait(pause)
+    alive.remove()

@@ -24,7 +24,7 @@ from app.jobs.dispatch import refill
 from app.observe import tracing
 from app.ops.memory import tune_gc
 from app.store.db import session_scope
-from workers import consumers, fastlane  # noqa: F401  (worker steps: see each)
+from workers import alive, consumers, fastlane  # noqa: F401  (worker steps: see each)
 from workers.heartbeat import HEARTBEAT
 
 log = logging.getLogger(__name__)

@@ -400,3 +400,50 @@ def test_webhooks_delays_and_schedules_from_the_command_line(stack: Stack) -> No
     assert shown["paused"] is True
     stack.ok("schedules", "delete", str(made["id"]))
     assert json.loads(stack.ok("schedules", "list", "--json")) == []
+
+
+def _probe_command(component: str) -> list[str]:
+    """The liveness probe's command of a workload in deploy/kubernetes/base."""
+    import yaml
+
+    path = Path(__file__).parents[2] / "deploy" / "kubernetes" / "base" / f"{component}.yaml"
+    deployment = next(d for d in yaml.safe_load_all(path.read_text())
+                      if d and d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return list(container["livenessProbe"]["exec"]["command"])
+
+
+def test_worker_and_relay_keep_their_liveness_files_fresh(stack: Stack, tmp_path: Path
+                                                          ) -> None:
+    """The worker's event loop and the relay's loop touch BABELQ_ALIVE_FILE while they
+    turn; the manifests' probe passes on such a file and fails on a stale or missing one;
+    a clean stop takes the file away."""
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    files = {name: tmp_path / f"{name}.alive" for name in ("worker", "relay")}
+    commands = {"worker": ["worker", "-c", "1", "-n", "alive-test@%h", "--loglevel", "warning"],
+                "relay": ["relay"]}
+    try:
+        for name, args in commands.items():
+            with (tmp_path / f"{name}.log").open("wb") as log:
+                procs[name] = subprocess.Popen(
+                    [*CLI, *args], env={**stack.env, "BABELQ_ALIVE_FILE": str(files[name])},
+                    stdout=log, stderr=log)
+        for name, path in files.items():
+            wait_for(f"the {name}'s liveness file", path.exists, 60)
+            first = path.stat().st_mtime
+            wait_for(f"the {name} to touch it again", lambda p=path, t=first: (
+                p.exists() and p.stat().st_mtime > t), 30)
+            probe = _probe_command("worker-encode" if name == "worker" else "relay")
+            env = {**os.environ, "BABELQ_ALIVE_FILE": str(path)}
+            assert subprocess.run(probe, env=env).returncode == 0, name
+            stale = tmp_path / f"{name}.stale"
+            stale.touch()
+            os.utime(stale, (time.time() - 120, time.time() - 120))
+            env["BABELQ_ALIVE_FILE"] = str(stale)
+            assert subprocess.run(probe, env=env, stderr=subprocess.DEVNULL).returncode != 0
+            env["BABELQ_ALIVE_FILE"] = str(tmp_path / "missing")
+            assert subprocess.run(probe, env=env, stderr=subprocess.DEVNULL).returncode != 0
+    finally:
+        for process in procs.values():
+            stop_process(process)
+    assert [name for name, path in files.items() if path.exists()] == []
