@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(0, ge=0)
     #: Queued plus running jobs per tenant; 0 means no cap.
     max_queued_per_tenant: int = Field(0, ge=0)
+    #: Schedules per tenant; 0 means no limit. Every schedule may fire once a second, and
+    #: the relay fires at most 100 a pass, oldest due first.
+    max_schedules_per_tenant: int = Field(100, ge=0)
     #: Seconds an api process trusts a live key without asking PostgreSQL again; a key
     #: revoked outside the api (the CLI) is refused within this. 0 looks up every request.
     key_cache_seconds: float = Field(2.0, ge=0, le=60)

@@ -10,22 +10,35 @@ skipped, and the schedule carries on from now.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadCronError, croniter
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.config import get_settings
+from app.jobs import admission
+from app.jobs.refusals import AtCap
 from app.jobs.submit import submit
 from app.store.models import Schedule
+
+log = logging.getLogger(__name__)
+
+#: First half of the advisory lock key that serialises one tenant's schedule creations.
+_SCHEDULES_LOCK = 0x7363
 
 
 class BadSchedule(ValueError):
     """An invalid cron expression or time zone, or a name already used by the tenant."""
+
+
+class TooManySchedules(Exception):
+    """The tenant has max_schedules_per_tenant schedules already (409)."""
 
 
 def zone(name: str) -> ZoneInfo:
@@ -62,6 +75,7 @@ def create(session: Session, *, tenant_id: int, name: str, cron: str, timezone: 
            job: dict[str, Any]) -> Schedule:
     """A new schedule of the tenant, first firing at the next matching time."""
     check(cron, timezone)
+    _check_room(session, tenant_id)
     schedule = Schedule(tenant_id=tenant_id, name=name, cron=cron, timezone=timezone, job=job,
                         paused=False, next_fire_at=next_fire(cron, timezone, datetime.now(UTC)))
     session.add(schedule)
@@ -71,6 +85,22 @@ def create(session: Session, *, tenant_id: int, name: str, cron: str, timezone: 
         session.rollback()
         raise BadSchedule(f"a schedule named {name!r} exists already") from None
     return schedule
+
+
+def _check_room(session: Session, tenant_id: int) -> None:
+    """TooManySchedules if the tenant has max_schedules_per_tenant already. Holds a
+    per-tenant advisory lock until the transaction ends, so that concurrent creations
+    cannot each see room for themselves."""
+    cap = get_settings().max_schedules_per_tenant
+    if cap <= 0:
+        return
+    session.execute(text("SELECT pg_advisory_xact_lock(:ns, :t)"),
+                    {"ns": _SCHEDULES_LOCK, "t": tenant_id})
+    have = session.scalar(select(func.count()).select_from(Schedule)
+                          .where(Schedule.tenant_id == tenant_id)) or 0
+    if have >= cap:
+        raise TooManySchedules(f"tenant has {have} schedules, the most allowed "
+                               f"(BABELQ_MAX_SCHEDULES_PER_TENANT = {cap}); delete one first")
 
 
 def get_all(session: Session, *, tenant_id: int) -> Sequence[Schedule]:
@@ -106,13 +136,26 @@ _FIRED = text(
     "UPDATE schedules SET next_fire_at = :next, last_fire_at = :fired, last_job_id = :job "
     "WHERE id = :id"
 )
+_DEFERRED = text("UPDATE schedules SET next_fire_at = :next WHERE id = :id")
 
 
 def fire_due(session: Session, *, actor: str, limit: int = 100) -> int:
-    """Submit the job of every due schedule once; returns how many fired."""
+    """Submit the job of every due schedule once, within its tenant's limits; returns how
+    many fired."""
     rows = session.execute(_DUE, {"limit": limit}).all()
     now = datetime.now(UTC)
+    fired_count = 0
     for row in rows:
+        upcoming = next_fire(row.cron, row.timezone, now)
+        wait = held_back(session, row.tenant_id)
+        if wait > 0:
+            # Tried again after the wait (or at the next fire time, if sooner): then, as
+            # for any missed fire, the latest fire time passed runs once.
+            later = min(upcoming, now + timedelta(seconds=wait))
+            session.execute(_DEFERRED, {"id": row.id, "next": later})
+            log.info("schedule %s of tenant %s held back %.1f s by the tenant's limits",
+                     row.id, row.tenant_id, wait)
+            continue
         fired = max(row.next_fire_at, last_fire(row.cron, row.timezone, now))
         spec = row.job
         job, _ = submit(
@@ -121,8 +164,20 @@ def fire_due(session: Session, *, actor: str, limit: int = 100) -> int:
             max_attempts=spec.get("max_attempts"), ref=spec.get("ref"),
             idempotency_key=fire_key(row.id, fired))
         session.execute(_FIRED, {"id": row.id, "fired": fired, "job": job.id,
-                                 "next": next_fire(row.cron, row.timezone, now)})
-    return len(rows)
+                                 "next": upcoming})
+        fired_count += 1
+    return fired_count
+
+
+def held_back(session: Session, tenant_id: int) -> float:
+    """Seconds until the tenant's limits let one more job in; 0 if they do now, its token
+    then taken. A scheduled job counts against the tenant's cap and rate as any other:
+    schedules firing every second must not be a way around them."""
+    try:
+        admission.check_cap(session, tenant_id, 1)
+    except AtCap as exc:
+        return float(exc.retry_after or admission.CAP_RETRY_AFTER)
+    return admission.take_tokens(tenant_id, 1)
 
 
 def fire_key(schedule_id: int, fired: datetime) -> str:

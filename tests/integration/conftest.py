@@ -41,8 +41,8 @@ def worker(celery_app: Any) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def relay(settings: Settings) -> Iterator[threading.Event]:
-    """The relay loop in a thread."""
+def relay(settings: Settings, celery_app: Any) -> Iterator[threading.Event]:
+    """The relay loop in a thread (it publishes with the configured Celery app)."""
     from workers import relay as relay_mod
 
     stop = threading.Event()

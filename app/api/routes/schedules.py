@@ -92,6 +92,8 @@ def create_schedule(body: ScheduleCreate, session: SessionDep,
         raise ApiError(422, str(exc), [{"field": "job.kind", "message": str(exc)}]) from None
     except schedules.BadSchedule as exc:
         raise ApiError(422, str(exc)) from None
+    except schedules.TooManySchedules as exc:
+        raise ApiError(409, str(exc)) from None
     session.commit()
     return ScheduleRead.of(row)
 
