@@ -145,7 +145,9 @@ def fire_due(session: Session, *, actor: str, limit: int = 100) -> int:
     rows = session.execute(_DUE, {"limit": limit}).all()
     now = datetime.now(UTC)
     fired_count = 0
-    for row in rows:
+    # Tenant by tenant: held_back takes a tenant's advisory lock until this transaction
+    # ends, and two relays taking them in different orders could deadlock.
+    for row in sorted(rows, key=lambda r: (r.tenant_id, r.next_fire_at)):
         upcoming = next_fire(row.cron, row.timezone, now)
         wait = held_back(session, row.tenant_id)
         if wait > 0:
