@@ -137,11 +137,16 @@ def flower(
     require(settings.redis_url, "redis_url")
     from app.broker.celery_app import celery_app, configure
 
+    from app.observe import logs
+
     configure(settings, fast_transport=False)  # its Broker page needs a plain redis:// URL
     # Through Flower's environment option, so the password is not in `ps` output.
     os.environ["FLOWER_BASIC_AUTH"] = f"{user}:{password}"
     address, listen = host or settings.flower_host, port or settings.flower_port
-    celery_app.start(["flower", f"--address={address}", f"--port={listen}"])
+    # Our handler, in BABELQ_LOG_FORMAT, as every other process; --logging=none keeps
+    # tornado from adding its own (colored lines, not JSON) to the root logger.
+    logs.configure(settings.log_format)
+    celery_app.start(["flower", f"--address={address}", f"--port={listen}", "--logging=none"])
 
 
 def migrate_cmd(

@@ -74,3 +74,32 @@ def test_api_writes_json_lines(settings: Settings) -> None:
     assert any(a["path"] == "/health" and a["status"] == 200 and a["method"] == "GET"
                and a["duration_ms"] >= 0
                for a in access), access
+
+
+def test_flower_writes_json_lines(settings: Settings) -> None:
+    """`babelq flower` with BABELQ_LOG_FORMAT=json: Flower's and tornado's lines too."""
+    logs = Path(tempfile.mkdtemp(prefix="bq-logs-"))
+    port = free_port()
+    proc = Proc("flower", [BABELQ, "flower", "--port", str(port)], logs / "flower.log")
+    proc.start(babelq_env(database_url=str(settings.database_url),
+                          redis_url=str(settings.redis_url), log_format="json",
+                          flower_user="ops", flower_password="a-long-flower-password"))
+
+    def answers() -> bool:
+        assert proc.alive, proc.tail()
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for("Flower to answer", answers, 60, every=0.2)
+        wait_for("Flower's startup lines", lambda: "flower" in proc.log.read_text(), 10)
+    finally:
+        proc.stop()
+    text = proc.log.read_text()
+    shutil.rmtree(logs, ignore_errors=True)
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("===")]
+    parsed = [json.loads(line) for line in lines]  # every line: a JSON object
+    assert all({"time", "level", "logger", "message"} <= set(line) for line in parsed)
+    assert any(line["logger"].startswith("flower") for line in parsed), parsed
