@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError
 from app.api.keycache import KeyCache
-from app.jobs.keys import Principal, authenticate
+from app.jobs.keys import Principal, authenticate, hash_key
 from app.store.db import driver_autocommit, new_session
 
 log = logging.getLogger(__name__)
@@ -53,18 +53,19 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
-#: Keys being looked up again ahead of their deadline (KeyCache.due), by key: one each.
+#: Keys being looked up again ahead of their deadline (KeyCache.due), by key hash (no
+#: raw key kept where it need not be): one lookup each.
 _refreshing: dict[str, asyncio.Task[None]] = {}
 
 
-async def _refresh(cache: KeyCache, token: str) -> None:
+async def _refresh(cache: KeyCache, token: str, digest: str) -> None:
     try:
         principal = await run_in_threadpool(_lookup, token)
     except Exception as exc:  # the kept entry stands until its deadline
         log.debug("key not looked up again ahead of time: %s", type(exc).__name__)
         return
     finally:
-        _refreshing.pop(token, None)
+        _refreshing.pop(digest, None)
     if principal is None:
         cache.forget(token)
     else:
@@ -76,8 +77,10 @@ async def get_principal(request: Request) -> Principal:
     token = _bearer(request)
     cache: KeyCache = request.app.state.keys
     principal = cache.get(token)
-    if principal is not None and cache.due(token) and token not in _refreshing:
-        _refreshing[token] = asyncio.create_task(_refresh(cache, token))
+    if principal is not None and cache.due(token):
+        digest = hash_key(token)
+        if digest not in _refreshing:
+            _refreshing[digest] = asyncio.create_task(_refresh(cache, token, digest))
     if principal is None:
         principal = await run_in_threadpool(_lookup, token)
         if principal is None:

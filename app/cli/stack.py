@@ -136,7 +136,6 @@ def flower(
     settings = get_settings()
     require(settings.redis_url, "redis_url")
     from app.broker.celery_app import celery_app, configure
-
     from app.observe import logs
 
     configure(settings, fast_transport=False)  # its Broker page needs a plain redis:// URL
