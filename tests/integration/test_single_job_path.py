@@ -97,7 +97,7 @@ def test_a_long_poll_after_submission_sees_a_cancel_made_meanwhile(
     api: TestClient, key_a: str, key_b: str
 ) -> None:
     """The api remembers a job it just stored, so the long-poll that follows needs no read
-    first; a change nobody announces (a cancel) is still seen, at the poll fallback."""
+    first; a cancel made meanwhile is still seen (announced, or at the poll fallback)."""
     created = api.post("/v1/jobs", json={"kind": "encode", "params": {"text": "remembered"},
                                          "delay": 600}, headers=auth(key_a))
     assert created.status_code == 201
@@ -112,6 +112,29 @@ def test_a_long_poll_after_submission_sees_a_cancel_made_meanwhile(
     # another tenant's key is refused as ever, remembered or not
     assert api.get(f"/v1/jobs/{job_id}", params={"wait": 1},
                    headers=auth(key_b)).status_code == 404
+
+
+def test_a_cancel_answers_the_waiting_long_polls_at_once(
+    api: TestClient, key_a: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel is announced like a finish: a long-poll waiting on the job answers with
+    it then, not at its next fallback read (made longer than the wait here)."""
+    from app.api.routes import jobs as job_routes
+
+    monkeypatch.setattr(job_routes, "POLL_FALLBACK", 60.0)
+    created = api.post("/v1/jobs", json={"kind": "encode", "params": {"text": "to cancel"},
+                                         "delay": 600}, headers=auth(key_a))
+    job_id = created.json()["id"]
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(api.get, f"/v1/jobs/{job_id}", params={"wait": 15},
+                              headers=auth(key_a))
+        time.sleep(0.5)  # let the long-poll start waiting (it passes either way)
+        cancelled = api.post(f"/v1/jobs/{job_id}/cancel", headers=auth(key_a))
+        assert cancelled.json()["status"] == "cancelled"
+        at = time.monotonic()
+        assert waiting.result().json()["status"] == "cancelled"
+    # Unannounced, it would be read at the long-poll's deadline, 15 s in.
+    assert time.monotonic() - at < 10
 
 
 def unpublished(params: dict[str, Any]) -> int:
