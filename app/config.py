@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(64, ge=1, le=1000)
     #: Seconds a receiver has to answer.
     webhook_timeout: float = Field(10.0, gt=0)
+    #: Certificate authorities (PEM) a receiver's https certificate may also be signed
+    #: by, besides the system's (certifi's): a private CA of internal receivers.
+    webhook_ca_file: Path | None = None
     #: Exponential backoff with jitter between attempts of a delivery (seconds).
     webhook_backoff_base: float = Field(10.0, gt=0)
     webhook_backoff_max: float = Field(3600.0, gt=0)

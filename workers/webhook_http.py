@@ -23,6 +23,7 @@ import asyncio
 import ssl
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 from urllib.parse import quote
 
@@ -187,18 +188,22 @@ class Client:
     Owned by one sending coroutine: no locks, no pool bookkeeping.
     """
 
-    def __init__(self, timeout: float, kept: int) -> None:
+    def __init__(self, timeout: float, kept: int, ca_file: Path | None = None) -> None:
         self.timeout = timeout
         self.kept = kept
+        self.ca_file = ca_file
         self.idle: dict[Destination, _Answer] = {}
         self._tls: ssl.SSLContext | None = None
 
     def tls(self) -> ssl.SSLContext:
-        """Certificates checked against the system's (certifi's) authorities, made once."""
+        """Certificates checked against the system's (certifi's) authorities, and those of
+        ca_file (BABELQ_WEBHOOK_CA_FILE: a private CA of internal receivers), made once."""
         if self._tls is None:
             import httpx  # only for its TLS defaults, the same as before this client
 
             self._tls = httpx.create_ssl_context(trust_env=False)
+            if self.ca_file is not None:
+                self._tls.load_verify_locations(cafile=str(self.ca_file))
         return self._tls
 
     async def post(self, to: Destination, target: str, headers: list[tuple[str, str]],

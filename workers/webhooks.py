@@ -134,7 +134,8 @@ class Sender:
 
     async def send_loop(self, stop: threading.Event) -> None:
         """One sender: take a claimed delivery, send it, hand the outcome to the recorder."""
-        http = Client(self.settings.webhook_timeout, RESPONSE_KEPT)
+        http = Client(self.settings.webhook_timeout, RESPONSE_KEPT,
+                      self.settings.webhook_ca_file)
         try:
             while not (stop.is_set() and self.claimed.empty()):
                 try:
