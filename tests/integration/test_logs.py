@@ -45,24 +45,26 @@ def test_every_line_about_a_job_names_it(
     assert f"job_id={job['id']}" in console and "kind=test_fail" in console
 
 
-def test_api_writes_json_lines(settings: Settings) -> None:
-    """`babelq api` with BABELQ_LOG_FORMAT=json: uvicorn's own lines and access log too."""
+def json_lines_of(settings: Settings, name: str, args: list[str], path: str, seen: str,
+                  **env: str) -> list[dict[str, object]]:
+    """Run `babelq NAME ARGS --port P` with BABELQ_LOG_FORMAT=json until `path` answers 200
+    and its log holds `seen`; every line it wrote, each parsed as a JSON object."""
     logs = Path(tempfile.mkdtemp(prefix="bq-logs-"))
     port = free_port()
-    proc = Proc("api", [BABELQ, "api", "--port", str(port)], logs / "api.log")
+    proc = Proc(name, [BABELQ, name, *args, "--port", str(port)], logs / f"{name}.log")
     proc.start(babelq_env(database_url=str(settings.database_url),
-                          redis_url=str(settings.redis_url), log_format="json"))
+                          redis_url=str(settings.redis_url), log_format="json", **env))
 
-    def healthy() -> bool:
+    def answers() -> bool:
         assert proc.alive, proc.tail()
         try:
-            return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+            return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
     try:
-        wait_for("the api to answer", healthy, 60, every=0.2)
-        wait_for("its access log line", lambda: "/health" in proc.log.read_text(), 10)
+        wait_for(f"{name} to answer", answers, 60, every=0.2)
+        wait_for(f"{seen!r} in its log", lambda: seen in proc.log.read_text(), 10)
     finally:
         proc.stop()
     text = proc.log.read_text()
@@ -70,36 +72,20 @@ def test_api_writes_json_lines(settings: Settings) -> None:
     lines = [json.loads(line) for line in text.splitlines()
              if line.strip() and not line.startswith("===")]
     assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    return lines
+
+
+def test_api_writes_json_lines(settings: Settings) -> None:
+    """`babelq api` with BABELQ_LOG_FORMAT=json: uvicorn's own lines and access log too."""
+    lines = json_lines_of(settings, "api", [], "/health", "/health")
     access = [line for line in lines if line["logger"] == "babelq.access"]
     assert any(a["path"] == "/health" and a["status"] == 200 and a["method"] == "GET"
-               and a["duration_ms"] >= 0
+               and float(str(a["duration_ms"])) >= 0
                for a in access), access
 
 
 def test_flower_writes_json_lines(settings: Settings) -> None:
     """`babelq flower` with BABELQ_LOG_FORMAT=json: Flower's and tornado's lines too."""
-    logs = Path(tempfile.mkdtemp(prefix="bq-logs-"))
-    port = free_port()
-    proc = Proc("flower", [BABELQ, "flower", "--port", str(port)], logs / "flower.log")
-    proc.start(babelq_env(database_url=str(settings.database_url),
-                          redis_url=str(settings.redis_url), log_format="json",
-                          flower_user="ops", flower_password="a-long-flower-password"))
-
-    def answers() -> bool:
-        assert proc.alive, proc.tail()
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for("Flower to answer", answers, 60, every=0.2)
-        wait_for("Flower's startup lines", lambda: "flower" in proc.log.read_text(), 10)
-    finally:
-        proc.stop()
-    text = proc.log.read_text()
-    shutil.rmtree(logs, ignore_errors=True)
-    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("===")]
-    parsed = [json.loads(line) for line in lines]  # every line: a JSON object
-    assert all({"time", "level", "logger", "message"} <= set(line) for line in parsed)
-    assert any(line["logger"].startswith("flower") for line in parsed), parsed
+    lines = json_lines_of(settings, "flower", [], "/healthcheck", "flower",
+                          flower_user="ops", flower_password="a-long-flower-password")
+    assert any(str(line["logger"]).startswith("flower") for line in lines), lines
