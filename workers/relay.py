@@ -100,12 +100,36 @@ def finish_cancels(actor: str) -> int:
     return done
 
 
+#: Seconds at least between starts of the webhook sender, when it stopped on an error.
+SENDER_RESTART_AFTER = 5.0
+
+
+@dataclass
+class Sender:
+    """The relay's webhook sender thread, and when it was started."""
+
+    thread: threading.Thread
+    started: float
+
+
+def keep_sending(sender: Sender, stop: threading.Event) -> Sender:
+    """A new webhook sender if this one stopped on an error (a bug, or something nobody
+    foresaw): webhooks would otherwise wait for a restart of the relay, whose own loop
+    still turns. At most one start per SENDER_RESTART_AFTER."""
+    if sender.thread.is_alive() or stop.is_set():
+        return sender
+    if time.monotonic() - sender.started < SENDER_RESTART_AFTER:
+        return sender
+    log.error("webhook sender had stopped; starting it again")
+    return Sender(webhooks.start(stop), time.monotonic())
+
+
 def run(stop: threading.Event | None = None, interval: float | None = None) -> None:
     """Relay passes forever (or until stop is set), surviving outages of either server."""
     stop = stop or threading.Event()
     pause = interval if interval is not None else get_settings().relay_interval
     actor = f"relay@{socket.gethostname()}"
-    webhooks.start(stop)
+    sender = Sender(webhooks.start(stop), time.monotonic())
     next_prune = 0.0
     while not stop.is_set():
         try:
@@ -120,6 +144,7 @@ def run(stop: threading.Event | None = None, interval: float | None = None) -> N
                 log.info("relay: %s", report)
         except (OperationalError, redis.RedisError, OSError) as exc:
             log.warning("relay pass failed, will retry: %s", exc)
+        sender = keep_sending(sender, stop)
         # After each pass, failed or not: the probe asks whether the loop turns, not
         # whether the servers answer (an outage of either is waited out here).
         alive.touch()

@@ -251,9 +251,8 @@ def run(stop: threading.Event) -> None:
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(Sender().run(stop))
-    except Exception:
-        log.exception("webhook sender stopped; restart the relay to send again")
-        raise
+    except Exception:  # the relay starts a new sender (relay.keep_sending)
+        log.exception("webhook sender stopped on an error")
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
