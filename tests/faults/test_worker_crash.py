@@ -30,11 +30,23 @@ def open_chunks(engine: Engine, worker: str) -> int:
 
 def busy_statements(engine: Engine, worker: str) -> int:
     """This worker's statements the server is still running. A frozen process can still
-    have a COMMIT in flight, sent just before the freeze: the server finishes it. One
-    waiting for a row lock the frozen chunk holds waits until the kill and never
-    commits (its process is killed too): not counted."""
-    return sessions(engine, worker,
-                    "state = 'active' AND wait_event_type IS DISTINCT FROM 'Lock'")
+    have a COMMIT in flight, sent just before the freeze: the server finishes it. Not
+    counted, as they wait until the kill and never commit (their process is killed too):
+    one waiting for a row lock the frozen chunk holds (wait_event_type Lock), and one
+    waiting for the frozen process itself (Client: the rest of a COPY's data or of a
+    message it was sending, or room to send it rows)."""
+    return sessions(engine, worker, "state = 'active' AND wait_event_type IS DISTINCT FROM "
+                                    "'Lock' AND wait_event_type IS DISTINCT FROM 'Client'")
+
+
+def statements(engine: Engine, worker: str) -> list[tuple[str, str, str, str]]:
+    """State, wait event type and name, and query start of each of the worker's sessions."""
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT state, coalesce(wait_event_type, ''), coalesce(wait_event, ''), "
+            "left(query, 60) FROM pg_stat_activity WHERE application_name LIKE :w"),
+            {"w": f"babelq-worker {worker}@%"}).all()
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
 
 
 def sessions(engine: Engine, worker: str, condition: str) -> int:
@@ -74,11 +86,16 @@ def test_sigkill_worker_mid_batch(
     wait_for("w1 to be mid-chunk", lambda: frozen_holding(stack, engine), 60, 0.02)
     # Counted once a chunk whose COMMIT left w1 just before the freeze has landed (the
     # full suite on a clean clone once saw 200 more rows of w1's afterwards).
-    wait_for("w1's last statements to land", lambda: busy_statements(engine, "w1") == 0,
-             10, 0.02)
-    done_by_w1 = worker_rows(engine, "w1", since)
-    injected = time.monotonic()
-    stack["w1"].kill()
+    try:
+        try:
+            wait_for("w1's last statements to land",
+                     lambda: busy_statements(engine, "w1") == 0, 10, 0.02)
+        except AssertionError as exc:  # say which statements, for the next diagnosis
+            raise AssertionError(f"{exc}: {statements(engine, 'w1')}") from None
+        done_by_w1 = worker_rows(engine, "w1", since)
+    finally:  # killed even if the wait failed: a frozen w1 would fail the next tests too
+        injected = time.monotonic()
+        stack["w1"].kill()
 
     recovered = checks.wait_terminal(engine, since)
     counts = checks.assert_consistent(engine, since)
