@@ -49,8 +49,8 @@ class Settings(BaseSettings):
     tracing: bool = False
     #: Where traces go when tracing is on (the OTLP exporter's default when unset).
     otlp_endpoint: str | None = None
-    #: A file the worker and the relay touch every ALIVE_EVERY seconds while their main
-    #: loop turns, for a liveness probe (app.observe.alive); off when unset.
+    #: A file the worker (every 5 s) and the relay (every pass) touch while their main
+    #: loop turns, for a liveness probe on its age (app.observe.alive); off when unset.
     alive_file: Path | None = None
 
     flower_host: str = "127.0.0.1"

@@ -10,8 +10,6 @@ restarted, which a process that merely stays alive would never be. Off when unse
 from __future__ import annotations
 
 import logging
-import time
-from pathlib import Path
 
 from app.config import get_settings
 
@@ -21,9 +19,9 @@ log = logging.getLogger(__name__)
 EVERY = 5.0
 
 
-def touch(path: Path | None = None) -> None:
+def touch() -> None:
     """Mark the loop alive now; best effort (a full disk must not stop the loop)."""
-    target = path or get_settings().alive_file
+    target = get_settings().alive_file
     if target is None:
         return
     try:
@@ -32,16 +30,8 @@ def touch(path: Path | None = None) -> None:
         log.warning("liveness file %s not touched: %s", target, exc)
 
 
-def age(path: Path) -> float:
-    """Seconds since the file was last touched; inf if it is missing."""
-    try:
-        return time.time() - path.stat().st_mtime
-    except FileNotFoundError:
-        return float("inf")
-
-
-def remove(path: Path | None = None) -> None:
+def remove() -> None:
     """A process stopping cleanly: no stale file for the next one to be judged by."""
-    target = path or get_settings().alive_file
+    target = get_settings().alive_file
     if target is not None:
         target.unlink(missing_ok=True)
