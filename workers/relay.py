@@ -105,14 +105,15 @@ SENDER_RESTART_AFTER = 5.0
 
 
 @dataclass
-class Sender:
-    """The relay's webhook sender thread, and when it was started."""
+class SenderThread:
+    """The thread running the relay's webhook sender (webhooks.Sender), and when it
+    was started."""
 
     thread: threading.Thread
     started: float
 
 
-def keep_sending(sender: Sender, stop: threading.Event) -> Sender:
+def keep_sending(sender: SenderThread, stop: threading.Event) -> SenderThread:
     """A new webhook sender if this one stopped on an error (a bug, or something nobody
     foresaw): webhooks would otherwise wait for a restart of the relay, whose own loop
     still turns. At most one start per SENDER_RESTART_AFTER."""
@@ -121,7 +122,7 @@ def keep_sending(sender: Sender, stop: threading.Event) -> Sender:
     if time.monotonic() - sender.started < SENDER_RESTART_AFTER:
         return sender
     log.error("webhook sender had stopped; starting it again")
-    return Sender(webhooks.start(stop), time.monotonic())
+    return SenderThread(webhooks.start(stop), time.monotonic())
 
 
 def run(stop: threading.Event | None = None, interval: float | None = None) -> None:
@@ -129,7 +130,7 @@ def run(stop: threading.Event | None = None, interval: float | None = None) -> N
     stop = stop or threading.Event()
     pause = interval if interval is not None else get_settings().relay_interval
     actor = f"relay@{socket.gethostname()}"
-    sender = Sender(webhooks.start(stop), time.monotonic())
+    sender = SenderThread(webhooks.start(stop), time.monotonic())
     next_prune = 0.0
     while not stop.is_set():
         try:
