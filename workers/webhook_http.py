@@ -23,6 +23,7 @@ import asyncio
 import ssl
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import cast
 from urllib.parse import quote
@@ -182,6 +183,20 @@ class _Answer(asyncio.Protocol):
         return self.complete and self.keep_alive and not self.closed
 
 
+@lru_cache(maxsize=4)
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """Certificates checked against the system's (certifi's) authorities, and those of
+    ca_file (BABELQ_WEBHOOK_CA_FILE: a private CA of internal receivers). One per process:
+    each of webhook_concurrency senders made its own, loading the whole bundle each time.
+    A file that cannot be read raises (OSError) and is tried again at the next send."""
+    import httpx  # only for its TLS defaults, the same as before this client
+
+    context = httpx.create_ssl_context(trust_env=False)
+    if ca_file is not None:
+        context.load_verify_locations(cafile=str(ca_file))
+    return context
+
+
 class Client:
     """POSTs one request at a time; keeps a connection alive per destination between them.
 
@@ -196,14 +211,9 @@ class Client:
         self._tls: ssl.SSLContext | None = None
 
     def tls(self) -> ssl.SSLContext:
-        """Certificates checked against the system's (certifi's) authorities, and those of
-        ca_file (BABELQ_WEBHOOK_CA_FILE: a private CA of internal receivers), made once."""
+        """This client's TLS context (tls_context), looked up once."""
         if self._tls is None:
-            import httpx  # only for its TLS defaults, the same as before this client
-
-            self._tls = httpx.create_ssl_context(trust_env=False)
-            if self.ca_file is not None:
-                self._tls.load_verify_locations(cafile=str(self.ca_file))
+            self._tls = tls_context(self.ca_file)
         return self._tls
 
     async def post(self, to: Destination, target: str, headers: list[tuple[str, str]],
