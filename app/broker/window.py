@@ -240,9 +240,13 @@ def lane_has_room(kind: str, priority: int) -> bool:
         key = lane_key(kind, priority)
         pipe = _client().pipeline(transaction=False)
         pipe.llen(key)
-        pipe.hgetall(CONSUMERS)
-        length, consumers = pipe.execute()
+        # The processes stand longer than the length: asked only once they are stale.
+        processes_stale = time.monotonic() - _live_seen[0] > PROCESSES_FRESH
+        if processes_stale:
+            pipe.hgetall(CONSUMERS)
+        length, *consumers = pipe.execute()
         saw_length(key, int(length))
-        saw_processes(live_processes(consumers, time.time()))
+        if processes_stale:
+            saw_processes(live_processes(consumers[0], time.time()))
         room = room_seen(kind, priority)
     return bool(room)
