@@ -125,11 +125,17 @@ def check_cap(session: Session, tenant_id: int, n: int, batch_id: int | None = N
     if n > cap:
         raise NeverFits(f"{n} jobs can never fit under the cap of {cap} unfinished jobs per "
                         f"tenant; split the batch", {"cap": cap, "requested": n})
-    session.execute(text("SELECT pg_advisory_xact_lock(:ns, :t)"),
-                    {"ns": _CAP_LOCK, "t": tenant_id})
+    lock_tenant(session, _CAP_LOCK, tenant_id)
     unfinished = unfinished_count(session, tenant_id, cap, batch_id)
     if unfinished + n > cap:
         raise _capped(cap, unfinished, n)
+
+
+def lock_tenant(session: Session, namespace: int, tenant_id: int) -> None:
+    """Hold the tenant's advisory lock of this namespace until the transaction ends: a
+    count-then-insert under a per-tenant limit, done by one transaction at a time."""
+    session.execute(text("SELECT pg_advisory_xact_lock(:ns, :t)"),
+                    {"ns": namespace, "t": tenant_id})
 
 
 def check_submission(

@@ -94,8 +94,7 @@ def _check_room(session: Session, tenant_id: int) -> None:
     cap = get_settings().max_schedules_per_tenant
     if cap <= 0:
         return
-    session.execute(text("SELECT pg_advisory_xact_lock(:ns, :t)"),
-                    {"ns": _SCHEDULES_LOCK, "t": tenant_id})
+    admission.lock_tenant(session, _SCHEDULES_LOCK, tenant_id)
     have = session.scalar(select(func.count()).select_from(Schedule)
                           .where(Schedule.tenant_id == tenant_id)) or 0
     if have >= cap:
