@@ -17,7 +17,7 @@ from app.core.status import JobStatus
 from app.jobs import audit, metrics, webhooks
 from app.jobs.counters import move_counters
 from app.jobs.dispatch import pend_jobs
-from app.jobs.pending_publish import schedule_fill
+from app.jobs.pending_publish import schedule_announce, schedule_fill
 from app.observe.logs import job_fields
 
 log = logging.getLogger(__name__)
@@ -134,9 +134,13 @@ def cancel(session: Session, job_id: int, *, actor: str) -> bool:
     """queued|running → cancelled; a running job's late result will be discarded.
 
     Returns False when the job was already terminal (nothing changed); raises Busy when a
-    worker kept its row locked past CANCEL_LOCK_WAIT.
+    worker kept its row locked past CANCEL_LOCK_WAIT. Once committed, the cancel is
+    announced: the job's long-polls answer then, whichever api process or console made it.
     """
-    return bool(_cancel(session, _LOCK_CANCEL, job_id, actor))
+    cancelled = bool(_cancel(session, _LOCK_CANCEL, job_id, actor))
+    if cancelled:
+        schedule_announce(session, [job_id])
+    return cancelled
 
 
 #: Jobs one transaction of a batch cancel moves: what a cancel costs in memory and in

@@ -12,7 +12,7 @@ import logging
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from app.broker import fastlane, window
+from app.broker import fastlane, notify, window
 from app.broker.window import Sent
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,8 @@ PENDING = "babelq_pending_publish"
 FAST = "babelq_pending_fast"
 #: Set in session.info when a dispatch pass should run after commit.
 FILL = "babelq_fill"
+#: Ids of jobs to announce as changed after commit (notify.finished): a cancel.
+ANNOUNCE = "babelq_announce"
 
 
 def schedule_publish(session: Session, sent: Sent, *, fast: bool = False) -> None:
@@ -36,6 +38,12 @@ def schedule_publish(session: Session, sent: Sent, *, fast: bool = False) -> Non
 def schedule_fill(session: Session) -> None:
     """Run a dispatch pass after commit, so new pending jobs start at once."""
     session.info[FILL] = True
+
+
+def schedule_announce(session: Session, job_ids: list[int]) -> None:
+    """Tell the waiting long-polls, in every api process, that these jobs changed, once
+    (and only if) the session's transaction commits."""
+    session.info.setdefault(ANNOUNCE, []).extend(job_ids)
 
 
 def lane_has_room(kind: str, priority: int) -> bool:
@@ -52,6 +60,9 @@ def _publish_pending(session: Session) -> None:
     pending: list[Sent] = session.info.pop(PENDING, [])
     fast: list[Sent] = session.info.pop(FAST, [])
     fill = session.info.pop(FILL, False)
+    announce: list[int] = session.info.pop(ANNOUNCE, [])
+    if announce:
+        notify.finished(announce)  # best effort: long-polls also read once a second
     if not pending and not fill and not fast:
         return
     from app.jobs import dispatch  # dispatch itself commits sessions: imported late
@@ -70,3 +81,4 @@ def _drop_pending(session: Session) -> None:
     session.info.pop(PENDING, None)
     session.info.pop(FAST, None)
     session.info.pop(FILL, None)
+    session.info.pop(ANNOUNCE, None)

@@ -29,7 +29,6 @@ from app.api.schemas import (
     Status,
 )
 from app.api.waiters import Waiters
-from app.broker import notify
 from app.config import get_settings
 from app.core.status import TERMINAL
 from app.jobs import audit, delayed, reads
@@ -286,9 +285,7 @@ def cancel_job(job_id: IdPath, session: SessionDep, principal: PrincipalDep) -> 
     job = get_job(session, principal, job_id)
     if not jobs.cancel(session, job.id, actor=principal.actor):
         raise ApiError(409, f"job {job_id} is {job.status}; only queued or running jobs cancel")
-    session.commit()
-    # Its long-polls, in every api process, answer now rather than at their next poll.
-    notify.finished([job.id])
+    session.commit()  # announces the cancel to the job's long-polls (jobs.cancel)
     session.refresh(job)
     return job_read(session, job)
 
